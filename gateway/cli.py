@@ -1,0 +1,230 @@
+"""The ``heat-gateway`` command.
+
+Exit status: 0 done, 1 runtime failure (a device unreachable for ``read``/``write``), 2 bad
+configuration or usage. A bad file never produces a traceback, only the message that names
+file, key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import ConfigError, Site, load_site
+from gateway.config.profile import ModbusProfile
+from gateway.config.site import ModbusDevice
+
+EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+
+
+def _site(path: str) -> Site:
+    return load_site(Path(path))
+
+
+def _setup_logging(site: Site | None, level: str | None = None) -> None:
+    from gateway.logs import setup_logging  # noqa: PLC0415 - keep `check` fast
+
+    if site is None:
+        setup_logging(level or "info", "auto")
+    else:
+        setup_logging(level or site.config.logging.level, site.config.logging.format.value)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a site file and print what it would do."""
+    site = _site(args.config)
+    from gateway.drivers.modbus_plan import build_plan  # noqa: PLC0415
+
+    config = site.config
+    print(f"{site.path}: OK, site {config.site!r}, {len(config.devices)} device(s)")
+    total_requests = 0
+    for device in config.devices:
+        profile = site.profile_of(device)
+        where = (
+            f"{device.host}:{device.port} unit {device.unit_id}"
+            if isinstance(device, ModbusDevice)
+            else device.endpoint
+        )
+        state = "" if device.enabled else " (disabled)"
+        print(
+            f"  {device.name:<16} {device.kind:<14} {device.protocol:<7} {where:<28} "
+            f"profile {device.profile} ({len(profile.signals)} signals), every {device.poll_period_s:g} s{state}"
+        )
+        if isinstance(profile, ModbusProfile):
+            plan = build_plan(profile)
+            total_requests += len(plan.blocks)
+            for line in plan.describe():
+                print(f"      read {line}")
+        else:
+            print(f"      one batched OPC UA Read of {len(profile.signals)} nodes")
+    print(
+        f"  mqtt: {config.mqtt.host}:{config.mqtt.port}, "
+        f"topics {config.mqtt.topic_prefix}/{config.site}/<device>/metrics"
+    )
+    if config.influxdb is not None:
+        print(f"  influxdb: {config.influxdb.url} bucket {config.influxdb.bucket}")
+    print(f"  {total_requests} Modbus request(s) per poll cycle")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM/SIGINT."""
+    site = _site(args.config)
+    _setup_logging(site, args.log_level)
+    from gateway.service import serve  # noqa: PLC0415
+
+    asyncio.run(serve(site))
+    return EXIT_OK
+
+
+def cmd_historian(args: argparse.Namespace) -> int:
+    """Run the MQTT -> InfluxDB historian until SIGTERM/SIGINT."""
+    site = _site(args.config)
+    if site.config.influxdb is None:
+        raise ConfigError(f"{site.path}: influxdb: the historian needs an influxdb section (url, org, bucket, token)")
+    _setup_logging(site, args.log_level)
+    from gateway.historian import Historian  # noqa: PLC0415
+    from gateway.service import install_stop_signals  # noqa: PLC0415
+
+    historian = Historian(site.config.mqtt, site.config.influxdb, site.config.site)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        task = asyncio.create_task(historian.run(), name="historian")
+        await stop.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if asyncio.current_task() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def _format_value(value: float, unit: str) -> str:
+    text = f"{value:.6g}" if value != int(value) or abs(value) >= 1e15 else f"{int(value)}"
+    return f"{text} {unit}".strip()
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    """One poll of one device, printed as a table."""
+    site = _site(args.config)
+    _setup_logging(site, "warning")
+    device = site.device(args.device)
+    profile = site.profile_of(device)
+    unknown = [s for s in args.signals if s not in profile.signals]
+    if unknown:
+        raise ConfigError(f"{device.name}: no signal(s) {', '.join(unknown)} in profile {device.profile!r}")
+    from gateway.drivers.base import DriverError  # noqa: PLC0415
+    from gateway.drivers.factory import make_driver  # noqa: PLC0415
+
+    async def main() -> int:
+        driver = make_driver(site, device)
+        try:
+            async with driver:
+                reading = await driver.read()
+        except DriverError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+        names = args.signals or list(profile.signals)
+        for name in names:
+            unit = profile.signals[name].unit
+            if name in reading.values:
+                print(f"{name:<28} {_format_value(reading.values[name], unit):<20} good")
+            else:
+                reason = reading.bad.get(name, "not read")
+                print(f"{name:<28} {'-':<20} bad: {reason}")
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    """Write one signal within its limits and confirm by read-back."""
+    site = _site(args.config)
+    _setup_logging(site, "warning")
+    device = site.device(args.device)
+    from gateway.drivers.base import DriverError  # noqa: PLC0415
+    from gateway.drivers.factory import make_driver  # noqa: PLC0415
+
+    async def main() -> int:
+        driver = make_driver(site, device)
+        try:
+            async with driver:
+                back = await driver.write(args.signal, args.value)
+        except DriverError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+        print(f"{device.name}.{args.signal} = {back:g} (confirmed by read-back)")
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve the site's devices from the plant model (or run a scenario in-process)."""
+    from simulators.cli import simulate  # noqa: PLC0415 - the simulators are a separate package
+
+    code: int = simulate(args)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used for the README's usage text)."""
+    parser = argparse.ArgumentParser(prog="heat-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument("-c", "--config", required=True, help="site YAML file")
+        return p
+
+    add("check", "validate a site file and print the devices and the read plan").set_defaults(func=cmd_check)
+    p = add("run", "run the gateway (pollers, control, MQTT) until SIGTERM")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+    p = add("historian", "copy metrics from MQTT into InfluxDB until SIGTERM")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_historian)
+    p = add("read", "read a device once and print a table")
+    p.add_argument("device")
+    p.add_argument("signals", nargs="*")
+    p.set_defaults(func=cmd_read)
+    p = add("write", "write one signal (within its limits) and confirm by read-back")
+    p.add_argument("device")
+    p.add_argument("signal")
+    p.add_argument("value", type=float)
+    p.set_defaults(func=cmd_write)
+    p = add("simulate", "serve simulated devices, or run a scenario faster than real time", config=False)
+    p.add_argument("-c", "--config", help="site YAML file whose loopback devices are served")
+    p.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or file")
+    p.add_argument("--fast", action="store_true", help="run the closed loop in-process, faster than real time")
+    p.add_argument("--report", help="folder for the JSON summary and PNG plot (with --fast)")
+    p.add_argument("--speed", type=float, default=1.0, help="plant clock rate when serving (1 = real time)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``heat-gateway`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The site file: which devices, where the metrics go, how to log.
+
+Every key is documented here (``Field(description=...)``), in ``config/site.example.yaml`` and
+in the README; ``heat-gateway check -c FILE`` validates a file without connecting to anything.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+NAME = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _DeviceBase(_Model):
+    name: str = Field(pattern=NAME, description="Unique device name; becomes the MQTT topic level and the `device` tag")
+    kind: str = Field(
+        pattern=NAME,
+        description="What the device is (cdu, heat_meter, heat_pump_plc, panel_pc); the InfluxDB measurement",
+    )
+    profile: str = Field(description="Profile file name in profiles_dir, without .yaml (e.g. cdu)")
+    poll_period_s: float = Field(1.0, gt=0, le=3600, description="Seconds between polls, on an absolute schedule")
+    timeout_s: float = Field(1.0, gt=0, le=60, description="Seconds to wait for one reply before the poll fails")
+    backoff_max_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait between reconnect attempts to a device that is down"
+    )
+    enabled: bool = Field(default=True, description="false keeps the device in the file but does not poll it")
+
+
+class ModbusDevice(_DeviceBase):
+    """A Modbus TCP device (or one unit id behind a Modbus TCP gateway)."""
+
+    protocol: Literal["modbus"] = Field(description="modbus")
+    host: str = Field(min_length=1, description="IP address or host name")
+    port: int = Field(502, ge=1, le=65535, description="TCP port")
+    unit_id: int = Field(1, ge=0, le=255, description="Modbus unit (slave) id")
+
+
+class OpcUaDevice(_DeviceBase):
+    """An OPC UA server (panel PC, heat-pump PLC)."""
+
+    protocol: Literal["opcua"] = Field(description="opcua")
+    endpoint: str = Field(pattern=r"^opc\.tcp://", description="Endpoint URL, opc.tcp://host:port/path")
+    username: str | None = Field(None, description="User name; anonymous when omitted")
+    password: SecretStr | None = Field(None, description="Password; use ${ENV_VAR} to keep it out of the file")
+
+
+Device = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="protocol")]
+
+
+class Tls(_Model):
+    ca_file: Path | None = Field(None, description="CA bundle to verify the broker; system CAs when omitted")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS")
+    key_file: Path | None = Field(None, description="Client private key for mutual TLS")
+    insecure: bool = Field(default=False, description="Skip host-name verification (commissioning only)")
+
+
+class Mqtt(_Model):
+    host: str = Field("127.0.0.1", description="Broker host")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 for TLS)")
+    tls: Tls | None = Field(None, description="TLS settings; plain TCP when omitted")
+    username: str | None = Field(None, description="Broker user name")
+    password: SecretStr | None = Field(None, description="Broker password; use ${ENV_VAR}")
+    topic_prefix: str = Field("heat", pattern=r"^[^#+]+$", description="First topic level: {prefix}/{site}/...")
+    client_id: str | None = Field(None, description="MQTT client id; heat-gateway-{site} when omitted")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    queue_size: int = Field(
+        10000,
+        ge=10,
+        description="Readings held between the pollers and the publisher; when full the oldest is "
+        "dropped and counted so polling never waits for the broker",
+    )
+    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages in flight (see MEASURED.md: keep modest)")
+
+
+class InfluxDb(_Model):
+    url: str = Field(pattern=r"^https?://", description="InfluxDB 2.x (or v2-write-compatible) base URL")
+    org: str = Field("heat", description="InfluxDB organisation")
+    bucket: str = Field("heat", description="InfluxDB bucket")
+    token: SecretStr = Field(SecretStr(""), description="API token; use ${INFLUX_TOKEN}")
+    batch_lines: int = Field(5000, ge=1, le=100000, description="Lines per write request")
+    flush_interval_s: float = Field(1.0, gt=0, le=60, description="Longest time a line waits before it is written")
+    buffer_max_lines: int = Field(2_000_000, ge=1000, description="Lines kept in memory while the database is down")
+    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one write")
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Logging(_Model):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged")
+    format: LogFormat = Field(
+        LogFormat.AUTO, description="auto: JSON lines when stdout is not a terminal, console on a terminal"
+    )
+
+
+class SiteConfig(_Model):
+    """The whole site file."""
+
+    site: str = Field(pattern=NAME, description="Site name; second topic level and the `site` tag")
+    profiles_dir: Path = Field(Path("profiles"), description="Folder of device profiles, relative to this file")
+    devices: list[Device] = Field(min_length=1, description="Devices to poll")
+    mqtt: Mqtt = Field(default_factory=Mqtt, description="MQTT broker the metrics stream to")
+    influxdb: InfluxDb | None = Field(None, description="Time-series database the historian writes to")
+    logging: Logging = Field(default_factory=Logging, description="Log level and format")
+    state_dir: Path = Field(Path("var"), description="Writable folder for state (spool, trusted certificates)")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        seen: dict[str, int] = {}
+        for index, device in enumerate(self.devices):
+            if device.name in seen:
+                raise ValueError(
+                    f"devices[{index}].name: {device.name!r} is already used by devices[{seen[device.name]}]"
+                )
+            seen[device.name] = index
+        return self

@@ -1,0 +1,34 @@
+"""systemd notification (``Type=notify``, ``WatchdogSec=``) without extra dependencies.
+
+Writes ``READY=1``, ``WATCHDOG=1`` and ``STOPPING=1`` datagrams to ``$NOTIFY_SOCKET``; does
+nothing when not started by systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def sd_notify(state: str) -> bool:
+    """Send one state line to systemd; False when there is no notify socket."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def watchdog_period_s() -> float | None:
+    """Half of systemd's watchdog interval, or ``None`` when the watchdog is off."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6

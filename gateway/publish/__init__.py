@@ -1,0 +1,1 @@
+"""From the process image outwards: line-protocol encoding and the MQTT publisher."""

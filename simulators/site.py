@@ -1,0 +1,104 @@
+"""Serve a site's simulated devices on real sockets, driven by one plant model.
+
+Every device in the site file whose host is a loopback address and whose name the plant knows
+is served: Modbus devices on a :class:`ModbusEndpoint` (devices sharing host:port become unit
+ids of one endpoint, like a Modbus gateway). The plant steps in (optionally accelerated) real
+time; after each step the register images are refreshed from it, and writes go straight
+into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+from gateway.config.loader import Site
+from gateway.config.profile import ModbusProfile
+from gateway.config.site import ModbusDevice
+from simulators.modbus_server import Fault, ModbusEndpoint, UnitImage
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and names that resolve there (localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
+class SimulatedSite:
+    """The plant behind every simulated device of a site."""
+
+    def __init__(self, site: Site, plant: Any, *, speed: float = 1.0, tick_s: float = 0.1) -> None:
+        self.site = site
+        self.plant = plant
+        self.speed = speed
+        self.tick_s = tick_s
+        self.endpoints: dict[tuple[str, int], ModbusEndpoint] = {}
+        self.units: dict[str, UnitImage] = {}
+        known = set(plant.device_names())
+        for device in site.config.devices:
+            if not isinstance(device, ModbusDevice) or not is_loopback(device.host) or device.name not in known:
+                continue
+            profile = site.profile_of(device)
+            assert isinstance(profile, ModbusProfile)
+            key = (device.host, device.port)
+            endpoint = self.endpoints.setdefault(key, ModbusEndpoint(device.host, device.port))
+            unit = UnitImage(device.name, profile, on_write=self._writer(device.name))
+            unit.update(plant.read(device.name))
+            endpoint.units[device.unit_id] = unit
+            self.units[device.name] = unit
+
+    def _writer(self, device: str) -> Any:
+        def write(signal: str, value: float) -> None:
+            self.plant.write(device, signal, value)
+            self.units[device].update(self.plant.read(device))
+
+        return write
+
+    async def start(self) -> None:
+        """Open every endpoint."""
+        for endpoint in self.endpoints.values():
+            await endpoint.start()
+
+    async def stop(self) -> None:
+        """Close every endpoint."""
+        for endpoint in self.endpoints.values():
+            await endpoint.stop()
+
+    def refresh(self) -> None:
+        """Copy the plant's current values into every register image."""
+        for name, unit in self.units.items():
+            unit.update(self.plant.read(name))
+
+    async def run(self) -> None:
+        """Step the plant on the wall clock (times ``speed``) until cancelled."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = loop.time()
+            self.plant.step((now - last) * self.speed)
+            last = now
+            self.refresh()
+
+    def endpoint_of(self, device: str) -> ModbusEndpoint:
+        """The endpoint serving a device."""
+        for endpoint in self.endpoints.values():
+            if any(unit.name == device for unit in endpoint.units.values()):
+                return endpoint
+        raise KeyError(f"{device} is not simulated here")
+
+    def inject(self, device: str, fault: Fault | str, *, delay_s: float = 0.0, code: int = 4) -> None:
+        """Inject a fault into one simulated device (``none`` clears it)."""
+        unit = self.units[device]
+        unit.fault = Fault(fault)
+        unit.fault_delay_s = delay_s
+        unit.fault_code = code
+        if unit.fault is Fault.DROP:
+            self.endpoint_of(device).drop_connections()
