@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench services clean
+.PHONY: demo test lint unit bench services clean docs venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11+)"; exit 1; }
@@ -40,3 +40,7 @@ bench: $(STAMP) services
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache reports var
+
+# Regenerate the README's configuration reference from the models.
+docs: $(STAMP)
+	$(BIN)/python scripts/update_readme.py

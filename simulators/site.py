@@ -41,6 +41,7 @@ class SimulatedSite:
         self.tick_s = tick_s
         self.endpoints: dict[tuple[str, int], ModbusEndpoint] = {}
         self.units: dict[str, UnitImage] = {}
+        self.opcua_servers: dict[str, Any] = {}
         known = set(plant.device_names())
         for device in site.config.devices:
             if not isinstance(device, ModbusDevice) or not is_loopback(device.host) or device.name not in known:

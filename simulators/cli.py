@@ -1,0 +1,76 @@
+"""``heat-gateway simulate``: serve the site's devices from the plant model.
+
+``heat-gateway simulate -c site.yaml [--speed 10]`` serves every loopback device of the site
+file from one plant model until Ctrl-C / SIGTERM. With ``--scenario NAME --fast --report DIR``
+it runs the closed loop in-process, faster than real time, and writes a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+from gateway.config import load_site
+from gateway.logs import get_logger, setup_logging
+
+log = get_logger("simulators")
+
+
+def make_plant(seed: int = 0, scenario: str | None = None):  # noqa: ANN201 - the plant type lives in simulators.plant
+    """The plant model, configured by a scenario's ``plant:`` overrides when one is given."""
+    from simulators.plant import Plant, PlantConfig  # noqa: PLC0415
+
+    if scenario is None:
+        return Plant(PlantConfig(), seed=seed)
+    from simulators.scenario import load_scenario  # noqa: PLC0415
+
+    loaded = load_scenario(scenario)
+    return Plant(loaded.plant_config(), seed=loaded.seed if seed == 0 else seed)
+
+
+async def serve(site_path: str, *, speed: float, seed: int, scenario: str | None) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    from simulators.site import SimulatedSite  # noqa: PLC0415
+
+    site = load_site(Path(site_path))
+    plant = make_plant(seed, scenario)
+    simulated = SimulatedSite(site, plant, speed=speed)
+    await simulated.start()
+    for (host, port), endpoint in simulated.endpoints.items():
+        log.info("simulator_listening", protocol="modbus", endpoint=f"{host}:{port}", units=sorted(endpoint.units))
+    for name, server in simulated.opcua_servers.items():
+        log.info("simulator_listening", protocol="opcua", endpoint=server.endpoint, device=name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as group:
+            runner = group.create_task(simulated.run(), name="plant")
+            await stop.wait()
+            runner.cancel()
+    finally:
+        await simulated.stop()
+        log.info("simulator_stopped")
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """Entry point for ``heat-gateway simulate``."""
+    setup_logging("info", "auto")
+    if args.fast:
+        if not args.scenario:
+            print("simulate --fast needs --scenario NAME", file=sys.stderr)
+            return 2
+        from simulators.harness import run_scenario_cli  # noqa: PLC0415
+
+        return run_scenario_cli(args)
+    if not args.config:
+        print("simulate needs -c SITE.yaml (the devices to serve) or --scenario NAME --fast", file=sys.stderr)
+        return 2
+    asyncio.run(serve(args.config, speed=args.speed, seed=args.seed, scenario=args.scenario))
+    return 0
