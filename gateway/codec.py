@@ -15,6 +15,16 @@ DCBA   [DC, BA]  little-endian                     PC-based devices
 
 For 64-bit values the same rule extends over four words (``CDAB`` swaps every pair of
 words: the low word comes first).
+
+Two types are not numbers of a fixed width:
+
+* ``bool`` is one bit: of a coil or discrete input, or bit 0-15 of a register
+  (:func:`register_bit`; bit 0 is the least significant bit of the word).
+* ``string`` is fixed-length text of N registers, two characters per register, the first
+  character in the first register. Only the order of the two bytes inside each word varies:
+  ``ABCD`` (first character in the high byte, as the Modbus spec and most devices do) or
+  ``BADC`` (first character in the low byte). Trailing NULs and spaces are padding and are
+  stripped (:func:`decode_string`, :func:`encode_string`).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ class DataType(StrEnum):
     UINT64 = "uint64"
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+    STRING = "string"
 
 
 class ByteOrder(StrEnum):
@@ -48,7 +59,8 @@ class ByteOrder(StrEnum):
     DCBA = "DCBA"
 
 
-#: registers (16-bit words) each type occupies; bool is one bit of a coil/discrete input
+#: registers (16-bit words) each fixed-width type occupies; bool is one bit (of a coil, a
+#: discrete input or a register); string has no entry: its length is part of the signal
 WORDS: Final[dict[DataType, int]] = {
     DataType.BOOL: 1,
     DataType.INT16: 1,
@@ -111,6 +123,8 @@ def _to_words(raw: bytes, order: ByteOrder) -> list[int]:
 
 def decode_words(words: list[int] | tuple[int, ...], data_type: DataType, order: ByteOrder = ByteOrder.ABCD) -> float:
     """Decode one value from exactly ``WORDS[data_type]`` register words (no scaling)."""
+    if data_type is DataType.STRING:
+        raise CodecError("a string is not a number: use decode_string")
     if data_type is DataType.BOOL:
         return float(words[0] != 0)
     if len(words) != WORDS[data_type]:
@@ -125,6 +139,8 @@ def encode_value(value: float, data_type: DataType, order: ByteOrder = ByteOrder
     Integer types round half away from zero and refuse values outside their range instead of
     wrapping: a setpoint that wraps from 327.68 to -327.68 degC must never reach a plant.
     """
+    if data_type is DataType.STRING:
+        raise CodecError("a string is not a number: use encode_string")
     if data_type is DataType.BOOL:
         return [1 if value else 0]
     if not math.isfinite(value) and data_type not in (DataType.FLOAT32, DataType.FLOAT64):
@@ -144,3 +160,50 @@ def encode_value(value: float, data_type: DataType, order: ByteOrder = ByteOrder
         except OverflowError as exc:
             raise CodecError(f"{value} does not fit in {data_type}") from exc
     return _to_words(raw, order)
+
+
+def register_bit(word: int, bit: int) -> bool:
+    """Bit ``bit`` (0 = least significant) of a register word."""
+    return bool((word >> bit) & 1)
+
+
+def with_register_bit(word: int, bit: int, value: bool) -> int:
+    """``word`` with bit ``bit`` set to ``value`` and every other bit kept."""
+    return word | (1 << bit) if value else word & ~(1 << bit) & 0xFFFF
+
+
+def string_order(order: ByteOrder) -> ByteOrder:
+    """The byte order inside each word of a string: ABCD (high byte first) or BADC.
+
+    Text has no word order (the first character is always in the first register), so a
+    profile default of CDAB means ABCD for strings and DCBA means BADC: the byte order
+    inside each word is what they share.
+    """
+    return ByteOrder.ABCD if order in (ByteOrder.ABCD, ByteOrder.CDAB) else ByteOrder.BADC
+
+
+_PADDING: Final = "\x00 "
+
+
+def decode_string(words: list[int] | tuple[int, ...], order: ByteOrder = ByteOrder.ABCD) -> str:
+    """Fixed-length text from register words; trailing NULs and spaces are padding.
+
+    Bytes are read as Latin-1 so that every byte maps to one character and no reply can fail
+    to decode: a device with a non-ASCII name still shows something a person can compare.
+    """
+    endian = ">" if string_order(order) is ByteOrder.ABCD else "<"
+    raw = struct.pack(f"{endian}{len(words)}H", *words)
+    return raw.decode("latin-1").rstrip(_PADDING)
+
+
+def encode_string(text: str, length_registers: int, order: ByteOrder = ByteOrder.ABCD) -> list[int]:
+    """Text padded with NULs to ``length_registers`` words; refuses text that does not fit."""
+    try:
+        raw = text.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise CodecError(f"{text!r} has characters that are not Latin-1") from exc
+    if len(raw) > 2 * length_registers:
+        raise CodecError(f"{text!r} is {len(raw)} bytes; {length_registers} registers hold {2 * length_registers}")
+    raw = raw.ljust(2 * length_registers, b"\x00")
+    endian = ">" if string_order(order) is ByteOrder.ABCD else "<"
+    return list(struct.unpack(f"{endian}{length_registers}H", raw))

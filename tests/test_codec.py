@@ -6,7 +6,17 @@ import math
 
 import pytest
 
-from gateway.codec import ByteOrder, CodecError, DataType, decode_words, encode_value
+from gateway.codec import (
+    ByteOrder,
+    CodecError,
+    DataType,
+    decode_string,
+    decode_words,
+    encode_string,
+    encode_value,
+    register_bit,
+    with_register_bit,
+)
 from gateway.config.profile import ModbusProfile
 from gateway.drivers.modbus_plan import build_plan
 
@@ -135,3 +145,86 @@ def test_bit_block_decodes_offsets():
     assert (block.start, block.count) == (3, 3)
     assert block.decode([1, 0, 0, 0, 0, 0, 0, 0]) == {"pump_running": 1.0, "leak": 0.0}
     assert block.decode([0, 0, 1, 0, 0, 0, 0, 0]) == {"pump_running": 0.0, "leak": 1.0}
+
+
+# Strings: "CDU-7" is C=0x43 D=0x44 U=0x55 -=0x2D 7=0x37, padded with NULs to 4 registers.
+STRING_CASES = [
+    (A, [0x4344, 0x552D, 0x3700, 0x0000], "CDU-7"),
+    (B, [0x4443, 0x2D55, 0x0037, 0x0000], "CDU-7"),
+    # a word-swapped profile default still means "high byte first" for text
+    (C, [0x4344, 0x552D, 0x3700, 0x0000], "CDU-7"),
+    (D, [0x4443, 0x2D55, 0x0037, 0x0000], "CDU-7"),
+]
+
+
+@pytest.mark.parametrize(("order", "words", "text"), STRING_CASES)
+def test_string_decode_and_encode_hand_computed(order, words, text):
+    assert decode_string(words, order) == text
+    assert encode_string(text, 4, order) == words
+
+
+def test_string_padding_with_spaces_and_nuls_is_stripped_but_inner_spaces_kept():
+    # "A B" then two spaces then a NUL: 0x41 0x20 0x42 0x20 0x20 0x00
+    assert decode_string([0x4120, 0x4220, 0x2000], A) == "A B"
+    assert decode_string([0x0000, 0x0000], A) == ""
+
+
+def test_string_that_does_not_fit_is_refused():
+    with pytest.raises(CodecError, match="2 registers hold 4"):
+        encode_string("HELLO", 2)
+    with pytest.raises(CodecError, match="not Latin-1"):
+        encode_string("\u20ac", 2)
+
+
+def test_string_is_not_a_number():
+    with pytest.raises(CodecError, match="decode_string"):
+        decode_words([0x4142], DataType.STRING)
+    with pytest.raises(CodecError, match="encode_string"):
+        encode_value(1.0, DataType.STRING)
+
+
+def test_register_bits():
+    assert [register_bit(0b1000_0000_0000_1001, bit) for bit in (0, 1, 3, 15)] == [True, False, True, True]
+    assert with_register_bit(0x00F0, 0, True) == 0x00F1
+    assert with_register_bit(0x00F0, 4, False) == 0x00E0
+    assert with_register_bit(0xFFFF, 15, False) == 0x7FFF
+
+
+def test_block_decodes_bits_and_strings_beside_numbers():
+    profile = _profile(
+        {
+            "pump_on": {"table": "holding_register", "address": 10, "type": "bool", "bit": 0},
+            "valve_open": {"table": "holding_register", "address": 10, "type": "bool", "bit": 3},
+            "alarm": {"table": "holding_register", "address": 10, "type": "bool", "bit": 15},
+            "speed_pct": {"table": "holding_register", "address": 11, "type": "uint16", "scale": 0.1},
+            "serial": {"table": "holding_register", "address": 12, "type": "string", "length_registers": 3},
+            "tag": {
+                "table": "holding_register",
+                "address": 15,
+                "type": "string",
+                "length_registers": 1,
+                "byte_order": "BADC",
+            },
+            "load_kw": {"table": "holding_register", "address": 16, "type": "float32", "byte_order": "CDAB"},
+        }
+    )
+    plan = build_plan(profile)
+    assert len(plan.blocks) == 1
+    block = plan.blocks[0]
+    assert set(block.names) == set(profile.signals)
+    words = [
+        0b1000_0000_0000_0001,  # bit 0 and bit 15 set, bit 3 clear
+        0x01F4,  # 500 * 0.1
+        0x4142,
+        0x4300,
+        0x0000,  # "ABC" then padding
+        0x4241,  # "AB" byte-swapped
+        0x0000,
+        0x4226,  # 41.5 word-swapped
+    ]
+    assert block.decode(words) == pytest.approx(
+        {"pump_on": 1.0, "valve_open": 0.0, "alarm": 1.0, "speed_pct": 50.0, "load_kw": 41.5}
+    )
+    assert block.decode_texts(words) == {"serial": "ABC", "tag": "AB"}
+    # the numbers still decode with one struct call per byte-order group
+    assert len(block.groups) == 2

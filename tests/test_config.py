@@ -141,10 +141,77 @@ def test_bad_site_files(tmp_path, capsys, devices, extra, expected):
         ("a: {table: input_register, address: 0, type: int16, scale: 0}", "scale must not be 0"),
         # bad signal name
         ("Supply Temp: {table: input_register, address: 0, type: int16}", "String should match pattern"),
+        # a bit field overlapping a word signal
+        (
+            (
+                "a: {table: holding_register, address: 0, type: uint16}\n"
+                "  b: {table: holding_register, address: 0, type: bool, bit: 3}"
+            ),
+            "signals.b overlaps signals.a in holding_register at address 0",
+        ),
+        # a bit field inside a multi-register value
+        (
+            (
+                "a: {table: input_register, address: 10, type: float32}\n"
+                "  b: {table: input_register, address: 11, type: bool, bit: 0}"
+            ),
+            "signals.b overlaps signals.a in input_register at address 11",
+        ),
+        # two signals on the same bit
+        (
+            (
+                "a: {table: holding_register, address: 5, type: bool, bit: 3}\n"
+                "  b: {table: holding_register, address: 5, type: bool, bit: 3}"
+            ),
+            "signals.b uses bit 3 of holding_register 5 like signals.a",
+        ),
+        # bit out of range
+        ("a: {table: holding_register, address: 0, type: bool, bit: 16}", "signals.a.bit: Input should be less"),
+        # bit on a word type
+        ("a: {table: holding_register, address: 0, type: uint16, bit: 1}", "bit is for type bool"),
+        # bit on a coil
+        ("a: {table: coil, address: 0, type: bool, bit: 1}", "bit is for type bool"),
+        # string without length
+        ("a: {table: holding_register, address: 0, type: string}", "type string needs length_registers"),
+        # string with a word order
+        (
+            "a: {table: holding_register, address: 0, type: string, length_registers: 4, byte_order: CDAB}",
+            "a string's byte_order is ABCD or BADC",
+        ),
+        # writable string
+        (
+            (
+                "a: {table: holding_register, address: 0, type: string, length_registers: 4, access: read_write, "
+                "min: 0, max: 1}"
+            ),
+            "a string is read-only",
+        ),
+        # length on a number
+        ("a: {table: holding_register, address: 0, type: uint16, length_registers: 2}", "length_registers is for"),
+        # string overlapping the next signal
+        (
+            (
+                "a: {table: holding_register, address: 0, type: string, length_registers: 4}\n"
+                "  b: {table: holding_register, address: 3, type: uint16}"
+            ),
+            "signals.b overlaps signals.a in holding_register at address 3",
+        ),
+        # address 0 does not exist with 1-based addressing
+        (
+            "a: {table: holding_register, address: 0, type: uint16}",
+            "0 is not a register number with addressing 1",
+        ),
+        # unknown quirk value
+        ("a: {table: holding_register, address: 0, type: uint16}", "write_out_of_range: Input should be"),
     ],
 )
 def test_bad_profiles_name_the_profile_file_and_key(tmp_path, capsys, signals, expected):
-    folder = write_profile(tmp_path, f"protocol: modbus\nmodel: test\nsignals:\n  {signals}\n")
+    head = "protocol: modbus\nmodel: test\n"
+    if "addressing 1" in expected:
+        head += "addressing: 1\n"
+    if "write_out_of_range" in expected:
+        head += "write_out_of_range: wrap\n"
+    folder = write_profile(tmp_path, f"{head}signals:\n  {signals}\n")
     path = write_site(tmp_path, "  - {name: d, kind: cdu, protocol: modbus, host: h, profile: dev}", profiles=folder)
     code, err = check(path, capsys)
     assert code == 2
@@ -199,3 +266,33 @@ def test_check_exits_2_without_traceback_as_a_process(tmp_path):
     assert result.returncode == 2
     assert "mqtt.port: Input should be greater than or equal to 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bit_fields_sharing_a_register_and_strings_are_valid(tmp_path, capsys):
+    folder = write_profile(
+        tmp_path,
+        """\
+        protocol: modbus
+        model: test
+        addressing: 1
+        pause_after_connect_s: 0.2
+        write_out_of_range: clamp
+        signals:
+          pump_on: {table: holding_register, address: 1, type: bool, bit: 0}
+          valve_open: {table: holding_register, address: 1, type: bool, bit: 1, access: read_write, min: 0, max: 1}
+          speed_pct: {table: holding_register, address: 2, type: uint16}
+          serial: {table: input_register, address: 1, type: string, length_registers: 8, byte_order: BADC}
+        """,
+    )
+    path = write_site(
+        tmp_path,
+        "  - {name: d, kind: cdu, protocol: modbus, host: h, profile: dev, pause_between_requests_s: 0.05}",
+        profiles=folder,
+    )
+    code = main(["check", "-c", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "read input_register 1-8 (1 signals)" in out
+    assert "read holding_register 1-2 (3 signals)" in out
+    site = load_site(path)
+    assert site.config.devices[0].profile_overrides() == {"pause_between_requests_s": 0.05}

@@ -75,3 +75,41 @@ def test_bits_merge_up_to_2000():
 def test_subset_plan_for_read_back():
     plan = build_plan(_profile(_regs(range(10))), ["s4"])
     assert spans(plan) == [("holding_register", 4, 1)]
+
+
+def test_bit_fields_of_one_register_share_its_read():
+    signals = {
+        f"b{bit}": {"table": "input_register", "address": 7, "type": "bool", "bit": bit} for bit in (0, 5, 15)
+    } | {"w": {"table": "input_register", "address": 8, "type": "uint16"}}
+    plan = build_plan(_profile(signals))
+    assert spans(plan) == [("input_register", 7, 2)]
+    assert plan.signal_count == 4
+
+
+def test_string_width_is_its_length():
+    signals = {
+        "name": {"table": "holding_register", "address": 0, "type": "string", "length_registers": 8},
+        "after": {"table": "holding_register", "address": 8, "type": "uint16"},
+    }
+    plan = build_plan(_profile(signals, max_registers_per_request=8))
+    assert spans(plan) == [("holding_register", 0, 8), ("holding_register", 8, 1)]
+
+
+def test_one_request_per_signal_never_merges_but_bits_share_their_register():
+    signals = _regs([0, 1]) | {
+        "f": {"table": "holding_register", "address": 2, "type": "float32"},
+        "b0": {"table": "holding_register", "address": 4, "type": "bool", "bit": 0},
+        "b1": {"table": "holding_register", "address": 4, "type": "bool", "bit": 1},
+        "c0": {"table": "coil", "address": 0, "type": "bool"},
+        "c1": {"table": "coil", "address": 1, "type": "bool"},
+    }
+    plan = build_plan(_profile(signals, one_request_per_signal=True))
+    assert spans(plan) == [
+        ("coil", 0, 1),
+        ("coil", 1, 1),
+        ("holding_register", 0, 1),
+        ("holding_register", 1, 1),
+        ("holding_register", 2, 2),
+        ("holding_register", 4, 1),
+    ]
+    assert spans(build_plan(_profile(signals))) == [("coil", 0, 2), ("holding_register", 0, 5)]

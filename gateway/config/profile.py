@@ -7,7 +7,6 @@ raw * scale + offset.
 
 from __future__ import annotations
 
-import itertools
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -64,17 +63,40 @@ class _SignalBase(_Model):
         return self
 
 
+class WriteOutOfRange(StrEnum):
+    """What a write outside a signal's min/max does."""
+
+    REFUSE = "refuse"
+    CLAMP = "clamp"
+
+
 class ModbusSignal(_SignalBase):
     """One value in a Modbus register map."""
 
     table: Table = Field(description="coil, discrete_input, input_register or holding_register")
     address: int = Field(ge=0, le=65535, description="Address as the manual gives it (see addressing)")
-    type: DataType = Field(description="bool, int16, uint16, int32, uint32, int64, uint64, float32, float64")
+    type: DataType = Field(description="bool, int16, uint16, int32, uint32, int64, uint64, float32, float64 or string")
     byte_order: ByteOrder | None = Field(
-        None, description="ABCD, CDAB, BADC or DCBA; the profile's byte_order when omitted"
+        None,
+        description="ABCD, CDAB, BADC or DCBA; the profile's byte_order when omitted. "
+        "A string takes ABCD (first character in the high byte) or BADC",
     )
     scale: float = Field(1.0, description="Engineering value = raw * scale + offset")
     offset: float = Field(0.0, description="Engineering value = raw * scale + offset")
+    bit: int | None = Field(
+        None,
+        ge=0,
+        le=15,
+        description="For type bool in a holding_register or input_register: which bit of the "
+        "register, 0 = least significant. Several bit signals may share one register",
+    )
+    length_registers: int | None = Field(
+        None,
+        ge=1,
+        le=125,
+        description="For type string: registers the text occupies (two characters each); "
+        "trailing NULs and spaces are stripped",
+    )
 
     @model_validator(mode="after")
     def _check_table(self) -> Self:
@@ -82,8 +104,23 @@ class ModbusSignal(_SignalBase):
             raise ValueError("scale must not be 0")
         if self.table.is_bit and self.type is not DataType.BOOL:
             raise ValueError(f"a {self.table} holds one bit: type must be bool, not {self.type}")
-        if not self.table.is_bit and self.type is DataType.BOOL:
-            raise ValueError(f"type bool needs table coil or discrete_input, not {self.table}")
+        if self.bit is not None and (self.table.is_bit or self.type is not DataType.BOOL):
+            raise ValueError(
+                f"bit is for type bool in a holding_register or input_register, not {self.type} in a {self.table}"
+            )
+        if not self.table.is_bit and self.type is DataType.BOOL and self.bit is None:
+            raise ValueError(
+                f"type bool needs table coil or discrete_input, or a bit (0-15) of the register, not {self.table}"
+            )
+        if self.type is DataType.STRING:
+            if self.length_registers is None:
+                raise ValueError("type string needs length_registers (two characters per register)")
+            if self.byte_order not in (None, ByteOrder.ABCD, ByteOrder.BADC):
+                raise ValueError(f"a string's byte_order is ABCD or BADC, not {self.byte_order}")
+            if self.access is Access.READ_WRITE:
+                raise ValueError("a string is read-only: access must be read")
+        elif self.length_registers is not None:
+            raise ValueError(f"length_registers is for type string, not {self.type}")
         if self.access is Access.READ_WRITE and not self.table.writable:
             raise ValueError(f"a {self.table} cannot be written: access must be read")
         return self
@@ -91,11 +128,20 @@ class ModbusSignal(_SignalBase):
     @property
     def width(self) -> int:
         """Registers (or bits) this signal occupies."""
-        return 1 if self.table.is_bit else WORDS[self.type]
+        if self.table.is_bit or self.bit is not None:
+            return 1
+        if self.length_registers is not None:
+            return self.length_registers
+        return WORDS[self.type]
+
+    @property
+    def is_register_bit(self) -> bool:
+        """True for a bool that is one bit of a holding or input register."""
+        return self.bit is not None
 
 
 class ModbusProfile(_Model):
-    """Register map of one Modbus device model."""
+    """Register map of one Modbus device model, and the quirks of its Modbus implementation."""
 
     protocol: Literal["modbus"] = Field(description="modbus")
     model: str = Field(description="Vendor and model this map is for")
@@ -117,13 +163,43 @@ class ModbusProfile(_Model):
         le=124,
         description="Unused registers a request may span to merge two groups into one read",
     )
+    one_request_per_signal: bool = Field(
+        default=False,
+        description="true: never merge signals into one request (for devices that refuse reads "
+        "spanning more than one value); bit fields of one register still share its read",
+    )
+    pause_after_connect_s: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Seconds to wait after the TCP connection opens before the first request "
+        "(for devices that drop requests arriving right after a connect)",
+    )
+    pause_between_requests_s: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Least time between the end of one request and the start of the next on the "
+        "connection (for slow devices and serial gateways); on a connection shared by several "
+        "unit ids the longest pause of the devices sharing it applies to every request",
+    )
+    write_single_with_fc16: bool = Field(
+        default=False,
+        description="true: write a single register with FC16 and a single coil with FC15, for "
+        "devices that implement only the 'write multiple' functions",
+    )
+    write_out_of_range: WriteOutOfRange = Field(
+        WriteOutOfRange.REFUSE,
+        description="A write outside a signal's min/max is refused (refuse) or set to the "
+        "nearest limit and logged with the requested and the applied value (clamp)",
+    )
     signals: dict[Annotated[str, Field(pattern=SIGNAL_NAME)], ModbusSignal] = Field(
         description="Signal name (snake_case, unit suffix) -> where and how to read it"
     )
 
     @model_validator(mode="after")
     def _check_map(self) -> Self:
-        spans: dict[Table, list[tuple[int, int, str]]] = {}
+        spans: dict[Table, list[tuple[int, int, str, int | None]]] = {}
         for name, signal in self.signals.items():
             start = signal.address - self.addressing
             if start < 0:
@@ -131,14 +207,28 @@ class ModbusProfile(_Model):
             end = start + signal.width - 1
             if end > 65535:
                 raise ValueError(f"signals.{name}.address: {signal.type} at {signal.address} runs past register 65535")
-            spans.setdefault(signal.table, []).append((start, end, name))
+            spans.setdefault(signal.table, []).append((start, end, name, signal.bit))
         for table, items in spans.items():
-            items.sort()
-            for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(items):
-                if start_b <= end_a:
-                    raise ValueError(
-                        f"signals.{name_b} overlaps signals.{name_a} in {table} at address {start_b + self.addressing}"
-                    )
+            # Sweep in address order, against the signal reaching furthest so far: only bit
+            # fields of one and the same register may share it, and never the same bit.
+            items.sort(key=lambda item: (item[0], item[1], item[3] is not None, item[2]))
+            reach: tuple[int, int, str, int | None] | None = None
+            bits_used: dict[tuple[int, int], str] = {}
+            for item in items:
+                start, end, name, bit = item
+                if bit is not None:
+                    other = bits_used.setdefault((start, bit), name)
+                    if other != name:
+                        raise ValueError(
+                            f"signals.{name} uses bit {bit} of {table} {start + self.addressing} like signals.{other}"
+                        )
+                if reach is not None and start <= reach[1]:
+                    both_bits = bit is not None and reach[3] is not None and start == reach[0]
+                    if not both_bits:
+                        where = f"{table} at address {start + self.addressing}"
+                        raise ValueError(f"signals.{name} overlaps signals.{reach[2]} in {where}")
+                if reach is None or end > reach[1] or (end == reach[1] and bit is None):
+                    reach = item
         return self
 
     def pdu_address(self, signal: ModbusSignal) -> int:

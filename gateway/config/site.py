@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from gateway.config.profile import WriteOutOfRange
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
@@ -40,7 +42,45 @@ class ModbusDevice(_DeviceBase):
     protocol: Literal["modbus"] = Field(description="modbus")
     host: str = Field(min_length=1, description="IP address or host name")
     port: int = Field(502, ge=1, le=65535, description="TCP port")
-    unit_id: int = Field(1, ge=0, le=255, description="Modbus unit (slave) id")
+    unit_id: int = Field(
+        1,
+        ge=0,
+        le=255,
+        description="Modbus unit (slave) id. Devices with the same host and port (units behind one "
+        "Modbus TCP gateway) share one TCP connection",
+    )
+    # Quirks: the profile declares them for the model; these override them for one device, e.g.
+    # when the same model sits behind a gateway that needs its own pauses. Omitted = the profile's.
+    max_registers_per_request: int | None = Field(
+        None, ge=1, le=125, description="Overrides the profile's max_registers_per_request"
+    )
+    max_gap: int | None = Field(None, ge=0, le=124, description="Overrides the profile's max_gap")
+    one_request_per_signal: bool | None = Field(None, description="Overrides the profile's one_request_per_signal")
+    pause_after_connect_s: float | None = Field(
+        None, ge=0, le=10, description="Overrides the profile's pause_after_connect_s"
+    )
+    pause_between_requests_s: float | None = Field(
+        None, ge=0, le=10, description="Overrides the profile's pause_between_requests_s"
+    )
+    write_single_with_fc16: bool | None = Field(None, description="Overrides the profile's write_single_with_fc16")
+    write_out_of_range: WriteOutOfRange | None = Field(
+        None, description="Overrides the profile's write_out_of_range (refuse or clamp)"
+    )
+
+    def profile_overrides(self) -> dict[str, Any]:
+        """The quirk keys this device sets, to apply over its profile's."""
+        return {key: getattr(self, key) for key in _PROFILE_OVERRIDES if getattr(self, key) is not None}
+
+
+_PROFILE_OVERRIDES = (
+    "max_registers_per_request",
+    "max_gap",
+    "one_request_per_signal",
+    "pause_after_connect_s",
+    "pause_between_requests_s",
+    "write_single_with_fc16",
+    "write_out_of_range",
+)
 
 
 class OpcUaDevice(_DeviceBase):

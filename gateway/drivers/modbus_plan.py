@@ -5,6 +5,14 @@ Signals of one table whose addresses are contiguous, or separated by at most the
 registers (Modbus allows 125; 2000 bits for coils and discrete inputs). Each block decodes all
 its values with at most four precompiled :class:`struct.Struct` calls, one per
 (word byte order, value byte order) pair, so decoding costs microseconds per block.
+
+Bit fields inside registers and fixed-length strings are extra passes over the same reply,
+made only by the blocks that hold them. Numbers and bits come out of :meth:`Block.decode` as
+floats (a :class:`~gateway.sample.Reading` holds floats); text comes out of
+:meth:`Block.decode_texts` and travels in ``Reading.texts``.
+
+A profile with ``one_request_per_signal`` gets one request per register span: no merging,
+except that bit fields of one register share the read of that register.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.codec import WORDS, ByteOrder, DataType
+from gateway.codec import WORDS, ByteOrder, DataType, decode_string
 from gateway.config.profile import ModbusProfile, ModbusSignal, Table
 
 _FORMAT_CHAR: Final[dict[DataType, str]] = {
@@ -53,15 +61,36 @@ class _Group:
 
 
 @dataclass(frozen=True, slots=True)
+class _RegisterBit:
+    """A bool that is one bit of a register in a block."""
+
+    name: str
+    offset: int  # word offset in the block
+    mask: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """A fixed-length string in a block."""
+
+    name: str
+    offset: int  # word offset in the block
+    length: int  # registers
+    order: ByteOrder
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """One read request and how to decode its reply."""
 
     table: Table
     start: int  # PDU address
     count: int  # registers or bits
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # every signal the block reads, numbers, bits and texts
     groups: tuple[_Group, ...]
     bit_offsets: tuple[int, ...]  # for coil/discrete_input blocks: each name's bit offset
+    register_bits: tuple[_RegisterBit, ...] = ()
+    texts: tuple[_Text, ...] = ()
 
     def describe(self, addressing: int = 0) -> str:
         """``holding_register 100-105 (6 signals)`` in the profile's own addressing."""
@@ -69,9 +98,10 @@ class Block:
         return f"{self.table} {first}-{first + self.count - 1} ({len(self.names)} signals)"
 
     def decode(self, data: list[int]) -> dict[str, float]:
-        """Decode a reply: register words, or bits for coil/discrete-input blocks.
+        """Decode the numbers and bits of a reply: register words, or bits for coil/discrete-input blocks.
 
         The caller checks the length; a short reply raises :class:`struct.error` / IndexError.
+        Strings are left to :meth:`decode_texts`.
         """
         if self.table.is_bit:
             return {name: float(bool(data[offset])) for name, offset in zip(self.names, self.bit_offsets, strict=True)}
@@ -86,7 +116,15 @@ class Block:
             raw = group.layout.unpack_from(buffer)
             for name, value, scale, offset in zip(group.names, raw, group.scales, group.offsets, strict=True):
                 out[name] = value * scale + offset
+        for bit in self.register_bits:  # an extra pass only for blocks that hold bit fields
+            out[bit.name] = 1.0 if data[bit.offset] & bit.mask else 0.0
         return out
+
+    def decode_texts(self, data: list[int]) -> dict[str, str]:
+        """Decode the strings of a reply (empty for blocks without strings)."""
+        return {
+            text.name: decode_string(data[text.offset : text.offset + text.length], text.order) for text in self.texts
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +179,19 @@ def build_plan(profile: ModbusProfile, signals: list[str] | None = None) -> Read
 
     blocks: list[Block] = []
     for table in Table:  # a fixed table order keeps plans stable across runs
-        items = sorted(by_table.get(table, []), key=lambda item: profile.pdu_address(item[1]))
+        items = sorted(by_table.get(table, []), key=lambda item: (profile.pdu_address(item[1]), item[0]))
         limit = profile.max_bits_per_request if table.is_bit else profile.max_registers_per_request
         current: list[tuple[str, ModbusSignal]] = []
         start = end = 0
         for name, signal in items:
             address = profile.pdu_address(signal)
             last = address + signal.width - 1
-            if current and address - end - 1 <= profile.max_gap and last - start + 1 <= limit:
+            if profile.one_request_per_signal:
+                # Only bit fields of one register (the same span) share a request.
+                fits = address == start and last == end
+            else:
+                fits = address - end - 1 <= profile.max_gap and last - start + 1 <= limit
+            if current and fits:
                 current.append((name, signal))
                 end = max(end, last)
                 continue
@@ -172,12 +215,29 @@ def _make_block(
             groups=(),
             bit_offsets=tuple(profile.pdu_address(signal) - start for _, signal in members),
         )
-    groups = _build_groups(profile, start, members)
+    numbers = [(name, signal) for name, signal in members if signal.type in _FORMAT_CHAR]
+    register_bits = tuple(
+        _RegisterBit(name, profile.pdu_address(signal) - start, 1 << signal.bit)
+        for name, signal in members
+        if signal.bit is not None
+    )
+    texts = tuple(
+        _Text(name, profile.pdu_address(signal) - start, signal.width, profile.order_of(signal))
+        for name, signal in members
+        if signal.type is DataType.STRING
+    )
+    groups = _build_groups(profile, start, numbers)
     return Block(
         table=table,
         start=start,
         count=end - start + 1,
-        names=tuple(name for group in groups for name in group.names),
+        names=(
+            *(name for group in groups for name in group.names),
+            *(bit.name for bit in register_bits),
+            *(text.name for text in texts),
+        ),
         groups=groups,
         bit_offsets=(),
+        register_bits=register_bits,
+        texts=texts,
     )
