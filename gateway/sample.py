@@ -20,6 +20,8 @@ class Reading:
 
     ``values`` holds only good values. A signal that could not be read, or whose source said it
     is bad, is in ``bad`` with the reason, so a bad value can never pass as a good number.
+    ``texts`` holds good string values (a Modbus ``type: string`` such as a serial number):
+    text is metadata, not a number a controller could use, so it stays out of ``values``.
     """
 
     device: str
@@ -27,3 +29,4 @@ class Reading:
     values: dict[str, float]
     bad: dict[str, str] = field(default_factory=dict)
     uncertain: dict[str, float] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
