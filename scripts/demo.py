@@ -60,7 +60,8 @@ class Demo:
 
     def start_broker(self) -> str:
         port = free_port()
-        mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        sbin = Path("/usr/sbin/mosquitto")
+        mosquitto = shutil.which("mosquitto") or (str(sbin) if sbin.exists() else None)
         if mosquitto:
             conf = STATE / "mosquitto.conf"
             conf.write_text(

@@ -18,7 +18,7 @@ text = re.sub(
     r"<!-- config-reference:start -->\n.*<!-- config-reference:end -->",
     lambda _: f"<!-- config-reference:start -->\n{reference}<!-- config-reference:end -->",
     text,
-    flags=re.S,
+    flags=re.DOTALL,
 )
 readme.write_text(text, encoding="utf-8")
 print(f"updated {readme}")
