@@ -167,6 +167,37 @@ def cmd_write(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Probe unit ids at a Modbus TCP endpoint and list the ones that answer."""
+    from gateway.drivers.modbus import ConnectionDead, parse_units, scan_units  # noqa: PLC0415
+
+    try:
+        units = parse_units(args.units)
+    except ValueError as exc:
+        print(f"error: --units: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    where = f"{args.host}:{args.port}"
+    print(f"scanning {where}, {len(units)} unit id(s), {args.connections} connection(s), timeout {args.timeout:g} s")
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            results = await scan_units(
+                args.host, args.port, units, timeout_s=args.timeout, connections=args.connections
+            )
+        except ConnectionDead as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+        answering = [result for result in results if result.answers]
+        for result in answering:
+            print(f"  unit {result.unit_id:<3}  {result.detail}")
+        print(f"{len(answering)} of {len(units)} unit ids answer ({loop.time() - started:.1f} s)")
+        return EXIT_OK if answering else EXIT_RUNTIME
+
+    return asyncio.run(main())
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve the site's devices from the plant model (or run a scenario in-process)."""
     from simulators.cli import simulate  # noqa: PLC0415 - the simulators are a separate package
@@ -202,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("signal")
     p.add_argument("value", type=float)
     p.set_defaults(func=cmd_write)
+    p = add("scan", "list the Modbus unit ids that answer at HOST (exception 10/11 means none there)", config=False)
+    p.add_argument("host")
+    p.add_argument("--port", type=int, default=502, help="TCP port (default 502)")
+    p.add_argument("--units", default="1-247", help="unit ids to try, e.g. 1-247 or 1-10,100 (default 1-247)")
+    p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for each unit (default 0.5)")
+    p.add_argument("--connections", type=int, default=4, help="requests outstanding at once, one per connection")
+    p.set_defaults(func=cmd_scan)
     p = add("simulate", "serve simulated devices, or run a scenario faster than real time", config=False)
     p.add_argument("-c", "--config", help="site YAML file whose loopback devices are served")
     p.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or file")

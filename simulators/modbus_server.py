@@ -8,7 +8,16 @@ implementation for the gateway's pymodbus client to interoperate with (``mbpoll`
 libmodbus, checks it from the other side).
 
 Each unit id behind an endpoint is a :class:`UnitImage`: four register tables filled from a
-profile and a value source (the plant model), and write hooks back into the plant.
+profile and a value source (the plant model), and write hooks back into the plant. Bit
+fields inside registers and fixed-length strings are encoded as the profile declares them;
+a write to a register holding bit fields reports each writable bit that changed.
+
+Faults (:class:`Fault`) are set per unit. ``half_open`` models a TCP connection whose peer is
+gone without a FIN or RST (a rebooted device, a NAT or firewall that forgot the flow): every
+connection that carries a request for the unit goes deaf for good, reading requests and never
+answering nor closing, so only the client's timeout can notice. New connections work again
+once the fault is cleared. :meth:`ModbusEndpoint.half_open` does the same to every open
+connection at once.
 """
 
 from __future__ import annotations
@@ -16,12 +25,21 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from gateway.codec import WORDS, CodecError, decode_words, encode_value
-from gateway.config.profile import Access, ModbusProfile, Table
+from gateway.codec import (
+    CodecError,
+    DataType,
+    decode_words,
+    encode_string,
+    encode_value,
+    register_bit,
+    with_register_bit,
+)
+from gateway.config.profile import Access, ModbusProfile, ModbusSignal, Table
 
 _READ_FC = {1: Table.COIL, 2: Table.DISCRETE_INPUT, 3: Table.HOLDING_REGISTER, 4: Table.INPUT_REGISTER}
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_FAILURE = 1, 2, 3, 4
@@ -31,10 +49,11 @@ class Fault(StrEnum):
     """Faults a test or an operator can inject into one unit."""
 
     NONE = "none"
-    SILENT = "silent"  # read requests, never answer (a hung device or half-open connection)
+    SILENT = "silent"  # read requests for this unit, never answer them (a hung device)
     SLOW = "slow"  # answer after fault_delay_s
     EXCEPTION = "exception"  # answer every request with exception fault_code
     DROP = "drop"  # close every connection as soon as a request arrives
+    HALF_OPEN = "half_open"  # the connection that carries a request goes deaf for good, never closes
 
 
 @dataclass
@@ -51,9 +70,12 @@ class UnitImage:
     fault_code: int = DEVICE_FAILURE
     frozen: set[str] = field(default_factory=set)
     requests: int = 0
+    functions: Counter[int] = field(default_factory=Counter)  # requests by function code
 
     def __post_init__(self) -> None:
+        # whole writable signals by their first register; bit fields by their register
         self._writable: dict[tuple[Table, int], str] = {}
+        self._register_bits: dict[tuple[Table, int], list[tuple[str, ModbusSignal]]] = {}
         for name, signal in self.profile.signals.items():
             start = self.profile.pdu_address(signal)
             width = signal.width
@@ -61,11 +83,13 @@ class UnitImage:
             low, high = self.ranges.get(table, (start, start + width - 1))
             self.ranges[table] = (min(low, start), max(high, start + width - 1))
             self.tables.setdefault(table, {})
-            if signal.access is Access.READ_WRITE:
+            if signal.bit is not None:
+                self._register_bits.setdefault((table, start), []).append((name, signal))
+            elif signal.access is Access.READ_WRITE:
                 self._writable[(table, start)] = name
 
-    def update(self, values: dict[str, float]) -> None:
-        """Encode engineering values into the tables (frozen signals keep their registers)."""
+    def update(self, values: Mapping[str, float | str]) -> None:
+        """Encode engineering values (text for strings) into the tables; frozen signals keep theirs."""
         profile = self.profile
         for name, value in values.items():
             signal = profile.signals.get(name)
@@ -76,14 +100,26 @@ class UnitImage:
             if signal.table.is_bit:
                 table[start] = 1 if value else 0
                 continue
-            raw = (value - signal.offset) / signal.scale
-            if not math.isfinite(raw):
+            if signal.bit is not None:
+                table[start] = with_register_bit(table.get(start, 0), signal.bit, bool(value))
                 continue
-            try:
-                words = encode_value(raw, signal.type, profile.order_of(signal))
-            except CodecError:
-                # A value outside the register's range saturates, as real transmitters do.
-                continue
+            if signal.type is DataType.STRING:
+                assert signal.length_registers is not None
+                try:
+                    words = encode_string(str(value), signal.length_registers, profile.order_of(signal))
+                except CodecError:
+                    continue
+            else:
+                if isinstance(value, str):
+                    continue
+                raw = (value - signal.offset) / signal.scale
+                if not math.isfinite(raw):
+                    continue
+                try:
+                    words = encode_value(raw, signal.type, profile.order_of(signal))
+                except CodecError:
+                    # A value outside the register's range saturates, as real transmitters do.
+                    continue
             for i, word in enumerate(words):
                 table[start + i] = word
 
@@ -96,15 +132,21 @@ class UnitImage:
         return [data.get(a, 0) for a in range(address, address + count)]
 
     def write(self, table: Table, address: int, words: list[int]) -> int | None:
-        """Apply a write to whole writable signals; an exception code otherwise."""
+        """Apply a write to whole writable signals or to registers of bit fields; an exception code otherwise."""
         position = address
         end = address + len(words)
         while position < end:
+            if (table, position) in self._register_bits:
+                code = self._write_bits(table, position, words[position - address])
+                if code is not None:
+                    return code
+                position += 1
+                continue
             name = self._writable.get((table, position))
             if name is None:
                 return ILLEGAL_ADDRESS
             signal = self.profile.signals[name]
-            width = 1 if table.is_bit else WORDS[signal.type]
+            width = signal.width
             part = words[position - address : position - address + width]
             if len(part) < width:
                 return ILLEGAL_ADDRESS
@@ -123,6 +165,29 @@ class UnitImage:
             position += width
         return None
 
+    def _write_bits(self, table: Table, address: int, word: int) -> int | None:
+        """A whole-register write to a register of bit fields: read-only bits must not change."""
+        members = self._register_bits[(table, address)]
+        if not any(signal.access is Access.READ_WRITE for _, signal in members):
+            return ILLEGAL_ADDRESS
+        old = self.tables[table].get(address, 0)
+        changed = []
+        for name, signal in members:
+            assert signal.bit is not None
+            new_bit = register_bit(word, signal.bit)
+            if new_bit == register_bit(old, signal.bit):
+                continue
+            if signal.access is not Access.READ_WRITE:
+                return ILLEGAL_VALUE
+            changed.append((name, new_bit))
+        try:
+            for name, new_bit in changed:
+                self.on_write(name, float(new_bit))
+        except (KeyError, ValueError):
+            return ILLEGAL_VALUE
+        self.tables[table][address] = word
+        return None
+
 
 def _exception(unit: int, tid: int, function: int, code: int) -> bytes:
     return struct.pack(">HHHBBB", tid, 0, 3, unit, function | 0x80, code)
@@ -133,11 +198,13 @@ class _Connection(asyncio.Protocol):
         self.endpoint = endpoint
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
+        self.deaf = False  # half-open: reads requests, never answers, never closes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.endpoint.connections.add(self)
+        self.endpoint.accepted += 1
 
     def connection_lost(self, _exc: Exception | None) -> None:
         self.endpoint.connections.discard(self)
@@ -156,6 +223,8 @@ class _Connection(asyncio.Protocol):
             self._handle(tid, frame)
 
     def _handle(self, tid: int, frame: bytes) -> None:
+        if self.deaf:
+            return
         unit_id, function = frame[0], frame[1]
         unit = self.endpoint.units.get(unit_id)
         if unit is None:
@@ -163,7 +232,11 @@ class _Connection(asyncio.Protocol):
             self._send(_exception(unit_id, tid, function, 11))
             return
         unit.requests += 1
+        unit.functions[function] += 1
         if unit.fault is Fault.SILENT:
+            return
+        if unit.fault is Fault.HALF_OPEN:
+            self.deaf = True
             return
         if unit.fault is Fault.DROP:
             assert self.transport is not None
@@ -217,10 +290,13 @@ class _Connection(asyncio.Protocol):
                 address, count, nbytes = struct.unpack(">HHB", body[:5])
                 payload = body[5 : 5 + nbytes]
                 if function == 15:
+                    # FC15 packs coils eight to a byte, the first coil in the lowest bit
+                    if not 1 <= count <= 1968 or nbytes != (count + 7) // 8 or len(payload) != nbytes:
+                        return _exception(unit_id, tid, function, ILLEGAL_VALUE)
                     bits = [(payload[i // 8] >> (i % 8)) & 1 for i in range(count)]
                     code = unit.write(Table.COIL, address, bits)
                 else:
-                    if nbytes != 2 * count or len(payload) != nbytes:
+                    if not 1 <= count <= 123 or nbytes != 2 * count or len(payload) != nbytes:
                         return _exception(unit_id, tid, function, ILLEGAL_VALUE)
                     code = unit.write(Table.HOLDING_REGISTER, address, list(struct.unpack(f">{count}H", payload)))
                 if code is not None:
@@ -241,6 +317,7 @@ class ModbusEndpoint:
         self.port = port
         self.units: dict[int, UnitImage] = {}
         self.connections: set[_Connection] = set()
+        self.accepted = 0  # connections accepted since the endpoint was made (tests count reconnects)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -264,3 +341,8 @@ class ModbusEndpoint:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
+
+    def half_open(self) -> None:
+        """Make every open client connection deaf: it reads requests, never answers, never closes."""
+        for connection in list(self.connections):
+            connection.deaf = True
