@@ -9,8 +9,8 @@ and its own CPU time on stderr at exit, so the benchmark can show the server is 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import math
 import os
 import signal
