@@ -3,7 +3,8 @@ with live readings in the terminal until Ctrl-C.
 
 Uses a private Mosquitto when Debian's `mosquitto` is installed, otherwise the embedded
 broker (`simulators.broker`); a private victoria-metrics (InfluxDB v2 write API) when
-installed, otherwise runs without the historian. Everything listens on loopback and writes
+installed, otherwise runs without the historian. HEAT_GATEWAY_DEMO_BROKER=embedded forces the
+embedded broker. Everything listens on loopback and writes
 its logs and data under var/demo/.
 """
 
@@ -62,6 +63,8 @@ class Demo:
         port = free_port()
         sbin = Path("/usr/sbin/mosquitto")
         mosquitto = shutil.which("mosquitto") or (str(sbin) if sbin.exists() else None)
+        if os.environ.get("HEAT_GATEWAY_DEMO_BROKER") == "embedded":
+            mosquitto = None
         if mosquitto:
             conf = STATE / "mosquitto.conf"
             conf.write_text(
@@ -100,15 +103,15 @@ class Demo:
         return self.env["INFLUX_URL"]
 
     def stop(self) -> None:
+        # Newest first, one at a time: the historian flushes before the database goes away.
         for _, process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for _, process in reversed(self.processes):
             try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=6)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
 
 
 COLUMNS = [
