@@ -228,3 +228,31 @@ def test_block_decodes_bits_and_strings_beside_numbers():
     assert block.decode_texts(words) == {"serial": "ABC", "tag": "AB"}
     # the numbers still decode with one struct call per byte-order group
     assert len(block.groups) == 2
+
+
+def test_profile_byte_order_is_for_multi_register_values_and_16_bit_values_swap_only_when_told():
+    profile = _profile(
+        {
+            "setpoint": {"table": "holding_register", "address": 0, "type": "int16"},
+            "swapped": {"table": "holding_register", "address": 1, "type": "uint16", "byte_order": "BADC"},
+            "also_swapped": {"table": "holding_register", "address": 2, "type": "int16", "byte_order": "DCBA"},
+            "word_order_only": {"table": "holding_register", "address": 3, "type": "uint16", "byte_order": "CDAB"},
+            "load_kw": {"table": "holding_register", "address": 4, "type": "float32"},
+        },
+        byte_order="DCBA",
+    )
+    signals = profile.signals
+    assert profile.order_of(signals["setpoint"]) is A
+    assert profile.order_of(signals["load_kw"]) is D
+    # 42 = 0x002A; 300 = 0x012C; -2 = 0xFFFE; 41.5 = 0x42260000
+    words = [0x002A, 0x2C01, 0xFEFF, 0x012C, 0x0000, 0x2642]
+    assert build_plan(profile).blocks[0].decode(words) == {
+        "setpoint": 42,
+        "swapped": 300,
+        "also_swapped": -2,
+        "word_order_only": 300,
+        "load_kw": 41.5,
+    }
+    # the write path encodes with the same orders
+    assert encode_value(42, DataType.INT16, profile.order_of(signals["setpoint"])) == [0x002A]
+    assert encode_value(300, DataType.UINT16, profile.order_of(signals["swapped"])) == [0x2C01]

@@ -200,6 +200,17 @@ async def test_one_based_profile_puts_address_minus_one_on_the_wire():
     assert unit.writes == [("setpoint_c", 30.5)]
 
 
+async def test_little_endian_profile_default_leaves_16_bit_registers_big_endian_on_read_and_write():
+    profile = make_profile(byte_order="DCBA")
+    unit = Unit("dev-1", profile)
+    async with serving({1: unit}) as endpoint, ModbusDriver(make_device(endpoint), profile) as driver:
+        assert (await driver.read()).values == pytest.approx(NUMBERS)
+        assert await driver.write("setpoint_c", 30.5) == pytest.approx(30.5)
+    table = unit.image.tables[profile.signals["setpoint_c"].table]
+    assert table[100] == 3050  # 0x0BEA on the wire, not byte-swapped
+    assert unit.writes == [("setpoint_c", 30.5)]
+
+
 async def test_unmapped_block_marks_only_its_signals_bad_with_device_unit_and_register():
     profile = make_profile(signals={**SIGNALS, "ghost": {"table": "input_register", "address": 500, "type": "uint16"}})
     served = make_profile()  # the device does not have register 500

@@ -236,8 +236,18 @@ class ModbusProfile(_Model):
         return signal.address - self.addressing
 
     def order_of(self, signal: ModbusSignal) -> ByteOrder:
-        """The signal's byte order, or the profile default."""
-        return signal.byte_order or self.byte_order
+        """The signal's byte order, or the profile default.
+
+        The profile default is for multi-register values: a 16-bit value is big-endian (ABCD)
+        as the Modbus spec has it, unless the signal itself says otherwise. Reads, writes and
+        the simulator all ask here, so that a DCBA profile cannot byte-swap a 16-bit setpoint
+        on the way out while reading it back unswapped.
+        """
+        if signal.byte_order is not None:
+            return signal.byte_order
+        if signal.type in (DataType.INT16, DataType.UINT16):
+            return ByteOrder.ABCD
+        return self.byte_order
 
 
 OpcUaType = DataType | Literal["string"]

@@ -147,7 +147,7 @@ class ReadPlan:
 def _build_groups(profile: ModbusProfile, start: int, members: list[tuple[str, ModbusSignal]]) -> tuple[_Group, ...]:
     by_key: dict[tuple[str, str], list[tuple[int, str, ModbusSignal]]] = {}
     for name, signal in members:
-        order = profile.order_of(signal) if WORDS[signal.type] > 1 else ByteOrder.ABCD
+        order = profile.order_of(signal)  # 16-bit values: ABCD unless the signal says otherwise
         by_key.setdefault(_ORDER_KEY[order], []).append((profile.pdu_address(signal) - start, name, signal))
     groups = []
     for (buffer, endian), items in by_key.items():
