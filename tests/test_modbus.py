@@ -387,9 +387,10 @@ async def test_silent_unit_delays_the_others_by_at_most_its_timeout():
             (silent_s, silent), (first_s, _), (third_s, _) = results
             assert isinstance(silent, DeviceTimeout)
             assert "no reply within 0.3 s" in str(silent)
-            assert silent_s == pytest.approx(TIMEOUT_S, abs=0.1)
-            assert first_s < TIMEOUT_S + 0.2
-            assert third_s < TIMEOUT_S + 0.2
+            # margins for a busy 2-core CI machine; the point is "one timeout", not "three"
+            assert TIMEOUT_S - 0.05 <= silent_s < TIMEOUT_S + 0.3
+            assert first_s < TIMEOUT_S + 0.3
+            assert third_s < TIMEOUT_S + 0.3
             # the connection survived: one TCP connection, the others keep reading
             assert drivers[1].connected
             assert drivers[3].connected
@@ -458,7 +459,7 @@ async def test_half_open_connection_is_detected_by_timeout_and_the_poller_recove
             unit.image.fault = Fault.HALF_OPEN
             started = time.perf_counter()
             assert await poller.poll_once() is None
-            assert time.perf_counter() - started == pytest.approx(TIMEOUT_S, abs=0.15)
+            assert TIMEOUT_S - 0.05 <= time.perf_counter() - started < TIMEOUT_S + 0.4
             sample = image.snapshot(time.time_ns()).sample("dev-1", "temp_c")
             assert sample.quality is Quality.BAD
             assert "no reply within" in sample.reason
