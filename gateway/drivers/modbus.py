@@ -89,6 +89,24 @@ _LIBRARY_TIMEOUT_S = 120.0
 # with context, so the library's own lines would only repeat them.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
+
+class _LateReplyFilter(logging.Filter):
+    """Drops pymodbus' error lines about a reply to a request that already timed out.
+
+    On a shared connection that is expected and harmless (pymodbus skips the frame by its
+    transaction id), and the timeout itself was reported once, with the device. The level set
+    above does not hold once the service configures logging, so this filter does the job.
+    """
+
+    EXPECTED = ("but got id=", "without a corresponding request")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in self.EXPECTED)
+
+
+logging.getLogger("pymodbus.logging").addFilter(_LateReplyFilter())
+
 Call = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
 
 
