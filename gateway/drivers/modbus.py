@@ -155,7 +155,7 @@ class ModbusConnection:
         return self.dead_reason is None and (self.client is None or bool(self.client.connected))
 
     async def open(self, timeout_s: float) -> None:
-        """Open the TCP connection unless it is open already; raises :class:`ConnectionDead` or OSError."""
+        """Open the TCP connection unless it is open already; :class:`ConnectionDead` when it cannot."""
         async with self._open_lock:
             if self.dead_reason is not None:
                 raise ConnectionDead(self.dead_reason)
