@@ -80,6 +80,7 @@ class MqttPublisher:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.connected = threading.Event()
+        self._count_lock = threading.Lock()
         self.sent = 0
         self.acked = 0
         self.refused = 0
@@ -91,7 +92,7 @@ class MqttPublisher:
             log.warning("mqtt_connect_refused", broker=f"{self.config.host}:{self.config.port}", reason=str(reason))
             return
         set_nodelay(client)
-        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        self.publish_now(self.status_topic, b"online", retain=True)
         for topic, handler in self._subscriptions.items():
             client.subscribe(topic, qos=1)
             client.message_callback_add(topic, handler)
@@ -109,7 +110,8 @@ class MqttPublisher:
         self.connected.clear()
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, _mid: int, _reason: Any, _props: Any) -> None:
-        self.acked += 1
+        with self._count_lock:
+            self.acked += 1
 
     @property
     def pending(self) -> int:
@@ -129,12 +131,13 @@ class MqttPublisher:
         self.client.loop_start()
 
     def publish_now(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Hand one message to paho (QoS 1)."""
+        """Hand one message to paho (QoS 1); called from the event loop and from paho's thread."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            self.refused += 1
-        else:
-            self.sent += 1
+        with self._count_lock:
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                self.refused += 1
+            else:
+                self.sent += 1
 
     def _publish_item(self, item: Reading | Message) -> None:
         if isinstance(item, Message):
