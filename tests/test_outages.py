@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from tests.live import PERIOD_S, Collector, running, wait_for, write_site
@@ -11,7 +12,7 @@ from tests.live import PERIOD_S, Collector, running, wait_for, write_site
 def gaps(timestamps: list[int]) -> list[float]:
     """Gaps between consecutive readings, in seconds, larger than 1.5 poll periods."""
     return [
-        (b - a) / 1e9 for a, b in zip(timestamps, timestamps[1:], strict=False) if (b - a) / 1e9 > 1.5 * PERIOD_S
+        (b - a) / 1e9 for a, b in itertools.pairwise(timestamps) if (b - a) / 1e9 > 1.5 * PERIOD_S
     ]
 
 
