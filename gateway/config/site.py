@@ -83,6 +83,85 @@ _PROFILE_OVERRIDES = (
 )
 
 
+class OpcUaSecurityPolicy(StrEnum):
+    """OPC UA security policies the driver offers (the others are deprecated or rare on PLCs)."""
+
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+
+
+class OpcUaSecurityMode(StrEnum):
+    """Message security mode of a secured channel."""
+
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+
+
+class OpcUaTrust(StrEnum):
+    """How the gateway decides to trust a server's certificate."""
+
+    TOFU = "tofu"
+    LIST = "list"
+
+
+class OpcUaMode(StrEnum):
+    """How values come in: one batched Read per period, or a subscription."""
+
+    POLL = "poll"
+    SUBSCRIBE = "subscribe"
+
+
+class OpcUaSecurity(_Model):
+    """Secure channel settings of one OPC UA device (``devices[].security``)."""
+
+    policy: OpcUaSecurityPolicy = Field(
+        OpcUaSecurityPolicy.NONE,
+        description="None (no signing, no encryption) or Basic256Sha256 (needs mode, certificate, private_key)",
+    )
+    mode: OpcUaSecurityMode | None = Field(
+        None, description="Sign or SignAndEncrypt; required with Basic256Sha256, not allowed with None"
+    )
+    certificate: Path | None = Field(
+        None,
+        description="The gateway's application instance certificate (DER or PEM); its URI "
+        "subjectAltName becomes the client's application URI. Relative to the site file",
+    )
+    private_key: Path | None = Field(None, description="The certificate's RSA private key (PEM or DER)")
+    private_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted private key; use ${ENV_VAR}"
+    )
+    server_certificate: Path | None = Field(
+        None,
+        description="Pin: the server must present exactly this certificate (DER or PEM); trust "
+        "and trust_dir are then not used",
+    )
+    trust: OpcUaTrust = Field(
+        OpcUaTrust.TOFU,
+        description="tofu: trust the certificate seen at the first connect, store it in trust_dir "
+        "and refuse any other later; list: the server certificate must be one of the files in trust_dir",
+    )
+    trust_dir: Path | None = Field(
+        None,
+        description="Folder of trusted server certificates (*.der, *.pem, *.crt); "
+        "default <state_dir>/opcua/trusted (tofu stores <device>.der there)",
+    )
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> Self:
+        if self.policy is OpcUaSecurityPolicy.NONE:
+            if self.mode is not None:
+                raise ValueError("mode: policy None has no message security mode; remove mode or choose a policy")
+            return self
+        missing = [key for key in ("mode", "certificate", "private_key") if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"policy {self.policy} needs {', '.join(missing)}")
+        if self.trust is OpcUaTrust.LIST and self.trust_dir is None and self.server_certificate is None:
+            raise ValueError(
+                "trust list needs trust_dir (a folder of trusted server certificates) or server_certificate"
+            )
+        return self
+
+
 class OpcUaDevice(_DeviceBase):
     """An OPC UA server (panel PC, heat-pump PLC)."""
 
@@ -90,6 +169,42 @@ class OpcUaDevice(_DeviceBase):
     endpoint: str = Field(pattern=r"^opc\.tcp://", description="Endpoint URL, opc.tcp://host:port/path")
     username: str | None = Field(None, description="User name; anonymous when omitted")
     password: SecretStr | None = Field(None, description="Password; use ${ENV_VAR} to keep it out of the file")
+    security: OpcUaSecurity = Field(
+        default_factory=OpcUaSecurity,
+        description="Secure channel: policy, mode, certificate, private_key, server_certificate, trust, trust_dir",
+    )
+    mode: OpcUaMode = Field(
+        OpcUaMode.POLL,
+        description="poll: one batched Read of every node per poll_period_s; subscribe: the server "
+        "reports changes and each poll takes the latest values (a value not confirmed within "
+        "3 x poll_period_s or the keep-alive time is bad)",
+    )
+    sampling_interval_ms: float | None = Field(
+        None,
+        ge=0,
+        le=3_600_000,
+        description="subscribe: how often the server samples each node; poll_period_s when omitted, 0 = fastest",
+    )
+    queue_size: int = Field(
+        1, ge=1, le=10_000, description="subscribe: values the server queues per node between two publishes"
+    )
+    deadband_abs: float = Field(
+        0.0,
+        ge=0,
+        description="subscribe: a numeric value is reported only when it moves more than this "
+        "(engineering units; 0 = every change). Not applied to bool and string nodes",
+    )
+    max_nodes_per_read: int = Field(
+        0,
+        ge=0,
+        description="Largest Read request; 0 = the server's OperationLimits/MaxNodesPerRead, read at connect",
+    )
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not")
+        return self
 
 
 Device = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="protocol")]
