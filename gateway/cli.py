@@ -137,6 +137,8 @@ def cmd_read(args: argparse.Namespace) -> int:
             unit = profile.signals[name].unit
             if name in reading.values:
                 print(f"{name:<28} {_format_value(reading.values[name], unit):<20} good")
+            elif name in reading.texts:
+                print(f"{name:<28} {reading.texts[name]!r:<20} good")
             else:
                 reason = reading.bad.get(name, "not read")
                 print(f"{name:<28} {'-':<20} bad: {reason}")
@@ -198,6 +200,33 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_browse(args: argparse.Namespace) -> int:
+    """Print an OPC UA server's address space as a tree, to help write a profile."""
+    _setup_logging(None, "warning")
+    if not args.endpoint.startswith("opc.tcp://") or not 0 < args.timeout <= 60 or args.depth < 1:
+        print("usage: heat-gateway browse opc.tcp://host:port [--depth N>=1] [--timeout 0-60 s]", file=sys.stderr)
+        return EXIT_CONFIG
+    password = args.password
+    if args.user is not None and password is None:
+        import getpass  # noqa: PLC0415 - only when asked for
+
+        password = getpass.getpass(f"password for {args.user}: ")
+    from gateway.drivers.base import DriverError  # noqa: PLC0415
+    from gateway.drivers.opcua import browse, format_tree  # noqa: PLC0415 - load asyncua on demand
+
+    try:
+        tree = asyncio.run(
+            browse(args.endpoint, depth=args.depth, username=args.user, password=password, timeout_s=args.timeout)
+        )
+    except DriverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print("Objects")
+    for line in format_tree(tree):
+        print(f"  {line}")
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve the site's devices from the plant model (or run a scenario in-process)."""
     from simulators.cli import simulate  # noqa: PLC0415 - the simulators are a separate package
@@ -240,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for each unit (default 0.5)")
     p.add_argument("--connections", type=int, default=4, help="requests outstanding at once, one per connection")
     p.set_defaults(func=cmd_scan)
+    p = add("browse", "print an OPC UA server's nodes (id, type, access, value) to help write a profile", config=False)
+    p.add_argument("endpoint", help="opc.tcp://host:port[/path]")
+    p.add_argument("--depth", type=int, default=6, help="levels below Objects to show (default 6)")
+    p.add_argument("--user", help="user name; anonymous when omitted")
+    p.add_argument("--password", help="password (asked for when --user is given without it)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply")
+    p.set_defaults(func=cmd_browse)
     p = add("simulate", "serve simulated devices, or run a scenario faster than real time", config=False)
     p.add_argument("-c", "--config", help="site YAML file whose loopback devices are served")
     p.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or file")
