@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from gateway.config.site import Mqtt
 from gateway.logs import get_logger
-from gateway.publish.lineprotocol import encode_line, series_prefix
+from gateway.publish.lineprotocol import encode_fields, encode_line, series_prefix
 from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
 
@@ -144,6 +144,13 @@ class MqttPublisher:
             self.publish_now(item.topic, item.payload, retain=item.retain)
             return
         line = encode_line(self._prefixes[item.device], item.values, item.timestamp_ns)
+        if item.texts:  # rare (nameplate strings): kept off the numeric fast path
+            text_fields = encode_fields(dict(item.texts))
+            line = (
+                f"{line.rsplit(' ', 1)[0]},{text_fields} {item.timestamp_ns}"
+                if line is not None
+                else f"{self._prefixes[item.device]} {text_fields} {item.timestamp_ns}"
+            )
         if line is not None:
             self.publish_now(self._topics[item.device], line.encode())
 
