@@ -15,7 +15,7 @@ def test_config_reference_matches_the_models():
         [sys.executable, str(REPO / "scripts" / "config_reference.py")], capture_output=True, text=True, check=True
     ).stdout
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- config-reference:start -->\n(.*)<!-- config-reference:end -->", readme, re.S)
+    match = re.search(r"<!-- config-reference:start -->\n(.*)<!-- config-reference:end -->", readme, re.DOTALL)
     assert match, "README lost its config-reference markers"
     assert match.group(1) == generated, "README is stale: run `make docs`"
 
