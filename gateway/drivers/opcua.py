@@ -462,13 +462,7 @@ class OpcUaDriver:
             if code in _AUTHENTICATION:
                 return DeviceUnavailable(self.name, self._authentication_message(name), address=address)
             if code in _SECURITY:
-                return DeviceUnavailable(
-                    self.name,
-                    f"{doing}: the server refused the secure channel ({name}); does it trust the "
-                    f"gateway's certificate {self.device.security.certificate}? Many servers keep an unknown "
-                    "client certificate in a 'rejected' folder until an operator trusts it",
-                    address=address,
-                )
+                return DeviceUnavailable(self.name, self._security_message(doing, code, name), address=address)
             return DeviceFault(self.name, f"{doing}: {name}", address=address)
         if isinstance(exc, ConnectionRefusedError):
             return DeviceUnavailable(self.name, f"cannot connect to {self.device.endpoint}: connection refused")
@@ -477,11 +471,29 @@ class OpcUaDriver:
             return DeviceUnavailable(self.name, f"{doing}: connection lost ({what})", address=address)
         if isinstance(exc, UaError) and str(exc).startswith("No matching endpoints"):
             sec = self.device.security
-            mode = sec.mode or "None"
+            if sec.policy is OpcUaSecurityPolicy.NONE:
+                return DeviceUnavailable(
+                    self.name, self._security_message(doing, StatusCodes.BadSecurityModeRejected, "no None endpoint")
+                )
             return DeviceUnavailable(
-                self.name, f"{doing}: the server offers no endpoint with security {sec.policy}/{mode} ({exc})"
+                self.name, f"{doing}: the server offers no endpoint with security {sec.policy}/{sec.mode} ({exc})"
             )
         return DeviceUnavailable(self.name, f"{doing}: {type(exc).__name__}: {exc}", address=address)
+
+    def _security_message(self, doing: str, code: int, status: str) -> str:
+        sec = self.device.security
+        if sec.policy is OpcUaSecurityPolicy.NONE:
+            return (
+                f"{doing}: the server refuses an unsecured channel ({status}); set security.policy "
+                "Basic256Sha256 with mode, certificate and private_key"
+            )
+        if code in (StatusCodes.BadSecurityPolicyRejected, StatusCodes.BadSecurityModeRejected):
+            return f"{doing}: the server refuses security {sec.policy}/{sec.mode} ({status})"
+        return (
+            f"{doing}: the server refused the secure channel ({status}); does it trust the gateway's "
+            f"certificate {sec.certificate}? Many servers keep an unknown client certificate in a "
+            "'rejected' folder until an operator trusts it"
+        )
 
     def _authentication_message(self, status: str) -> str:
         if self.device.username is None:
@@ -792,17 +804,23 @@ class OpcUaDriver:
             PublishingEnabled=True,
             Priority=0,
         )
-        subscription = await client.create_subscription(
+        # Built here rather than by client.create_subscription(), which keeps the server's
+        # revised keep-alive to itself: the staleness limit needs it. asyncua's own stale
+        # watchdog then leaves this subscription alone; read() rebuilds a silent one instead.
+        subscription = Subscription(
+            client.uaclient.session,
             params,
             None,
             queue_maxsize=max(1000, 4 * len(self._nodes) * device.queue_size),
             overflow=OverflowPolicy.DROP_OLDEST,
         )
+        revised = await subscription.init()
         self._subscription = subscription
         self._consumer = asyncio.create_task(self._consume(subscription), name=f"opcua-subscription-{self.name}")
-        interval_s = subscription.parameters.RequestedPublishingInterval / 1000.0
-        keepalive_s = interval_s * max(1, int(subscription.parameters.RequestedMaxKeepAliveCount or 1))
-        self._stale_after_s = max(3 * device.poll_period_s, keepalive_s)
+        interval_s = (revised.RevisedPublishingInterval or publishing_ms) / 1000.0
+        keepalive_s = interval_s * max(1, int(revised.RevisedMaxKeepAliveCount or 1))
+        # An unchanged value is confirmed by the keep-alive; 1.5 of its interval absorbs jitter.
+        self._stale_after_s = max(3 * device.poll_period_s, 1.5 * keepalive_s)
         sampling = device.sampling_interval_ms if device.sampling_interval_ms is not None else publishing_ms
         requests = [self._monitored_item(index, node, sampling) for index, node in enumerate(self._nodes)]
         self._subscribed_at = time.monotonic()
@@ -854,6 +872,9 @@ class OpcUaDriver:
             raise DeviceUnavailable(self.name, f"subscription ended by the server ({self._subscription_lost})")
         now = time.monotonic()
         heard = max(subscription.last_publish_at or 0.0, self._subscribed_at)
+        if now - heard > 2 * self._stale_after_s:
+            # Values went stale a while ago and the session did not notice: start over.
+            raise DeviceUnavailable(self.name, f"subscription silent for {now - heard:.1f} s")
         out = _ReadOut()
         for index, node in enumerate(self._nodes):
             failed = self._item_failed.get(node.signal)
