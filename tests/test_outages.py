@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
 
 from tests.live import PERIOD_S, Collector, running, wait_for, write_site
@@ -55,15 +57,49 @@ async def test_database_outage_loses_no_line(tmp_path, mosquitto, fresh_victoria
             await asyncio.sleep(3.0)
             await asyncio.to_thread(fresh_victoria.start)
             await wait_for(lambda: historian._db_down_since is None and not historian._inbox, 30, "catch-up")
-            await asyncio.sleep(2 * PERIOD_S)
-        published = collector.timestamps("cdu-1")
+            await asyncio.sleep(5 * PERIOD_S)
+            cutoff_ns = time.time_ns() - 10**9  # readings older than this have had time to be written
+        published = [ts for ts in collector.timestamps("cdu-1") if ts < cutoff_ns]
         series = await asyncio.to_thread(
-            fresh_victoria.wait_for_export, 'cdu_tcs_supply_temp_c{device="cdu-1"}', min_points=len(published) - 3
+            fresh_victoria.wait_for_export, 'cdu_tcs_supply_temp_c{device="cdu-1"}', min_points=len(published)
         )
         stored_ms = set(series[0]["timestamps"])
         missing = [ts for ts in published if ts // 10**6 not in stored_ms]
-        # The last one or two readings may still be in flight when the historian stops.
-        assert len(missing) <= 2, f"{len(missing)} of {len(published)} readings never reached the database"
+        assert missing == [], f"{len(missing)} of {len(published)} readings never reached the database"
         assert historian.messages_dropped == 0
     finally:
+        collector.close()
+
+
+async def test_killed_historian_loses_no_line(tmp_path, mosquitto, fresh_victoria):
+    """SIGKILL the historian process: the broker keeps its session and redelivers what it had
+    not acknowledged, so the restarted historian writes every reading."""
+    site_path = write_site(tmp_path, mosquitto.port, fresh_victoria.url, cdus=1)
+    collector = Collector(mosquitto.port)
+    argv = [sys.executable, "-m", "gateway", "historian", "-c", str(site_path)]
+    historian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with running(site_path, historian=False):
+            first = await asyncio.to_thread(
+                fresh_victoria.wait_for_export, 'cdu_tcs_supply_temp_c{device="cdu-1"}', min_points=3
+            )
+            # Readings from before the historian's first subscription had no session to wait in.
+            start_ms = first[0]["timestamps"][0]
+            historian.kill()
+            historian.wait()
+            await asyncio.sleep(2.0)  # readings published now wait in the broker for the session
+            historian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await asyncio.sleep(2.0)
+            cutoff_ns = time.time_ns() - 10**9
+        published = [ts for ts in collector.timestamps("cdu-1") if start_ms * 10**6 <= ts < cutoff_ns]
+        series = await asyncio.to_thread(
+            fresh_victoria.wait_for_export, 'cdu_tcs_supply_temp_c{device="cdu-1"}', min_points=len(published)
+        )
+        stored_ms = set(series[0]["timestamps"])
+        missing = [ts for ts in published if ts // 10**6 not in stored_ms]
+        assert len(published) > 15
+        assert missing == [], f"{len(missing)} of {len(published)} readings never reached the database"
+    finally:
+        historian.terminate()
+        historian.wait()
         collector.close()
