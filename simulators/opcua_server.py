@@ -166,8 +166,9 @@ class OpcUaDeviceServer:
 
     Options: ``users`` (user name -> password) refuses anonymous sessions and every other user;
     ``read_only_users`` may read but their writes get BadUserAccessDenied; ``encrypted`` offers
-    only Basic256Sha256 SignAndEncrypt with ``certificate``/``private_key`` (DER / PEM bytes,
-    generated when omitted; :attr:`certificate` gives the DER); ``extra_namespaces`` are
+    only Basic256Sha256 in ``security_modes`` (SignAndEncrypt; Sign may be added) with
+    ``certificate``/``private_key`` (DER / PEM bytes, generated when omitted;
+    :attr:`certificate` gives the DER); ``extra_namespaces`` are
     registered before the profile's so its namespace index differs from the usual 2;
     ``max_nodes_per_read`` is published in OperationLimits and enforced (BadTooManyOperations).
     Nodes are organised in folders by the dotted prefix of their string ids
@@ -186,6 +187,7 @@ class OpcUaDeviceServer:
         users: Mapping[str, str] | None = None,
         read_only_users: Collection[str] = (),
         encrypted: bool = False,
+        security_modes: Sequence[str] = ("SignAndEncrypt",),
         certificate: bytes | None = None,
         private_key: bytes | None = None,
         application_uri: str = "urn:heat-gateway:simulator",
@@ -200,6 +202,7 @@ class OpcUaDeviceServer:
         self.users = dict(users) if users is not None else None
         self.read_only_users = set(read_only_users)
         self.encrypted = encrypted
+        self.security_modes = list(security_modes)
         self.application_uri = application_uri
         if encrypted and (certificate is None or private_key is None):
             certificate, private_key = make_certificate(application_uri)
@@ -257,7 +260,9 @@ class OpcUaDeviceServer:
             assert self.private_key is not None
             await server.load_certificate(self.certificate, format="der")
             await server.load_private_key(self.private_key, format="pem")
-            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            server.set_security_policy(
+                [getattr(ua.SecurityPolicyType, f"Basic256Sha256_{mode}") for mode in self.security_modes]
+            )
         else:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         if self.users is not None:

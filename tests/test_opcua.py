@@ -437,9 +437,12 @@ async def test_encrypted_session_with_user_and_trust_on_first_use(client_certifi
             assert (await driver.read()).values["state"] == 0.0
 
 
-async def test_trust_list_and_pinned_certificate(client_certificate, tmp_path):
+async def test_trust_list_pinned_certificate_and_sign_only(client_certificate, tmp_path):
     users = {"gateway": "s3cret"}
-    async with OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users=users, encrypted=True) as sim:
+    modes = ("SignAndEncrypt", "Sign")
+    async with OpcUaDeviceServer(
+        SERVER_PROFILE, initial=INITIAL, users=users, encrypted=True, security_modes=modes
+    ) as sim:
         trusted = tmp_path / "trusted"
         trusted.mkdir()
         device = secure_device(sim, client_certificate, trust="list", trust_dir=trusted)
@@ -454,6 +457,10 @@ async def test_trust_list_and_pinned_certificate(client_certificate, tmp_path):
         pinned = secure_device(sim, client_certificate, server_certificate=tmp_path / "pinned.der")
         with pytest.raises(DeviceUnavailable, match="is not the pinned"):
             await OpcUaDriver(pinned, PROFILE, tmp_path).connect()
+        (tmp_path / "pinned.der").write_bytes(sim.certificate)
+        sign_only = secure_device(sim, client_certificate, mode="Sign", server_certificate=tmp_path / "pinned.der")
+        async with OpcUaDriver(sign_only, PROFILE, tmp_path) as driver:
+            assert await driver.write("stage", 1) == 1.0
 
 
 def test_security_settings_are_checked_with_the_config():
