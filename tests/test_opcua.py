@@ -203,6 +203,11 @@ async def test_a_missing_namespace_uri_names_device_and_node(server, tmp_path):
     assert "urn:nowhere" in message
     assert "nsu=urn:nowhere;s=T" in message
     assert not driver.connected
+    folder = OpcUaProfile.model_validate(
+        {"protocol": "opcua", "model": "x", "signals": {"t": {"node": f"nsu={URI};s=HeatPump", "type": "float64"}}}
+    )
+    with pytest.raises(DeviceFault, match=rf"are not variables: t \(nsu={URI};s=HeatPump\)"):
+        await OpcUaDriver(make_device(server), folder, tmp_path).connect()
 
 
 def test_node_ids_parse_and_bad_ones_are_config_errors(tmp_path):

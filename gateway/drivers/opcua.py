@@ -126,7 +126,6 @@ _CONNECTION_LOST = {
     StatusCodes.BadCommunicationError,
     StatusCodes.BadNotConnected,
     StatusCodes.BadServerNotConnected,
-    StatusCodes.BadTooManySessions,
     StatusCodes.BadNoSubscription,
     StatusCodes.BadSubscriptionIdInvalid,
 }
@@ -423,6 +422,7 @@ class OpcUaDriver:
         self._subscribed_at = 0.0
         self._stale_after_s = 3 * device.poll_period_s
         self._first_data = asyncio.Event()
+        self._warned_plaintext = False
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -457,6 +457,12 @@ class OpcUaDriver:
             name = status_name(code)
             if code in _TIMED_OUT:
                 return DeviceTimeout(self.name, f"{doing}: {name}", address=address)
+            if code == StatusCodes.BadTooManySessions:
+                return DeviceUnavailable(
+                    self.name,
+                    f"{doing}: the server has no session left ({name}); other clients use them, or "
+                    "sessions of an earlier gateway run that expire after their timeout",
+                )
             if code in _CONNECTION_LOST:
                 return DeviceUnavailable(self.name, f"{doing}: session lost ({name})", address=address)
             if code in _AUTHENTICATION:
@@ -548,7 +554,8 @@ class OpcUaDriver:
         try:
             if device.security.policy is not OpcUaSecurityPolicy.NONE:
                 await self._secure(client)
-            elif device.password is not None:
+            elif device.password is not None and not self._warned_plaintext:
+                self._warned_plaintext = True  # once per run, not at every reconnect
                 log.warning("opcua_password_unencrypted", device=self.name, endpoint=device.endpoint)
             await client.connect()
         except DriverError:
@@ -756,13 +763,15 @@ class OpcUaDriver:
         if len(results) != len(requests):
             raise MalformedReply(self.name, f"asked for {len(requests)} attributes, got {len(results)}")
         missing: list[str] = []
+        not_variables: list[str] = []
         for (node, attr), data in zip(requests, results, strict=True):
             status = data.StatusCode.value if data.StatusCode is not None else 0
             if attr is AttributeIds.DataType:
-                if status in (StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid) or (
-                    status == StatusCodes.BadAttributeIdInvalid
-                ):
+                if status in (StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid):
                     missing.append(f"{node.signal} ({node.ref.text})")
+                    continue
+                if status == StatusCodes.BadAttributeIdInvalid:  # an object or a method: no value
+                    not_variables.append(f"{node.signal} ({node.ref.text})")
                     continue
                 type_id = data.Value.Value if data.Value is not None else None
                 if (
@@ -782,6 +791,12 @@ class OpcUaDriver:
                 self.name,
                 f"{len(missing)} node(s) of profile {self.profile.model!r} not on the server: {', '.join(missing)}",
                 address=missing[0],
+            )
+        if not_variables:
+            raise DeviceFault(
+                self.name,
+                f"node(s) of profile {self.profile.model!r} are not variables: {', '.join(not_variables)}",
+                address=not_variables[0],
             )
 
     # --- subscription -----------------------------------------------------------------------------
