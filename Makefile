@@ -20,6 +20,7 @@ venv: $(STAMP)
 # The tests start private instances on free ports; nothing is left running.
 services:
 	@bash scripts/ensure-services.sh
+	@bash scripts/ensure-node-opcua.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway simulators tests bench scripts

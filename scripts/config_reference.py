@@ -22,6 +22,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("site file (top level)", SiteConfig),
     ("devices[] with protocol: modbus", ModbusDevice),
     ("devices[] with protocol: opcua", OpcUaDevice),
+    ("devices[].security (OPC UA)", OpcUaSecurity),
     ("mqtt", Mqtt),
     ("mqtt.tls", Tls),
     ("influxdb", InfluxDb),

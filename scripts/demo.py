@@ -152,7 +152,7 @@ def main() -> int:
         influx = demo.start_victoria()
         heat_gateway = str(BIN / "heat-gateway")
         demo.spawn("simulator", [heat_gateway, "simulate", "-c", str(SITE)])
-        if not wait_port(15021):
+        if not (wait_port(15021) and wait_port(14840) and wait_port(14841)):
             raise SystemExit(f"the simulator did not start; see {STATE / 'simulator.log'}")
         demo.spawn("gateway", [heat_gateway, "run", "-c", str(SITE)])
         if influx:

@@ -2,7 +2,9 @@
 
 Every device in the site file whose host is a loopback address and whose name the plant knows
 is served: Modbus devices on a :class:`ModbusEndpoint` (devices sharing host:port become unit
-ids of one endpoint, like a Modbus gateway). The plant steps in (optionally accelerated) real
+ids of one endpoint, like a Modbus gateway), OPC UA devices on an :class:`OpcUaDeviceServer`
+at the endpoint's port (with the device's user name and password when it has one; security
+policy None: encrypted endpoints are exercised by the OPC UA tests, not by ``simulate``). The plant steps in (optionally accelerated) real
 time; after each step the register images are refreshed from it, and writes go straight
 into it.
 """
@@ -14,10 +16,13 @@ import ipaddress
 import socket
 from typing import Any
 
+from urllib.parse import urlsplit
+
 from gateway.config.loader import Site
-from gateway.config.profile import ModbusProfile
-from gateway.config.site import ModbusDevice
+from gateway.config.profile import ModbusProfile, OpcUaProfile
+from gateway.config.site import ModbusDevice, OpcUaDevice
 from simulators.modbus_server import Fault, ModbusEndpoint, UnitImage
+from simulators.opcua_server import OpcUaDeviceServer
 
 
 def is_loopback(host: str) -> bool:
@@ -44,6 +49,9 @@ class SimulatedSite:
         self.opcua_servers: dict[str, Any] = {}
         known = set(plant.device_names())
         for device in site.config.devices:
+            if isinstance(device, OpcUaDevice) and device.name in known:
+                self._add_opcua(device)
+                continue
             if not isinstance(device, ModbusDevice) or not is_loopback(device.host) or device.name not in known:
                 continue
             profile = site.profile_of(device)
@@ -55,6 +63,24 @@ class SimulatedSite:
             endpoint.units[device.unit_id] = unit
             self.units[device.name] = unit
 
+    def _add_opcua(self, device: OpcUaDevice) -> None:
+        url = urlsplit(device.endpoint)
+        if url.hostname is None or not is_loopback(url.hostname):
+            return
+        profile = self.site.profile_of(device)
+        assert isinstance(profile, OpcUaProfile)
+        users = None
+        if device.username and device.password is not None:
+            users = {device.username: device.password.get_secret_value()}
+        self.opcua_servers[device.name] = OpcUaDeviceServer(
+            profile,
+            url.hostname,
+            url.port or 4840,
+            on_write=lambda signal, value, name=device.name: self.plant.write(name, signal, value),
+            initial=self.plant.read(device.name),
+            users=users,
+        )
+
     def _writer(self, device: str) -> Any:
         def write(signal: str, value: float) -> None:
             self.plant.write(device, signal, value)
@@ -63,19 +89,25 @@ class SimulatedSite:
         return write
 
     async def start(self) -> None:
-        """Open every endpoint."""
+        """Open every endpoint (OPC UA servers start together: each takes ~1 s)."""
         for endpoint in self.endpoints.values():
             await endpoint.start()
+        await asyncio.gather(*(server.start() for server in self.opcua_servers.values()))
 
     async def stop(self) -> None:
         """Close every endpoint."""
         for endpoint in self.endpoints.values():
             await endpoint.stop()
+        for server in self.opcua_servers.values():
+            await server.stop()
 
-    def refresh(self) -> None:
-        """Copy the plant's current values into every register image."""
+    async def refresh(self) -> None:
+        """Copy the plant's current values into every register image and OPC UA variable."""
         for name, unit in self.units.items():
             unit.update(self.plant.read(name))
+        for name, server in self.opcua_servers.items():
+            if server.running:
+                await server.update(self.plant.read(name))
 
     async def run(self) -> None:
         """Step the plant on the wall clock (times ``speed``) until cancelled."""
@@ -86,7 +118,7 @@ class SimulatedSite:
             now = loop.time()
             self.plant.step((now - last) * self.speed)
             last = now
-            self.refresh()
+            await self.refresh()
 
     def endpoint_of(self, device: str) -> ModbusEndpoint:
         """The endpoint serving a device."""

@@ -81,6 +81,7 @@ class MqttPublisher:
         self.client.on_publish = self._on_publish
         self.connected = threading.Event()
         self._count_lock = threading.Lock()
+        self._stopping = False
         self.sent = 0
         self.acked = 0
         self.refused = 0
@@ -100,7 +101,7 @@ class MqttPublisher:
         log.info("mqtt_connected", broker=f"{self.config.host}:{self.config.port}")
 
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             log.warning(
                 "mqtt_disconnected",
                 broker=f"{self.config.host}:{self.config.port}",
@@ -173,5 +174,6 @@ class MqttPublisher:
                 await asyncio.sleep(0.02)
         if self.pending > 0:
             log.warning("mqtt_unsent_at_stop", pending=self.pending)
+        self._stopping = True
         self.client.disconnect()
         await asyncio.to_thread(self.client.loop_stop)
