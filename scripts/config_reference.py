@@ -16,7 +16,7 @@ from pydantic import BaseModel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.config.profile import ModbusProfile, ModbusSignal, OpcUaProfile, OpcUaSignal
-from gateway.config.site import InfluxDb, Logging, ModbusDevice, Mqtt, OpcUaDevice, SiteConfig, Tls
+from gateway.config.site import InfluxDb, Logging, ModbusDevice, Mqtt, OpcUaDevice, OpcUaSecurity, SiteConfig, Tls
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("site file (top level)", SiteConfig),
