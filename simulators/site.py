@@ -4,9 +4,9 @@ Every device in the site file whose host is a loopback address and whose name th
 is served: Modbus devices on a :class:`ModbusEndpoint` (devices sharing host:port become unit
 ids of one endpoint, like a Modbus gateway), OPC UA devices on an :class:`OpcUaDeviceServer`
 at the endpoint's port (with the device's user name and password when it has one; security
-policy None: encrypted endpoints are exercised by the OPC UA tests, not by ``simulate``). The plant steps in (optionally accelerated) real
-time; after each step the register images are refreshed from it, and writes go straight
-into it.
+policy None: encrypted endpoints are exercised by the OPC UA tests, not by ``simulate``).
+The plant steps in (optionally accelerated) real time; after each step the register images
+and variables are refreshed from it, and writes go straight into it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import ipaddress
 import socket
 from typing import Any
-
 from urllib.parse import urlsplit
 
 from gateway.config.loader import Site
