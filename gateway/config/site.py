@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.config.profile import WriteOutOfRange
+from gateway.control.config import ControlConfig
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
@@ -269,6 +270,11 @@ class SiteConfig(_Model):
     influxdb: InfluxDb | None = Field(None, description="Time-series database the historian writes to")
     logging: Logging = Field(default_factory=Logging, description="Log level and format")
     state_dir: Path = Field(Path("var"), description="Writable folder for state (spool, trusted certificates)")
+    control: ControlConfig | None = Field(
+        None,
+        description="Supervisory control loop (roles, limits, tunings; see docs/control.md); "
+        "omitted = the gateway only monitors and writes nothing",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
