@@ -1,0 +1,349 @@
+"""Closed loop in one process: plant model + supervisor + scenario, faster than real time.
+
+``run_scenario("reference-day")`` steps the plant by 1 s, polls every device into the
+gateway's own :class:`~gateway.process_image.ProcessImage` each control cycle, runs
+:meth:`Supervisor.step <gateway.control.supervisor.Supervisor.step>` on a snapshot of it and
+writes the result into the plant, exactly as the live service does over Modbus and OPC UA.
+Deterministic: the same scenario and seed give the same numbers.
+
+Harness events of a scenario (no plant physics):
+
+- ``device_silent``: the device stops answering; the gateway's poller marks it unavailable
+  (every signal bad), and writes to it fail;
+- ``gateway_crash``: the supervisor is not called and nobody polls or writes, so no
+  heartbeat either: the devices' watchdogs must take over. At the end the gateway restarts
+  with a fresh state and an empty process image, as a restarted process would;
+- ``utility_link_lost``: applied by the plant to the panel PC (the harness only marks the
+  fault window).
+
+Every write is checked against the profile limits (a write outside them is counted and not
+sent: it must never happen) and counted by signal and reason. The trace, metrics and checks
+go to :mod:`simulators.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.config.loader import load_profile
+from gateway.control.config import ControlConfig
+from gateway.control.supervisor import Supervisor, SupervisorState
+from gateway.process_image import ProcessImage
+from gateway.sample import Reading
+from simulators.plant import Plant
+from simulators.report import Trace, evaluate, write_report
+from simulators.scenario import BOTH_EVENTS, HARNESS_EVENTS, PLANT_EVENTS, Scenario, load_scenario
+
+__all__ = ["PROFILE_DIR", "Summary", "Window", "plant_write_limits", "run_scenario", "run_scenario_cli"]
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+_PROFILE_OF_KIND = {"cdu": "cdu", "heat_meter": "heat-meter", "heat_pump_plc": "hp-plc", "panel_pc": "panel-pc"}
+PLANT_DT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A scenario event's time span: [start_s, end_s), end inf = to the end of the run."""
+
+    kind: str
+    target: str
+    start_s: float
+    end_s: float
+
+    def active(self, time_s: float) -> bool:
+        """True while the event lasts."""
+        return self.start_s <= time_s < self.end_s
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a run produced: metrics, checks against the targets, counts and timings."""
+
+    scenario: str
+    description: str
+    duration_s: float
+    seed: int
+    metrics: dict[str, Any]
+    checks: dict[str, dict[str, Any]]
+    counts: dict[str, Any]
+    timings: dict[str, float]
+    windows: list[dict[str, Any]]
+    plant_events: list[dict[str, Any]]
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when every check met its target."""
+        return all(check["ok"] for check in self.checks.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the report's summary.json)."""
+        return {
+            "scenario": self.scenario,
+            "description": self.description,
+            "duration_s": self.duration_s,
+            "seed": self.seed,
+            "passed": self.passed,
+            "checks": self.checks,
+            "metrics": self.metrics,
+            "counts": self.counts,
+            "timings": self.timings,
+            "windows": self.windows,
+            "plant_events": self.plant_events,
+            "files": self.files,
+        }
+
+
+def plant_write_limits(plant: Plant, profile_dir: Path = PROFILE_DIR) -> dict[tuple[str, str], tuple[float, float]]:
+    """(device, signal) -> (min, max) from the shipped profiles, for the signals the plant accepts."""
+    profiles = {}
+    limits: dict[tuple[str, str], tuple[float, float]] = {}
+    for device in plant.device_names():
+        name = _PROFILE_OF_KIND[plant.device_kind(device)]
+        if name not in profiles:
+            profiles[name] = load_profile(profile_dir / f"{name}.yaml")
+        writable = plant.writable(device)
+        for signal, spec in profiles[name].signals.items():
+            if spec.access.value == "read_write" and signal in writable:
+                # The profile model requires both limits on a read_write signal.
+                assert spec.min is not None
+                assert spec.max is not None
+                limits[(device, signal)] = (spec.min, spec.max)
+    return limits
+
+
+def _windows(scenario: Scenario) -> list[Window]:
+    faults = PLANT_EVENTS | HARNESS_EVENTS | BOTH_EVENTS
+    return [
+        Window(event.kind, event.target or "", event.at_s, event.end_s)
+        for event in scenario.events
+        if event.kind in faults
+    ]
+
+
+def run_scenario(
+    name_or_path: str | Path,
+    *,
+    seed: int | None = None,
+    report_dir: str | Path | None = None,
+    control: ControlConfig | None = None,
+    plot: bool = True,
+) -> Summary:
+    """Run a scenario in closed loop and return its summary.
+
+    ``name_or_path`` is a shipped scenario's name (``reference-day``) or a YAML file;
+    ``seed`` overrides the scenario's noise seed; with ``report_dir`` the JSON summary (and,
+    with ``plot``, the PNG) are written there; ``control`` overrides the default tuning.
+    """
+    started = time.perf_counter()
+    scenario = load_scenario(name_or_path)
+    seed = scenario.seed if seed is None else seed
+    plant = Plant(scenario.plant_config(), seed=seed)
+    config = control or ControlConfig()
+    limits = plant_write_limits(plant)
+    devices = plant.device_names()
+    cdu_names = [device for device in devices if plant.device_kind(device) == "cdu"]
+    cdu_set = set(cdu_names)
+    supervisor = Supervisor(config, limits, cdu_devices=cdu_names)
+    windows = _windows(scenario)
+    silent_windows = [w for w in windows if w.kind == "device_silent"]
+    crash_windows = [w for w in windows if w.kind == "gateway_crash"]
+    built = time.perf_counter()
+
+    trace = Trace(plant, scenario)
+    image = ProcessImage()
+    state = SupervisorState()
+    counts: dict[str, Any] = {
+        "writes_total": 0,
+        "writes_out_of_limits": 0,
+        "writes_rejected": 0,
+        "writes_failed_device_silent": 0,
+        "heartbeats": 0,
+        "writes_by_signal": {},
+        "writes_by_reason": {},
+    }
+    by_signal: dict[str, int] = counts["writes_by_signal"]
+    by_reason: dict[str, int] = counts["writes_by_reason"]
+    rejected: list[str] = []
+    crash_log: list[dict[str, Any]] = []
+    cycle_times_s: list[float] = []
+    next_control_s = 0.0
+    was_down = False
+    duration_s = scenario.duration_s
+    time_s = 0.0
+    step_index = 0
+    apply_events = scenario.apply_plant_events
+    plant_step = plant.step
+    plant_read = plant.read
+    status: dict[str, Any] = {}
+    while time_s < duration_s - 1e-9:
+        down = any(w.active(time_s) for w in crash_windows)
+        if down and not was_down:
+            crash_log.append(_watchdog_timeouts(plant, time_s))
+        if was_down and not down:
+            crash_log[-1]["restart_s"] = time_s
+            crash_log[-1]["at_restart"] = _on_local_values(plant)
+            # A restarted process: no memory, nothing polled yet.
+            state = SupervisorState()
+            image = ProcessImage()
+            next_control_s = time_s
+        was_down = down
+        silent = {w.target for w in silent_windows if w.active(time_s)} if silent_windows else set()
+        if not down and time_s >= next_control_s - 1e-9:
+            now_ns = round(time_s * 1e9)
+            for device in devices:
+                if device in silent:
+                    image.mark_unavailable(device, now_ns, "no answer (scenario: device_silent)")
+                else:
+                    image.update(Reading(device, now_ns, plant_read(device)))
+            tick = time.perf_counter()
+            result = supervisor.step(image.snapshot(now_ns), state, time_s)
+            cycle_times_s.append(time.perf_counter() - tick)
+            state = result.state
+            status = result.status
+            for write in result.writes:
+                counts["writes_total"] += 1
+                low, high = limits[(write.device, write.signal)]
+                if not low <= write.value <= high:
+                    counts["writes_out_of_limits"] += 1
+                    continue
+                if write.signal == "heartbeat":
+                    counts["heartbeats"] += 1
+                else:
+                    key = f"{'cdu-*' if write.device in cdu_set else write.device}.{write.signal}"
+                    by_signal[key] = by_signal.get(key, 0) + 1
+                    by_reason[write.reason] = by_reason.get(write.reason, 0) + 1
+                if write.device in silent:
+                    counts["writes_failed_device_silent"] += 1
+                    continue
+                try:
+                    plant.write(write.device, write.signal, write.value)
+                except (KeyError, ValueError) as exc:
+                    counts["writes_rejected"] += 1
+                    rejected.append(f"t={time_s:g} {exc}")
+            next_control_s += config.cycle_s
+        trace.record(time_s, status if not down else {}, down=down, silent=silent)
+        end_s = time_s + PLANT_DT_S
+        apply_events(plant, time_s, end_s)
+        plant_step(PLANT_DT_S)
+        step_index += 1
+        time_s = step_index * PLANT_DT_S
+    finished = time.perf_counter()
+
+    counts["rejected_examples"] = rejected[:10]
+    cycles = sorted(cycle_times_s)
+    timings = {
+        "wall_s": round(finished - started, 3),
+        "setup_s": round(built - started, 3),
+        "simulated_s": duration_s,
+        "speedup": round(duration_s / max(finished - built, 1e-9), 1),
+        "cycles": len(cycles),
+        "cycle_mean_us": round(1e6 * sum(cycles) / max(len(cycles), 1), 1),
+        "cycle_p99_us": round(1e6 * cycles[int(0.99 * (len(cycles) - 1))], 1) if cycles else 0.0,
+        "cycle_max_us": round(1e6 * cycles[-1], 1) if cycles else 0.0,
+        "supervisor_share": round(sum(cycles) / max(finished - built, 1e-9), 3),
+    }
+    metrics, checks = evaluate(trace, scenario, windows, config, crash_log=crash_log, counts=counts)
+    summary = Summary(
+        scenario=scenario.name,
+        description=scenario.description,
+        duration_s=duration_s,
+        seed=seed,
+        metrics=metrics,
+        checks=checks,
+        counts=counts,
+        timings=timings,
+        windows=[
+            {
+                "kind": w.kind,
+                "target": w.target,
+                "start_s": w.start_s,
+                "end_s": w.end_s if math.isfinite(w.end_s) else None,
+            }
+            for w in windows
+        ],
+        plant_events=[
+            {"time_s": round(e.time_s, 1), "device": e.device, "kind": e.kind, "detail": e.detail}
+            for e in plant.event_log
+        ],
+    )
+    if report_dir is not None:
+        summary.files = write_report(summary, trace, windows, config, Path(report_dir), plot=plot)
+    return summary
+
+
+def _watchdog_timeouts(plant: Plant, time_s: float) -> dict[str, Any]:
+    """At a crash: each watched device's watchdog timeout, and whether it was under gateway control."""
+    devices: dict[str, dict[str, Any]] = {}
+    for cdu in plant.cdus:
+        devices[cdu.name] = {"timeout_s": cdu.watchdog_timeout_s, "external": cdu.control_mode == 1}
+    station = plant.station
+    devices["hp-plc"] = {"timeout_s": station.watchdog_timeout_s, "external": station.watchdog_armed}
+    return {"crash_s": time_s, "devices": devices}
+
+
+def _on_local_values(plant: Plant) -> dict[str, bool]:
+    """Per device with a watchdog: does it run on its local (fallback) values now?"""
+    local = {
+        cdu.name: cdu.control_mode == 0 and cdu.active_setpoint_c == cdu.cfg.local_setpoint_c for cdu in plant.cdus
+    }
+    station = plant.station
+    hp = plant.config.heat_pumps
+    local["hp-plc"] = (
+        station.hp_supply_setpoint_c == hp.local_supply_setpoint_c
+        and station.heat_power_limit_kw == hp.local_heat_power_limit_kw
+        and station.dry_cooler_setpoint_c == plant.config.dry_coolers.local_setpoint_c
+    )
+    return local
+
+
+def run_scenario_cli(args: argparse.Namespace) -> int:
+    """``heat-gateway simulate --scenario NAME --fast [--report DIR] [--seed N]``: 0 all checks met, 1 not."""
+    seed = args.seed if getattr(args, "seed", 0) else None
+    summary = run_scenario(args.scenario, seed=seed, report_dir=args.report)
+    print(format_summary(summary))  # noqa: T201 - the simulate command prints its summary
+    return 0 if summary.passed else 1
+
+
+def format_summary(summary: Summary) -> str:
+    """A short human-readable summary: timings, the main figures and every check."""
+    t = summary.timings
+    m = summary.metrics
+
+    def f(key: str, digits: int = 2) -> str:
+        value = m.get(key)
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        (
+            f"scenario {summary.scenario}: {summary.duration_s / 3600:g} h simulated in {t['wall_s']:.1f} s "
+            f"({t['speedup']:.0f}x real time), supervisor cycle mean {t['cycle_mean_us']:.0f} us, "
+            f"p99 {t['cycle_p99_us']:.0f} us"
+        ),
+        (
+            f"  DH supply vs requirement: RMS {f('dh_supply_dev_rms_k', 3)} K, max {f('dh_supply_dev_max_k')} K "
+            f"(settled: max {f('dh_supply_dev_max_settled_k')} K)"
+        ),
+        (
+            f"  heat vs order: mean |error| {f('heat_error_mean_pct')} %, p95 {f('heat_error_p95_pct')} %, "
+            f"within 2 % {f('heat_within_2pct_share', 4)}, worst hour {f('heat_hourly_error_max_pct')} %"
+        ),
+        (
+            f"  hottest rack loop {f('tcs_max_c')} °C, seconds above the IT limit {f('tcs_over_limit_s', 0)}; "
+            f"writes {summary.counts['writes_total']} ({summary.counts['writes_out_of_limits']} outside profile "
+            f"limits, {summary.counts['writes_rejected']} rejected)"
+        ),
+    ]
+    lines.extend(
+        f"  [{'ok' if check['ok'] else 'FAIL'}] {name}: {check['value']} (target {check['target']})"
+        for name, check in summary.checks.items()
+    )
+    for name, path in summary.files.items():
+        lines.append(f"  {name}: {path}")
+    lines.append("PASSED" if summary.passed else "FAILED")
+    return "\n".join(lines)

@@ -1,0 +1,632 @@
+"""What a closed-loop run did: a per-second trace, the metrics, the checks, JSON and a plot.
+
+Metrics compare the plant's *true* values (no sensor noise) with what the utility really
+asked, so a controller cannot look good by fooling its own sensors. Samples are left out of
+the control-quality metrics (DH supply deviation, heat vs order) when they lie
+
+- in the first ``STARTUP_S`` (the gateway takes over from the devices' local control),
+- in a fault window: a scenario event (trip, silent device, crash, lost link, ...) from its
+  start to ``FAULT_SETTLE_S`` after its end,
+- where the DH side is not delivering (order 0, pump off, return too hot).
+
+The safety figures (seconds of rack loop above its IT limit, writes outside profile limits)
+count every second of the run, faults included.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.control.config import ControlConfig
+from simulators.plant import HeatPumpState, Plant
+from simulators.scenario import Scenario
+
+if TYPE_CHECKING:
+    from simulators.harness import Summary, Window
+
+__all__ = ["FAULT_SETTLE_S", "ORDER_SETTLE_S", "REQUIREMENT_SETTLE_S", "STARTUP_S", "Trace", "evaluate", "write_report"]
+
+STARTUP_S = 600.0
+"""Take-over from local control at start: ramps from the local setpoints to the optimum."""
+FAULT_SETTLE_S = 600.0
+"""After a fault ends, this long still counts as its window (recovery)."""
+REQUIREMENT_SETTLE_S = 300.0
+"""After a requirement step: setpoint ramp (30 s) + DH pipe transport (~70 s) + mixing, with margin."""
+ORDER_SETTLE_S = 300.0
+"""After an order step: limit ramp (up to ~60 s) + heat-pump capacity ramp and staging (~90 s)."""
+RESTART_SETTLE_S = 600.0
+"""After the DH side starts delivering again (order back from 0, trip reset): heat pumps stage up
+one by one and the water that stood in the DH pipe reaches the meter first."""
+MIN_DELIVERY_DT_K = 5.0
+IT_HEAT_MARGIN = 1.02
+"""The IT heat suffices when liquid heat + compressor power >= order x this."""
+
+_RUNNING = HeatPumpState.RUNNING
+
+
+class Trace:
+    """One sample per simulated second of what matters for the report (true plant values)."""
+
+    CHANNELS = (
+        "t_s",
+        "requirement_c",
+        "requirement_used_c",
+        "meter_supply_c",
+        "station_supply_c",
+        "dh_return_c",
+        "hp_setpoint_c",
+        "order_kw",
+        "order_used_kw",
+        "delivered_kw",
+        "heat_limit_kw",
+        "liquid_kw",
+        "hp_heat_kw",
+        "hp_electric_kw",
+        "dry_cooler_kw",
+        "fws_supply_c",
+        "dry_cooler_setpoint_c",
+        "tcs_max_c",
+        "tcs_min_c",
+        "tcs_setpoint_max_c",
+        "tcs_setpoint_min_c",
+        "cdu_ceiling_c",
+        "tcs_over_limit",
+        "hp_running",
+        "cdu_external",
+    )
+
+    def __init__(self, plant: Plant, scenario: Scenario) -> None:
+        self.plant = plant
+        self.scenario = scenario
+        self.it_limit_c = min(cdu.cfg.it_limit_c for cdu in plant.cdus)
+        self.data: dict[str, list[float]] = {name: [] for name in self.CHANNELS}
+        self.mode: list[str] = []
+        self.order_source: list[str] = []
+        self.overrides: list[str] = []
+        self.stale: list[str] = []
+        self.down: list[bool] = []
+        self._order_default_kw = scenario.plant.district_heating.heat_order_mw * 1000.0
+
+    def record(self, time_s: float, status: dict[str, Any], *, down: bool, silent: Iterable[str]) -> None:
+        """Append the plant's state at ``time_s`` and the supervisor's status (empty while down)."""
+        plant = self.plant
+        station = plant.station
+        meter = plant.meter
+        cdus = plant.cdus
+        data = self.data
+        order_mw = self.scenario.input_value("utility_heat_order_mw", time_s)
+        supplies = [cdu.supply_c for cdu in cdus]
+        setpoints = [cdu.active_setpoint_c for cdu in cdus]
+        nan = math.nan
+        data["t_s"].append(time_s)
+        data["requirement_c"].append(plant.utility_supply_temp_c)
+        data["requirement_used_c"].append(status.get("dh_requirement_c", nan))
+        data["meter_supply_c"].append(meter.flow_temp_c)
+        data["station_supply_c"].append(station.dh_out_c)
+        data["dh_return_c"].append(station.dh_return_c)
+        data["hp_setpoint_c"].append(station.hp_supply_setpoint_c)
+        data["order_kw"].append(order_mw * 1000.0 if order_mw is not None else self._order_default_kw)
+        data["order_used_kw"].append(status.get("heat_order_kw", nan))
+        data["delivered_kw"].append(meter.power_kw)
+        data["heat_limit_kw"].append(station.heat_power_limit_kw)
+        data["liquid_kw"].append(sum(cdu.load_kw for cdu in cdus))
+        data["hp_heat_kw"].append(station.hp_heat_kw)
+        data["hp_electric_kw"].append(station.hp_electric_kw)
+        data["dry_cooler_kw"].append(station.dc_heat_kw)
+        data["fws_supply_c"].append(station.fws_supply_header_c)
+        data["dry_cooler_setpoint_c"].append(station.dry_cooler_setpoint_c)
+        data["tcs_max_c"].append(max(supplies))
+        data["tcs_min_c"].append(min(supplies))
+        data["tcs_setpoint_max_c"].append(max(setpoints))
+        data["tcs_setpoint_min_c"].append(min(setpoints))
+        data["cdu_ceiling_c"].append(status.get("cdu_ceiling_c", nan))
+        data["tcs_over_limit"].append(float(any(cdu.supply_c > cdu.cfg.it_limit_c for cdu in cdus)))
+        data["hp_running"].append(float(sum(1 for pump in station.heat_pumps if pump.state is _RUNNING)))
+        data["cdu_external"].append(float(sum(1 for cdu in cdus if cdu.control_mode == 1)))
+        self.mode.append("down" if down else str(status.get("mode", "")))
+        self.order_source.append(str(status.get("order_source", "")))
+        self.overrides.append(str(status.get("overrides", "")))
+        stale = str(status.get("stale_devices", ""))
+        self.stale.append(",".join(sorted(set(silent))) if down else stale)
+        self.down.append(down)
+
+    def __len__(self) -> int:
+        return len(self.data["t_s"])
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def _rms(values: Sequence[float]) -> float:
+    return math.sqrt(sum(v * v for v in values) / len(values)) if values else math.nan
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _since_change(times: Sequence[float], values: Sequence[float], tolerance: float) -> list[float]:
+    """Seconds since the value last changed by more than ``tolerance`` (inf before any change)."""
+    out: list[float] = []
+    last_change = -math.inf
+    previous = values[0] if values else math.nan
+    for t, value in zip(times, values, strict=True):
+        if abs(value - previous) > tolerance:
+            last_change = t
+        previous = value
+        out.append(t - last_change)
+    return out
+
+
+def _r(value: float, digits: int = 3) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def evaluate(
+    trace: Trace,
+    scenario: Scenario,
+    windows: Sequence[Window],
+    config: ControlConfig,
+    *,
+    crash_log: Sequence[dict[str, Any]],
+    counts: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Metrics of a run and the checks of its targets (see the module docstring)."""
+    d = trace.data
+    t = d["t_s"]
+    n = len(t)
+    fault = [any(w.start_s <= ti < w.end_s + FAULT_SETTLE_S for w in windows) for ti in t]
+    since_requirement = _since_change(t, d["requirement_c"], 0.01)
+    since_order = _since_change(t, d["order_kw"], 1.0)
+    base = [t[i] >= STARTUP_S and not fault[i] and not trace.down[i] for i in range(n)]
+    delivering = [
+        base[i]
+        and d["order_kw"][i] > 0.0
+        and d["delivered_kw"][i] > 0.05 * d["order_kw"][i]
+        and d["meter_supply_c"][i] - d["dh_return_c"][i] > MIN_DELIVERY_DT_K
+        for i in range(n)
+    ]
+    flowing = [
+        d["delivered_kw"][i] > 0.05 * d["order_kw"][i]
+        and d["meter_supply_c"][i] - d["dh_return_c"][i] > MIN_DELIVERY_DT_K
+        for i in range(n)
+    ]
+    since_restart = _since_change(t, [0.0 if f else 1.0 for f in flowing], 0.5)
+    delivering = [delivering[i] and since_restart[i] >= RESTART_SETTLE_S for i in range(n)]
+    deviation = [d["meter_supply_c"][i] - d["requirement_c"][i] for i in range(n)]
+    dev_all = [deviation[i] for i in range(n) if delivering[i]]
+    settled_idx = [i for i in range(n) if delivering[i] and since_requirement[i] >= REQUIREMENT_SETTLE_S]
+    dev_settled = [deviation[i] for i in settled_idx]
+    worst_settled = max(settled_idx, key=lambda i: abs(deviation[i]), default=None)
+    worst_all = max((i for i in range(n) if delivering[i]), key=lambda i: abs(deviation[i]), default=None)
+
+    suffices = [d["liquid_kw"][i] + d["hp_electric_kw"][i] >= IT_HEAT_MARGIN * d["order_kw"][i] for i in range(n)]
+    heat_idx = [
+        i
+        for i in range(n)
+        if delivering[i] and d["order_kw"][i] >= 1000.0 and suffices[i] and since_order[i] >= ORDER_SETTLE_S
+    ]
+    heat_err = [(d["delivered_kw"][i] - d["order_kw"][i]) / d["order_kw"][i] * 100.0 for i in heat_idx]
+    abs_err = [abs(e) for e in heat_err]
+    worst_heat = max(
+        heat_idx, key=lambda i: abs(d["delivered_kw"][i] - d["order_kw"][i]) / d["order_kw"][i], default=None
+    )
+    ordered_samples = [i for i in range(n) if base[i] and d["order_kw"][i] >= 1000.0]
+    insufficient = sum(1 for i in ordered_samples if not suffices[i])
+
+    hourly: list[dict[str, Any]] = []
+    for hour in range(math.ceil(scenario.duration_s / 3600.0)):
+        idx = list(range(hour * 3600, min((hour + 1) * 3600, n)))  # one sample per second
+        usable = [i for i in idx if base[i] and d["order_kw"][i] >= 1000.0 and suffices[i]]
+        if not idx or len(usable) < 0.9 * len(idx):
+            continue
+        ordered = sum(d["order_kw"][i] for i in usable)
+        delivered = sum(d["delivered_kw"][i] for i in usable)
+        hourly.append({"hour": hour, "error_pct": round((delivered - ordered) / ordered * 100.0, 3)})
+
+    seconds = 1.0  # one sample per simulated second
+    hp_heat = sum(d["hp_heat_kw"])
+    hp_el = sum(d["hp_electric_kw"])
+    metrics: dict[str, Any] = {
+        "dh_supply_dev_rms_k": _r(_rms(dev_all)),
+        "dh_supply_dev_max_k": _r(max((abs(v) for v in dev_all), default=math.nan)),
+        "dh_supply_dev_max_at_s": t[worst_all] if worst_all is not None else None,
+        "dh_supply_dev_rms_settled_k": _r(_rms(dev_settled)),
+        "dh_supply_dev_max_settled_k": _r(max((abs(v) for v in dev_settled), default=math.nan)),
+        "dh_supply_dev_max_settled_at_s": t[worst_settled] if worst_settled is not None else None,
+        "dh_supply_dev_over_0_5k_share": _r(sum(1 for v in dev_all if abs(v) > 0.5) / len(dev_all), 4)
+        if dev_all
+        else None,
+        "dh_supply_samples": len(dev_all),
+        "dh_supply_samples_settled": len(dev_settled),
+        "heat_error_mean_pct": _r(sum(abs_err) / len(abs_err)) if abs_err else None,
+        "heat_error_p95_pct": _r(_percentile(abs_err, 0.95)),
+        "heat_error_max_pct": _r(max(abs_err, default=math.nan)),
+        "heat_error_max_at_s": t[worst_heat] if worst_heat is not None else None,
+        "heat_error_bias_pct": _r(sum(heat_err) / len(heat_err)) if heat_err else None,
+        "heat_within_2pct_share": _r(sum(1 for e in abs_err if e <= 2.0) / len(abs_err), 4) if abs_err else None,
+        "heat_error_samples": len(heat_err),
+        "heat_it_insufficient_share": _r(insufficient / len(ordered_samples), 4) if ordered_samples else None,
+        "heat_hourly_error_max_pct": max((abs(h["error_pct"]) for h in hourly), default=None),
+        "heat_hourly": hourly,
+        "tcs_over_limit_s": sum(d["tcs_over_limit"]) * seconds,
+        "tcs_max_c": _r(max(d["tcs_max_c"])),
+        "tcs_min_margin_k": _r(min(trace.it_limit_c - v for v in d["tcs_max_c"])),
+        "tcs_setpoint_max_c": _r(max(d["tcs_setpoint_max_c"])),
+        "fws_supply_max_c": _r(max(d["fws_supply_c"])),
+        "writes_out_of_limits": counts["writes_out_of_limits"],
+        "writes_rejected": counts["writes_rejected"],
+        "energy_to_dh_mwh": _r(sum(d["delivered_kw"]) / 3.6e6),
+        "energy_ordered_mwh": _r(sum(d["order_kw"]) / 3.6e6),
+        "energy_dry_coolers_mwh": _r(sum(d["dry_cooler_kw"]) / 3.6e6),
+        "energy_hp_electric_mwh": _r(hp_el / 3.6e6),
+        "energy_it_liquid_mwh": _r(sum(d["liquid_kw"]) / 3.6e6),
+        "hp_cop_mean": _r(hp_heat / hp_el) if hp_el > 0 else None,
+        "override_share": _r(sum(1 for o in trace.overrides if "override:" in o) / n, 4) if n else None,
+        "excluded": {
+            "startup_s": STARTUP_S,
+            "fault_settle_s": FAULT_SETTLE_S,
+            "requirement_settle_s": REQUIREMENT_SETTLE_S,
+            "order_settle_s": ORDER_SETTLE_S,
+            "restart_settle_s": RESTART_SETTLE_S,
+        },
+    }
+    checks: dict[str, dict[str, Any]] = {
+        "tcs_over_limit_s": _check(metrics["tcs_over_limit_s"], "== 0", ok=metrics["tcs_over_limit_s"] == 0),
+        "writes_out_of_limits": _check(counts["writes_out_of_limits"], "== 0", ok=counts["writes_out_of_limits"] == 0),
+        "writes_rejected": _check(counts["writes_rejected"], "== 0", ok=counts["writes_rejected"] == 0),
+    }
+    if scenario.name == "reference-day":
+        rms = metrics["dh_supply_dev_rms_k"]
+        peak = metrics["dh_supply_dev_max_settled_k"]
+        within = metrics["heat_within_2pct_share"]
+        hourly_max = metrics["heat_hourly_error_max_pct"]
+        checks["dh_supply_dev_rms_k"] = _check(rms, "<= 0.5", ok=rms is not None and rms <= 0.5)
+        checks["dh_supply_dev_max_settled_k"] = _check(peak, "<= 2.0", ok=peak is not None and peak <= 2.0)
+        checks["heat_within_2pct_share"] = _check(within, ">= 0.99", ok=within is not None and within >= 0.99)
+        checks["heat_hourly_error_max_pct"] = _check(
+            hourly_max, "<= 2.0", ok=hourly_max is not None and hourly_max <= 2.0
+        )
+    metrics.update(_crash_metrics(trace, crash_log, config, checks))
+    metrics.update(_link_metrics(trace, windows, config, checks))
+    metrics.update(_detection_metrics(trace, windows))
+    return metrics, checks
+
+
+def _check(value: object, target: str, *, ok: bool) -> dict[str, Any]:
+    return {"value": value, "target": target, "ok": bool(ok)}
+
+
+def _crash_metrics(
+    trace: Trace, crash_log: Sequence[dict[str, Any]], config: ControlConfig, checks: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Per crash and device: crash -> own watchdog fallback (local setpoints) vs its timeout."""
+    if not crash_log:
+        return {}
+    events = trace.plant.event_log
+    t = trace.data["t_s"]
+    external = trace.data["cdu_external"]
+    cdu_count = len(trace.plant.cdus)
+    crashes: list[dict[str, Any]] = []
+    all_ok = True
+    for crash in crash_log:
+        crash_s = crash["crash_s"]
+        restart_s = crash.get("restart_s", math.inf)
+        devices: dict[str, Any] = {}
+        for device, info in crash["devices"].items():
+            if not info["external"]:
+                continue  # never under gateway control: nothing to fall back from
+            fallback = next(
+                (
+                    e.time_s
+                    for e in events
+                    if e.device == device and e.kind == "watchdog_fallback" and e.time_s >= crash_s
+                ),
+                None,
+            )
+            delay = None if fallback is None else round(fallback - crash_s, 1)
+            local = crash.get("at_restart", {}).get(device)
+            ok = delay is not None and delay <= info["timeout_s"] + config.cycle_s and local is not False
+            all_ok = all_ok and ok
+            devices[device] = {
+                "fallback_after_s": delay,
+                "watchdog_timeout_s": info["timeout_s"],
+                "on_local_values_at_restart": local,
+                "ok": ok,
+            }
+        retake = next((t[i] - restart_s for i in range(len(t)) if t[i] >= restart_s and external[i] == cdu_count), None)
+        crashes.append(
+            {
+                "crash_s": crash_s,
+                "restart_s": restart_s if math.isfinite(restart_s) else None,
+                "devices": devices,
+                "cdus_back_under_control_after_s": retake,
+            }
+        )
+        checks[f"crash_at_{crash_s:g}s_local_within_watchdog"] = _check(
+            {name: info["fallback_after_s"] for name, info in devices.items()},
+            "each <= its watchdog_timeout_s",
+            ok=all(info["ok"] for info in devices.values()) and bool(devices),
+        )
+    return {"gateway_crash": crashes, "gateway_crash_ok": all_ok}
+
+
+def _link_metrics(
+    trace: Trace, windows: Sequence[Window], config: ControlConfig, checks: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Per utility-link loss: when the weather curve took over (vs hold_s), when the utility was back."""
+    losses = [w for w in windows if w.kind == "utility_link_lost"]
+    if not losses:
+        return {}
+    t = trace.data["t_s"]
+    source = trace.order_source
+    results = []
+    for loss in losses:
+        curve_at = next((t[i] for i in range(len(t)) if t[i] >= loss.start_s and source[i] == "weather_curve"), None)
+        held = any(source[i] == "held" for i in range(len(t)) if loss.start_s <= t[i] < loss.end_s)
+        back_at = next((t[i] for i in range(len(t)) if t[i] >= loss.end_s and source[i] == "utility"), None)
+        delay = None if curve_at is None else curve_at - loss.start_s
+        results.append(
+            {
+                "lost_s": loss.start_s,
+                "held_first": held,
+                "weather_curve_after_s": delay,
+                "hold_s": config.utility_hold_s,
+                "utility_again_after_restore_s": None if back_at is None else back_at - loss.end_s,
+            }
+        )
+        ok = (
+            held
+            and delay is not None
+            and (
+                loss.end_s - loss.start_s <= config.utility_hold_s
+                or abs(delay - config.utility_hold_s) <= 2 * config.cycle_s
+            )
+        )
+        checks[f"link_lost_at_{loss.start_s:g}s_weather_curve_after_hold"] = _check(
+            delay, f"== {config.utility_hold_s:g} s (+/- {2 * config.cycle_s:g} s), held before", ok=ok
+        )
+    return {"utility_link_lost": results}
+
+
+def _detection_metrics(trace: Trace, windows: Sequence[Window]) -> dict[str, Any]:
+    """Per silent device or frozen sensor: how long until the supervisor called it stale."""
+    t = trace.data["t_s"]
+    found = []
+    for window in windows:
+        if window.kind not in ("device_silent", "sensor_freeze"):
+            continue
+        device = window.target.split(".", 1)[0]
+        seen = next(
+            (
+                t[i]
+                for i in range(len(t))
+                if window.start_s <= t[i] < window.end_s and device in trace.stale[i].split(",")
+            ),
+            None,
+        )
+        found.append(
+            {
+                "kind": window.kind,
+                "target": window.target,
+                "start_s": window.start_s,
+                "stale_after_s": None if seen is None else seen - window.start_s,
+            }
+        )
+    return {"stale_detection": found} if found else {}
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def write_report(
+    summary: Summary, trace: Trace, windows: Sequence[Window], config: ControlConfig, folder: Path, *, plot: bool = True
+) -> dict[str, str]:
+    """Write ``<scenario>.json`` (and ``<scenario>.png``) into ``folder``; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"summary": str(folder / f"{summary.scenario}.json")}
+    if plot:
+        files["plot"] = str(folder / f"{summary.scenario}.png")
+        plot_run(summary, trace, windows, config, Path(files["plot"]))
+    summary.files = files
+    Path(files["summary"]).write_text(json.dumps(summary.as_dict(), indent=2, default=_json_default) + "\n", "utf-8")
+    return files
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def _decimate(n: int, limit: int = 12000) -> int:
+    return max(1, math.ceil(n / limit))
+
+
+def plot_run(summary: Summary, trace: Trace, windows: Sequence[Window], config: ControlConfig, path: Path) -> None:
+    """The stacked panels a control engineer looks at, one PNG (matplotlib, Agg backend)."""
+    import matplotlib as mpl  # noqa: PLC0415 - plotting is optional (dev extra)
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    d = trace.data
+    n = len(trace)
+    step = _decimate(n)
+    hours = d["t_s"][::step]
+    scale = 3600.0
+    x = [v / scale for v in hours]
+
+    def s(name: str, factor: float = 1.0) -> list[float]:
+        return [v * factor for v in d[name][::step]]
+
+    def block(name: str, pick: Any) -> list[float]:
+        values = d[name]
+        return [pick(values[i : i + step]) for i in range(0, n, step)]
+
+    fig, axes = plt.subplots(
+        6, 1, figsize=(15, 19), sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 2, 2, 1.6]}, layout="constrained"
+    )
+    m = summary.metrics
+    fig.suptitle(
+        f"{summary.scenario}: {summary.description}\n"
+        f"DH supply dev RMS {m.get('dh_supply_dev_rms_k')} K, max {m.get('dh_supply_dev_max_k')} K "
+        f"(settled {m.get('dh_supply_dev_max_settled_k')} K); heat error mean {m.get('heat_error_mean_pct')} %, "
+        f"worst hour {m.get('heat_hourly_error_max_pct')} %; rack loop above IT limit {m.get('tcs_over_limit_s')} s; "
+        f"writes outside limits {summary.counts['writes_out_of_limits']} — {'PASSED' if summary.passed else 'FAILED'}",
+        fontsize=11,
+    )
+    for ax in axes:
+        for w in windows:
+            end = min(w.end_s, summary.duration_s)
+            ax.axvspan(w.start_s / scale, end / scale, color="tab:red", alpha=0.08, lw=0)
+        ax.grid(visible=True, alpha=0.3)
+
+    ax = axes[0]
+    ax.plot(x, s("requirement_c"), color="black", lw=1.2, drawstyle="steps-post", label="requirement (utility)")
+    ax.plot(x, s("meter_supply_c"), color="tab:red", lw=1.0, label="DH supply at meter")
+    ax.plot(x, s("hp_setpoint_c"), color="tab:blue", lw=0.8, ls="--", label="heat-pump setpoint (in the PLC)")
+    ax.plot(x, s("requirement_used_c"), color="tab:green", lw=0.8, ls=":", label="requirement used (held / curve)")
+    req = [v for v in d["requirement_c"] if math.isfinite(v)]
+    if req:
+        ax.set_ylim(min(req) - 6.0, max(req) + 6.0)
+    ax.set_ylabel("DH supply °C")
+    ax.legend(loc="lower left", ncol=4, fontsize=8)
+
+    ax = axes[1]
+    ax.plot(x, s("order_kw", 1e-3), color="black", lw=1.2, drawstyle="steps-post", label="order (utility)")
+    ax.plot(x, s("delivered_kw", 1e-3), color="tab:red", lw=1.0, label="delivered (meter)")
+    ax.plot(x, s("heat_limit_kw", 1e-3), color="tab:blue", lw=0.8, ls="--", label="heat-power limit (in the PLC)")
+    liquid = s("liquid_kw", 1e-3)
+    electric = s("hp_electric_kw", 1e-3)
+    ax.plot(
+        x,
+        [a + b for a, b in zip(liquid, electric, strict=True)],
+        color="tab:gray",
+        lw=0.8,
+        ls=":",
+        label="IT liquid heat + compressor power",
+    )
+    ax.set_ylabel("heat MW")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower left", ncol=4, fontsize=8)
+
+    ax = axes[2]
+    ax.fill_between(
+        x,
+        block("tcs_min_c", min),
+        block("tcs_max_c", max),
+        color="tab:orange",
+        alpha=0.3,
+        label="TCS supply, all CDUs (min-max)",
+    )
+    ax.plot(x, block("tcs_max_c", max), color="tab:red", lw=0.8, label="hottest rack loop")
+    ax.plot(x, s("tcs_setpoint_max_c"), color="tab:blue", lw=0.8, ls="--", label="CDU setpoint (highest active)")
+    ax.axhline(trace.it_limit_c, color="darkred", lw=1.2, ls="-", label=f"IT limit {trace.it_limit_c:g} °C")
+    ax.axhline(
+        trace.it_limit_c - config.it_margin_k,
+        color="darkred",
+        lw=0.8,
+        ls=":",
+        label=f"limit - margin {config.it_margin_k:g} K",
+    )
+    ax.plot(x, s("fws_supply_c"), color="tab:cyan", lw=0.8, label="facility water supply")
+    ax.axhline(config.fws_supply_limit_c, color="tab:cyan", lw=0.8, ls=":", label="facility supply limit")
+    ax.set_ylabel("°C")
+    ax.legend(loc="lower left", ncol=4, fontsize=8)
+
+    ax = axes[3]
+    ax.plot(x, s("hp_heat_kw", 1e-3), color="tab:purple", lw=1.0, label="heat-pump heat MW")
+    ax.plot(x, s("hp_electric_kw", 1e-3), color="tab:pink", lw=0.8, label="compressor power MW")
+    ax.set_ylabel("MW")
+    ax.set_ylim(bottom=0)
+    twin = ax.twinx()
+    twin.plot(x, s("hp_running"), color="black", lw=0.8, drawstyle="steps-post", label="heat pumps running")
+    twin.set_ylabel("running")
+    twin.set_ylim(-0.2, max(4.5, max(d["hp_running"]) + 0.5))
+    lines = ax.get_legend_handles_labels()
+    lines_twin = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + lines_twin[0], lines[1] + lines_twin[1], loc="lower left", ncol=3, fontsize=8)
+
+    ax = axes[4]
+    ax.plot(x, s("dry_cooler_kw", 1e-3), color="tab:green", lw=1.0, label="dry-cooler heat MW")
+    ax.set_ylabel("MW")
+    ax.set_ylim(bottom=0)
+    twin = ax.twinx()
+    twin.plot(x, s("dry_cooler_setpoint_c"), color="tab:olive", lw=0.8, ls="--", label="dry-cooler setpoint °C")
+    twin.set_ylabel("°C")
+    lines = ax.get_legend_handles_labels()
+    lines_twin = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + lines_twin[0], lines[1] + lines_twin[1], loc="upper left", ncol=2, fontsize=8)
+
+    _state_bands(axes[5], trace, scale)
+    axes[5].set_xlabel("time h")
+    axes[5].set_xlim(0, summary.duration_s / scale)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+_IT_OVERRIDES = ("cdu_cannot_hold", "rack_near_limit", "fws_too_hot", "cdu_data_stale")
+_BAND_COLOURS = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink")
+
+
+def _state_bands(ax: Any, trace: Trace, scale: float) -> None:
+    """Shaded rows over time: mode, order source, IT and DH overrides, stale devices."""
+    t = trace.data["t_s"]
+    it_overrides = [_overrides(o, it=True) for o in trace.overrides]
+    dh_overrides = [_overrides(o, it=False) for o in trace.overrides]
+    rows: list[tuple[str, list[str], dict[str, str]]] = [
+        ("mode", trace.mode, {"auto": "tab:green", "manual": "tab:orange", "off": "tab:gray", "down": "black"}),
+        (
+            "order source",
+            trace.order_source,
+            {"utility": "tab:green", "held": "tab:orange", "weather_curve": "tab:red"},
+        ),
+        ("IT overrides", it_overrides, {}),
+        ("DH overrides", dh_overrides, {}),
+        ("stale data", trace.stale, {}),
+    ]
+    labels = []
+    handles: dict[str, Any] = {}
+    for row, (label, values, colours) in enumerate(rows):
+        labels.append(label)
+        palette = dict(colours)
+        start = 0
+        for i in range(1, len(values) + 1):
+            if i == len(values) or values[i] != values[start]:
+                value = values[start]
+                if value:
+                    colour = palette.setdefault(value, _BAND_COLOURS[len(palette) % len(_BAND_COLOURS)])
+                    end_s = t[i - 1] + 1.0
+                    bar = ax.broken_barh(
+                        [(t[start] / scale, (end_s - t[start]) / scale)], (row - 0.4, 0.8), color=colour, lw=0
+                    )
+                    handles.setdefault(f"{label}: {value}", bar)
+                start = i
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.invert_yaxis()
+    if handles:
+        items = list(handles.items())[:16]
+        ax.legend(
+            [bar for _, bar in items],
+            [name for name, _ in items],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.45),
+            ncol=4,
+            fontsize=8,
+            frameon=False,
+        )
+
+
+def _overrides(overrides: str, *, it: bool) -> str:
+    """The active overrides of one kind (IT side or DH side), joined with '+'."""
+    names = [item.split(":", 1)[1] for item in overrides.split(",") if item.startswith("override:")]
+    return "+".join(name for name in names if (name in _IT_OVERRIDES) == it)
