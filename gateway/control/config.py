@@ -38,6 +38,12 @@ class ControlConfig(BaseModel):
     input_max_age_s: float = Field(
         5.0, gt=0, description="An input older than this is stale and is never used as a number"
     )
+    meter_filter_s: float = Field(
+        20.0,
+        ge=0,
+        description="Time constant of the low-pass on the heat meter's supply temperature and heat power "
+        "before the PIs (sensor noise would move the setpoints every cycle; the DH pipe delay is ~60-90 s)",
+    )
     stuck_after_s: float = Field(
         120.0,
         ge=0,

@@ -133,6 +133,8 @@ class SupervisorState:
     panel_seen: tuple[float, float | None, float | None] | None = None
     outdoor: TimedValue | None = None
     """Low-passed outdoor temperature for the weather curve, and when it was last updated."""
+    meter_filtered: tuple[TimedValue, TimedValue] | None = None
+    """Low-passed heat-meter supply temperature and heat power (None while the meter is stale)."""
     """Panel operator switch and manual values last seen (their changes are commands)."""
 
 
@@ -337,6 +339,14 @@ class Supervisor:
         meter_power_kw = watched(meter, "heat_power_kw")
         meter_return_c = good(meter, "return_temp_c", max_age_s)
         meter_ok = meter_supply_c is not None and meter_power_kw is not None and meter_return_c is not None
+        meter_filtered: tuple[TimedValue, TimedValue] | None = None
+        meter_supply_raw_c = meter_supply_c  # the over-temperature override acts on the raw value
+        if meter_supply_c is not None and meter_power_kw is not None and meter_ok:
+            before = state.meter_filtered
+            supply = _low_pass(before[0] if before else None, meter_supply_c, now_s, cfg.meter_filter_s)
+            power = _low_pass(before[1] if before else None, meter_power_kw, now_s, cfg.meter_filter_s)
+            meter_filtered = (supply, power)
+            meter_supply_c, meter_power_kw = supply.value, power.value
         station_supply_c = good(plc, "dh_supply_temp_c", max_age_s)
         plc_ok = station_supply_c is not None
         plc_return_c = good(plc, "dh_return_temp_c", max_age_s)
@@ -358,11 +368,7 @@ class Supervisor:
             outdoor_c = good(plc, "outdoor_temp_c", max_age_s)
         outdoor = state.outdoor
         if outdoor_c is not None:
-            if outdoor is None or cfg.outdoor_filter_s <= 0.0:
-                outdoor = TimedValue(value=outdoor_c, time_s=now_s)
-            else:
-                weight = -math.expm1(-max(now_s - outdoor.time_s, 0.0) / cfg.outdoor_filter_s)
-                outdoor = TimedValue(value=outdoor.value + weight * (outdoor_c - outdoor.value), time_s=now_s)
+            outdoor = _low_pass(outdoor, outdoor_c, now_s, cfg.outdoor_filter_s)
         outdoor_c = outdoor.value if outdoor is not None else cfg.fallback_outdoor_temp_c
         cdus = [self._read_cdu(view, name, watched) for name in self.cdus]
         stale_cdus = [cdu.name for cdu in cdus if not cdu.fresh]
@@ -498,13 +504,18 @@ class Supervisor:
             normal_supply_c = requirement_c + trim_k + feedforward_k
             supply_name = "dh_trim"
         measured_dh_c = max(
-            (value for value in (meter_supply_c, station_supply_c) if value is not None), default=math.nan
+            (value for value in (meter_supply_raw_c, station_supply_c) if value is not None), default=math.nan
         )
         over_threshold_c = cfg.dh_max_supply_temp_c
         over_k = measured_dh_c - over_threshold_c if math.isfinite(measured_dh_c) else 0.0
         supply_candidates = {supply_name: normal_supply_c, "dh_max_supply": cfg.dh_max_supply_temp_c}
         if over_k > 0.0:
-            supply_candidates["dh_over_temperature"] = over_threshold_c - cfg.dh_over_temperature_gain_k_per_k * over_k
+            # Below what the heat pumps hold now (not merely below the maximum): the water is
+            # already too hot at that setpoint, so the setpoint goes down while this lasts.
+            present_c = supply_lease.value if supply_lease is not None else normal_supply_c
+            supply_candidates["dh_over_temperature"] = (
+                min(present_c, over_threshold_c) - cfg.dh_over_temperature_gain_k_per_k * over_k
+            )
         supply_choice = select_min(supply_candidates)
         supply_setpoint_c = max(supply_choice.value, cfg.dh_min_supply_temp_c)
 
@@ -735,6 +746,7 @@ class Supervisor:
             deviation_alarm=deviation_alarm,
             stuck=stuck,
             outdoor=outdoor,
+            meter_filtered=meter_filtered,
         )
         if state.mode is Mode.OFF:
             # Off: nothing is written, and nothing is remembered as written, so the way back
@@ -945,6 +957,14 @@ class Supervisor:
 
 class _Watched(Protocol):
     def __call__(self, device: str, signal: str) -> float | None: ...
+
+
+def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
+    """First-order low-pass, exact for any step; starts at the first value, restarts after a gap."""
+    if previous is None or time_constant_s <= 0.0:
+        return TimedValue(value=value, time_s=now_s)
+    weight = -math.expm1(-max(now_s - previous.time_s, 0.0) / time_constant_s)
+    return TimedValue(value=previous.value + weight * (value - previous.value), time_s=now_s)
 
 
 def _reason(chosen: str, normal: str) -> str:
