@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,16 @@ from simulators.plant import Plant
 from simulators.report import Trace, evaluate, write_report
 from simulators.scenario import BOTH_EVENTS, HARNESS_EVENTS, PLANT_EVENTS, Scenario, load_scenario
 
-__all__ = ["PROFILE_DIR", "Summary", "Window", "plant_write_limits", "run_scenario", "run_scenario_cli"]
+__all__ = [
+    "PROFILE_DIR",
+    "Summary",
+    "Window",
+    "format_summary",
+    "plant_write_limits",
+    "run_scenario",
+    "run_scenario_cli",
+    "run_scenarios",
+]
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 _PROFILE_OF_KIND = {"cdu": "cdu", "heat_meter": "heat-meter", "heat_pump_plc": "hp-plc", "panel_pc": "panel-pc"}
@@ -275,6 +286,27 @@ def run_scenario(
     if report_dir is not None:
         summary.files = write_report(summary, trace, windows, config, Path(report_dir), plot=plot)
     return summary
+
+
+def run_scenarios(
+    names: list[str], *, report_dir: str | Path | None = None, plot: bool = False, workers: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Run several scenarios, in ``workers`` processes; their summaries (``Summary.as_dict()``) by name.
+
+    Longest first, so with two workers the reference day runs beside all the short ones.
+    """
+    ordered = sorted(names, key=lambda name: -load_scenario(name).duration_s)
+    if workers <= 1:
+        return {name: _run_as_dict(name, report_dir, plot) for name in ordered}
+    # spawn: a clean interpreter per worker (fork would copy whatever threads the parent runs).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {name: pool.submit(_run_as_dict, name, report_dir, plot) for name in ordered}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _run_as_dict(name: str, report_dir: str | Path | None, plot: bool) -> dict[str, Any]:
+    return run_scenario(name, report_dir=report_dir, plot=plot).as_dict()
 
 
 def _watchdog_timeouts(plant: Plant, time_s: float) -> dict[str, Any]:
