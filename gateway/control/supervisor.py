@@ -12,10 +12,11 @@ and the simulation harness call it the same way. Signal flow (docs/control.md ha
                                                                       └► hp-plc.dry_cooler_setpoint_c
 
 Priorities (highest first): safe states on stale data; IT-priority overrides (min-select:
-facility water too hot, DH over-temperature, heat-pump source limit, rack loop near its
-limit); the DH supply loop; the heat-order loop; the source-temperature optimisation.
-The CDUs' and the PLC's own controllers keep the IT safe; this loop only moves their
-setpoints, and every write is a lease that expires with the heartbeat.
+facility water too hot, rack loop near its limit, DH over-temperature, heat-pump source,
+capacity and staging limits); the DH supply loop; the heat-order loop; the source-temperature
+optimisation. The CDUs' and the PLC's own controllers keep the IT safe; this loop only moves
+their setpoints, and every write is a lease that expires with the heartbeat. docs/control.md
+has the tables (min-selects, input lost -> what happens, tuning, figures per scenario).
 """
 
 from __future__ import annotations
