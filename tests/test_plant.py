@@ -670,3 +670,16 @@ def test_other_sizes_work() -> None:
     assert loads[1] == pytest.approx(2 * loads[0], rel=0.02)
     run(plant, 600)
     assert all(abs(cdu.supply_c - 40.0) < 0.3 for cdu in plant.cdus)
+
+
+def test_mixed_volume_survives_a_vanishing_flow():
+    """A DH pump stopped for hours decays the flow into denormal floats: no ZeroDivisionError."""
+    from simulators.plant.physics import MixedVolume
+
+    volume = MixedVolume(mass_kg=1000.0, temp_c=60.0)
+    assert volume.flow(5e-324, 20.0, 1.0) == 60.0
+    assert volume.flow(1e-300, 20.0, 1.0) == 60.0
+    assert volume.temp_c == 60.0
+    outlet = volume.flow(10.0, 20.0, 1.0)
+    assert 20.0 < volume.temp_c < 60.0
+    assert volume.temp_c < outlet < 60.0

@@ -105,6 +105,10 @@ class MixedVolume:
         if flow_kg_s <= 0.0 or dt_s <= 0.0:
             return start
         x = flow_kg_s * dt_s / self.mass_kg
+        if x <= 1e-12:
+            # A flow decaying towards zero reaches denormal floats; below this nothing moves
+            # (and -expm1(-x) / x would divide by zero).
+            return start
         decay = math.exp(-x)
         self.temp_c = inlet_temp_c + (start - inlet_temp_c) * decay
         # Mean of the exponential over the step: energy out = in - stored, exactly.
