@@ -21,6 +21,7 @@ from simulators.plant import (
     heat_pump_cop,
     weather_curve_supply_temp_c,
 )
+from simulators.plant.physics import MixedVolume
 
 PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 CDUS = [f"cdu-{i}" for i in range(1, 13)]
@@ -674,8 +675,6 @@ def test_other_sizes_work() -> None:
 
 def test_mixed_volume_survives_a_vanishing_flow():
     """A DH pump stopped for hours decays the flow into denormal floats: no ZeroDivisionError."""
-    from simulators.plant.physics import MixedVolume
-
     volume = MixedVolume(mass_kg=1000.0, temp_c=60.0)
     assert volume.flow(5e-324, 20.0, 1.0) == 60.0
     assert volume.flow(1e-300, 20.0, 1.0) == 60.0
