@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.loader import load_profile
+from gateway.config.loader import load_profile, load_site
 from gateway.control.blocks import weather_curve_supply_c
 from gateway.control.config import ControlConfig
-from gateway.control.supervisor import Mode, StepResult, Supervisor, SupervisorState
+from gateway.control.supervisor import (
+    Mode,
+    StepResult,
+    Supervisor,
+    SupervisorState,
+    supervisor_for_site,
+    write_limits_of,
+)
 from gateway.control.writes import Write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -604,6 +611,15 @@ def test_a_rejected_command_leaves_the_mode_alone():
 
 
 # -- configuration and docs -------------------------------------------------------------------------
+
+
+def test_supervisor_for_the_example_site():
+    site = load_site(REPO / "config" / "site.example.yaml")
+    sup = supervisor_for_site(site)
+    assert sup.cdus == tuple(f"cdu-{i}" for i in range(1, 13))
+    assert write_limits_of(site)[("cdu-1", "tcs_supply_setpoint_c")] == (25.0, 45.0)
+    assert write_limits_of(site)[("hp-plc", "heat_power_limit_kw")] == (0.0, 25000.0)
+    assert ("heat-meter", "heartbeat") not in write_limits_of(site)
 
 
 def test_supervisor_needs_cdus():
