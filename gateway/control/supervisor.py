@@ -111,12 +111,14 @@ class SupervisorState:
     manual_heat_power_kw: float | None = None
     """Operator's heat-power limit for manual mode (None: the last written one)."""
     dh_trim: PidState = field(default_factory=PidState)
+    """DH supply PI (trim in K)."""
     dh_applied_trim_k: float | None = None
+    """Setpoint actually written minus requirement last cycle (the trim integrates only if it is its own)."""
     last_requirement_c: float | None = None
     dh_disturbed_s: float | None = None
     """Last time the requirement changed or the station was off its setpoint (trims hold after it)."""
-    """Setpoint actually written minus requirement last cycle (the DH PI's tracking input)."""
     order_trim: PidState = field(default_factory=PidState)
+    """Heat-order PI (trim in kW)."""
     order_applied_trim_kw: float | None = None
     order_hold: HoldState = field(default_factory=HoldState)
     requirement_hold: HoldState = field(default_factory=HoldState)
@@ -124,7 +126,9 @@ class SupervisorState:
     """Common ceiling of the CDU setpoints (raised slowly, backed off fast)."""
     last_backoff_s: float | None = None
     ramps: Mapping[SignalKey, RampState] = field(default_factory=dict)
+    """Rate limit of every written setpoint."""
     leases: Mapping[SignalKey, Lease] = field(default_factory=dict)
+    """Last value written to every signal and when."""
     heartbeat: int = 0
     last_heartbeat_s: float | None = None
     hp_enable: OnOffState = field(default_factory=OnOffState)
@@ -132,11 +136,11 @@ class SupervisorState:
     stuck: Mapping[SignalKey, tuple[float, float]] = field(default_factory=dict)
     """Watched readings: (last value, since when it has not changed)."""
     panel_seen: tuple[float, float | None, float | None] | None = None
+    """Panel operator switch and manual values last seen (their changes are commands)."""
     outdoor: TimedValue | None = None
     """Low-passed outdoor temperature for the weather curve, and when it was last updated."""
     meter_filtered: tuple[TimedValue, TimedValue] | None = None
     """Low-passed heat-meter supply temperature and heat power (None while the meter is stale)."""
-    """Panel operator switch and manual values last seen (their changes are commands)."""
 
 
 @dataclass(frozen=True, slots=True)
