@@ -1,4 +1,4 @@
-"""``heat-gateway run``: pollers, publisher and housekeeping in one TaskGroup.
+"""``heat-gateway run``: pollers, control loop, publisher and housekeeping in one TaskGroup.
 
 Stops on SIGTERM/SIGINT: pollers stop first, then the publisher flushes what it holds and
 says ``offline``; the whole stop takes well under the 5 s systemd allows.
@@ -12,6 +12,7 @@ import time
 from contextlib import suppress
 
 from gateway.config.loader import Site
+from gateway.control.loop import ControlLoop
 from gateway.drivers.factory import make_driver
 from gateway.logs import get_logger
 from gateway.notify import sd_notify, watchdog_period_s
@@ -55,6 +56,10 @@ class Gateway:
             for device in devices
         ]
         self._stats_topic = f"{config.mqtt.topic_prefix}/{config.site}/gateway/metrics"
+        self.control: ControlLoop | None = None
+        if config.control is not None:
+            self.control = ControlLoop(site, self.image, {p.name: p.driver for p in self.pollers}, self.outbox)
+            self.publisher.subscribe(self.control.command_topic, self.control.on_command)
 
     def stats_message(self) -> Message:
         """One ``gateway`` line per device: poll health for the dashboard."""
@@ -114,6 +119,8 @@ class Gateway:
                 tasks = [group.create_task(p.run(), name=f"poll:{p.name}") for p in self.pollers]
                 tasks.append(group.create_task(self.publisher.run(), name="mqtt-publisher"))
                 tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
+                if self.control is not None:
+                    tasks.append(group.create_task(self.control.run(), name="control"))
                 sd_notify("READY=1")
                 await stop.wait()
                 sd_notify("STOPPING=1")

@@ -125,17 +125,34 @@ COLUMNS = [
 ]
 
 
-def parse_line(line: str) -> tuple[str, dict[str, float]]:
+def parse_line(line: str) -> tuple[str, dict[str, float | str]]:
+    """(row key, fields): device readings by device name, the control state as "control"."""
     head, fields, _ts = line.rsplit(" ", 2)
-    device = next((tag.split("=", 1)[1] for tag in head.split(",")[1:] if tag.startswith("device=")), "?")
-    values = {}
+    measurement, *tags = head.split(",")
+    device = next((tag.split("=", 1)[1] for tag in tags if tag.startswith("device=")), "")
+    key = "control" if measurement == "control" else device if measurement not in ("gateway", "control_write") else ""
+    values: dict[str, float | str] = {}
     for item in fields.split(","):
-        key, _, raw = item.partition("=")
+        name, _, raw = item.partition("=")
         try:
-            values[key] = float(raw.rstrip("i"))
+            values[name] = float(raw.rstrip("i"))
         except ValueError:
-            continue
-    return device, values
+            values[name] = raw.strip('"')
+    return key, values
+
+
+CONTROL_KEYS = [
+    ("mode", "mode", "{}"),
+    ("order_source", "order from", "{}"),
+    ("heat_order_kw", "order kW", "{:.0f}"),
+    ("heat_delivered_kw", "delivered kW", "{:.0f}"),
+    ("dh_requirement_c", "DH required °C", "{:.2f}"),
+    ("dh_supply_c", "DH supply °C", "{:.2f}"),
+    ("hp_supply_setpoint_c", "HP setpoint °C", "{:.2f}"),
+    ("cdu_ceiling_c", "CDU ceiling °C", "{:.2f}"),
+    ("tcs_hottest_c", "hottest TCS °C", "{:.2f}"),
+    ("overrides", "overrides", "{}"),
+]
 
 
 def main() -> int:
@@ -143,7 +160,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until Ctrl-C)")
     args = parser.parse_args()
     demo = Demo()
-    latest: dict[str, dict[str, float]] = {}
+    latest: dict[str, dict[str, float | str]] = {}
     seen: dict[str, float] = {}
     lock = threading.Lock()
     client = None
@@ -163,6 +180,8 @@ def main() -> int:
                 try:
                     device, values = parse_line(line)
                 except ValueError:
+                    continue
+                if not device:
                     continue
                 with lock:
                     latest.setdefault(device, {}).update(values)
@@ -192,11 +211,20 @@ def main() -> int:
                     (fmt.format(rows[device][key]) if key in rows[device] else "-").rjust(10) for key, _, fmt in COLUMNS
                 ]
                 out.append(f"{device:<8} " + " ".join(cells) + f"  {ages[device]:4.1f}s")
-            for device in sorted(d for d in rows if not d.startswith("cdu") and d != "gateway"):
-                pairs = ", ".join(f"{k}={v:.4g}" for k, v in sorted(rows[device].items())[:10])
+            for device in sorted(d for d in rows if not d.startswith("cdu") and d != "control"):
+                pairs = ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(rows[device].items())[:10]
+                )
                 out.append(f"{device}: {pairs}")
-            if "gateway" in rows:
-                out.append(f"gateway: {', '.join(f'{k}={v:.3g}' for k, v in sorted(rows['gateway'].items()))}")
+            if "control" in rows:
+                control = rows["control"]
+                cells = []
+                for key, title, fmt in CONTROL_KEYS:
+                    value = control.get(key, "-")
+                    cells.append(f"{title}: {fmt.format(value) if isinstance(value, float) else value}")
+                out.append("")
+                out.append("control  " + " | ".join(cells[:5]))
+                out.append("         " + " | ".join(cells[5:]))
             if influx:
                 try:
                     with urllib.request.urlopen(f"{influx}/api/v1/series/count", timeout=1) as response:  # noqa: S310
