@@ -34,23 +34,11 @@ from cryptography.x509 import DNSName, UniformResourceIdentifier
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.config.profile import Access, OpcUaProfile
+from gateway.drivers.opcua import VARIANT_OF_TYPE
 
 # asyncua's server logs every client that connects, disconnects or fails at info/warning level.
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
-#: profile type -> variant type of the served variable
-VARIANT_OF_TYPE: dict[str, ua.VariantType] = {
-    "bool": ua.VariantType.Boolean,
-    "int16": ua.VariantType.Int16,
-    "uint16": ua.VariantType.UInt16,
-    "int32": ua.VariantType.Int32,
-    "uint32": ua.VariantType.UInt32,
-    "int64": ua.VariantType.Int64,
-    "uint64": ua.VariantType.UInt64,
-    "float32": ua.VariantType.Float,
-    "float64": ua.VariantType.Double,
-    "string": ua.VariantType.String,
-}
 _INTEGER = {
     ua.VariantType.Int16,
     ua.VariantType.UInt16,

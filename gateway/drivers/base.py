@@ -52,6 +52,27 @@ class WriteRefused(DriverError):
     """A write was refused before or after it reached the device."""
 
 
+class ConnectionScope:
+    """``async with driver:`` connects and closes: the part every driver shares."""
+
+    async def connect(self) -> None:
+        """Open the connection (each driver implements it)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close the connection (each driver implements it)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
 class Driver(Protocol):
     """What the poller and the controllers need from a device connection."""
 

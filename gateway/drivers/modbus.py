@@ -43,8 +43,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -53,6 +52,7 @@ from gateway.codec import CodecError, DataType, encode_value, with_register_bit
 from gateway.config.profile import Access, ModbusProfile, ModbusSignal, Table, WriteOutOfRange
 from gateway.config.site import ModbusDevice
 from gateway.drivers.base import (
+    ConnectionScope,
     DeviceFault,
     DeviceTimeout,
     DeviceUnavailable,
@@ -281,7 +281,7 @@ class ConnectionHub:
 _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionHub] = weakref.WeakKeyDictionary()
 
 
-class ModbusDriver:
+class ModbusDriver(ConnectionScope):
     """Reads a device's plan block by block and writes single signals with read-back."""
 
     def __init__(
@@ -300,15 +300,6 @@ class ModbusDriver:
         self.plan = plan or build_plan(self.profile)
         self._hub = hub
         self._connection: ModbusConnection | None = None
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     @property
     def connected(self) -> bool:

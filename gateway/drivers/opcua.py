@@ -33,8 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -53,6 +52,7 @@ from gateway.config import ConfigError
 from gateway.config.profile import Access, OpcUaProfile, OpcUaSignal
 from gateway.config.site import OpcUaDevice, OpcUaMode, OpcUaSecurityMode, OpcUaSecurityPolicy, OpcUaTrust
 from gateway.drivers.base import (
+    ConnectionScope,
     DeviceFault,
     DeviceTimeout,
     DeviceUnavailable,
@@ -392,7 +392,7 @@ def _trusted_files(folder: Path) -> list[Path]:
 # --- the driver ---------------------------------------------------------------------------------
 
 
-class OpcUaDriver:
+class OpcUaDriver(ConnectionScope):
     """Reads an OPC UA device's nodes (batched Read or subscription) and writes with read-back."""
 
     def __init__(self, device: OpcUaDevice, profile: OpcUaProfile, state_dir: Path) -> None:
@@ -423,15 +423,6 @@ class OpcUaDriver:
         self._stale_after_s = 3 * device.poll_period_s
         self._first_data = asyncio.Event()
         self._warned_plaintext = False
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     @property
     def connected(self) -> bool:
