@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="folder for the JSON summary and PNG plot (with --fast)")
     p.add_argument("--speed", type=float, default=1.0, help="plant clock rate when serving (1 = real time)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--control-port", type=int, help="loopback port for fault-injection commands (see simulators/control.py)"
+    )
     p.set_defaults(func=cmd_simulate)
     return parser
 

@@ -32,8 +32,11 @@ def make_plant(seed: int = 0, scenario: str | None = None):  # noqa: ANN201 - th
     return Plant(loaded.plant_config(), seed=loaded.seed if seed == 0 else seed)
 
 
-async def serve(site_path: str, *, speed: float, seed: int, scenario: str | None) -> None:
+async def serve(
+    site_path: str, *, speed: float, seed: int, scenario: str | None, control_port: int | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT."""
+    from simulators.control import serve_control  # noqa: PLC0415
     from simulators.site import SimulatedSite  # noqa: PLC0415
 
     site = load_site(Path(site_path))
@@ -44,6 +47,10 @@ async def serve(site_path: str, *, speed: float, seed: int, scenario: str | None
         log.info("simulator_listening", protocol="modbus", endpoint=f"{host}:{port}", units=sorted(endpoint.units))
     for name, server in simulated.opcua_servers.items():
         log.info("simulator_listening", protocol="opcua", endpoint=server.endpoint, device=name)
+    control = None
+    if control_port:
+        control = await serve_control(simulated, control_port)
+        log.info("simulator_control_listening", endpoint=f"127.0.0.1:{control_port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,6 +62,8 @@ async def serve(site_path: str, *, speed: float, seed: int, scenario: str | None
             await stop.wait()
             runner.cancel()
     finally:
+        if control is not None:
+            control.close()
         await simulated.stop()
         log.info("simulator_stopped")
 
@@ -72,5 +81,7 @@ def simulate(args: argparse.Namespace) -> int:
     if not args.config:
         print("simulate needs -c SITE.yaml (the devices to serve) or --scenario NAME --fast", file=sys.stderr)
         return 2
-    asyncio.run(serve(args.config, speed=args.speed, seed=args.seed, scenario=args.scenario))
+    asyncio.run(
+        serve(args.config, speed=args.speed, seed=args.seed, scenario=args.scenario, control_port=args.control_port)
+    )
     return 0
