@@ -95,13 +95,16 @@ def cmd_historian(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         install_stop_signals(stop)
         task = asyncio.create_task(historian.run(), name="historian")
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+        # Until SIGTERM, or until the historian dies (then its exception ends the process with
+        # a traceback in the journal and systemd restarts it).
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if asyncio.current_task() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise
+        await asyncio.wait([task])  # let it disconnect and close the database client
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
     asyncio.run(main())
     return EXIT_OK

@@ -16,11 +16,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.drivers.base import DeviceUnavailable, Driver, DriverError
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
-from gateway.publish.outbox import Outbox
 from gateway.sample import Reading
 
 log = get_logger(__name__)
@@ -48,6 +48,13 @@ def backoff_s(attempt: int, *, base_s: float, cap_s: float, rng: random.Random) 
     return ceiling / 2 + jitter
 
 
+class ReadingSink(Protocol):
+    """Where a poller hands its readings (the publisher's :class:`Outbox`); never blocks."""
+
+    def put(self, item: Reading, /) -> None:
+        """Take one reading."""
+
+
 class DevicePoller:
     """Polls one device through its driver into the process image and the outbox."""
 
@@ -58,7 +65,7 @@ class DevicePoller:
         period_s: float,
         backoff_max_s: float,
         image: ProcessImage,
-        outbox: Outbox[Reading] | None,
+        outbox: ReadingSink | None,
         on_reading: Callable[[Reading], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:

@@ -51,7 +51,7 @@ class Gateway:
                 period_s=device.poll_period_s,
                 backoff_max_s=device.backoff_max_s,
                 image=self.image,
-                outbox=self.outbox,  # type: ignore[arg-type]  # Outbox is invariant; it only receives
+                outbox=self.outbox,
             )
             for device in devices
         ]
