@@ -211,6 +211,10 @@ class OpcUaDevice(_DeviceBase):
 Device = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="protocol")]
 
 
+SpoolFsync = Literal["every_write", "interval", "never"]
+"""When the MQTT spool forces its files to disk (``mqtt.spool_fsync``)."""
+
+
 class Tls(_Model):
     ca_file: Path | None = Field(None, description="CA bundle to verify the broker; system CAs when omitted")
     cert_file: Path | None = Field(None, description="Client certificate for mutual TLS")
@@ -234,6 +238,35 @@ class Mqtt(_Model):
         "dropped and counted so polling never waits for the broker",
     )
     max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages in flight (see MEASURED.md: keep modest)")
+    reconnect_max_s: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="Longest wait between reconnect attempts to the broker; the wait starts at 1 s and doubles",
+    )
+    spool: bool = Field(
+        default=True,
+        description="While the broker is unreachable (or slow to acknowledge), keep messages in a spool on "
+        "disk, {state_dir}/spool, and send them oldest first once it is back, between live messages; "
+        "a segment file is deleted when the broker has acknowledged all of it. Survives a restart or a "
+        "killed process. false: messages wait in memory only and a restart during an outage loses them",
+    )
+    spool_max_mb: int = Field(
+        512,
+        ge=1,
+        le=1_000_000,
+        description="Largest spool on disk in MiB; when full the oldest segment file is deleted and its "
+        "messages are counted and logged as dropped. The example site (15 devices, 1-2 s polls) spools "
+        "~11 kB/s, so 512 MiB covers ~13 hours of outage",
+    )
+    spool_fsync: SpoolFsync = Field(
+        "interval",
+        description="When spooled messages are forced to disk. Each batch is written to the operating system "
+        "at once, so a killed or restarted process loses nothing whatever this says; fsync only matters for "
+        "a power cut or kernel crash. interval: fsync about once a second, in a worker thread (a power cut "
+        "loses at most ~1 s; flash is not worn by one sync per message); every_write: fsync after every "
+        "batch (slowest, wears SD/eMMC flash); never: leave it to the OS (written back within ~30 s)",
+    )
 
 
 class InfluxDb(_Model):
