@@ -44,7 +44,14 @@ class Gateway:
         self.image = ProcessImage()
         self.outbox: Outbox[Reading | Message] = Outbox(config.mqtt.queue_size)
         devices = [d for d in config.devices if d.enabled]
-        self.publisher = MqttPublisher(config.mqtt, config.site, {d.name: d.kind for d in devices}, self.outbox)
+        self.publisher = MqttPublisher(
+            config.mqtt,
+            config.site,
+            {d.name: d.kind for d in devices},
+            self.outbox,
+            # a relative state_dir is relative to the site file (joining an absolute one keeps it)
+            spool_dir=site.path.parent / config.state_dir / "spool",
+        )
         self.pollers = [
             DevicePoller(
                 make_driver(site, device),
