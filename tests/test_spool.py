@@ -337,6 +337,43 @@ async def test_a_silent_broker_fills_the_spool_not_paho(tmp_path, fresh_mosquitt
         client.disconnect()
 
 
+async def test_what_paho_held_when_the_link_dropped_is_copied_to_the_spool(tmp_path, fresh_mosquitto, monkeypatch):
+    """Messages paho sent or queued but never saw acknowledged would die with the process: at the
+    drop they are copied to the spool (all but the replay's own, which are still in theirs)."""
+    folder = tmp_path / "spool"
+    outbox: Outbox = Outbox(1000)
+    config = Mqtt(port=fresh_mosquitto.port, client_id="dropped", queue_size=10)
+    publisher = MqttPublisher(config, "dropped", {}, outbox, spool_dir=folder)
+    publisher.start()
+    task = asyncio.create_task(publisher.run())
+    assert fresh_mosquitto.pid is not None
+    try:
+        await wait_for(publisher.connected.is_set, 5, "the connection")
+        os.kill(fresh_mosquitto.pid, signal.SIGSTOP)  # nothing is acknowledged from here
+        messages = [Message("heat/dropped/dev/metrics", b"%d" % i) for i in range(300)]
+        for message in messages:
+            outbox.put(message)
+        await wait_for(lambda: len(outbox) == 0, 5, "the outbox to drain")
+        held = len(unacknowledged(publisher.client))
+        assert held > 40
+        with capture_logs() as logs:
+            monkeypatch.setattr(mqtt_module, "log", structlog.get_logger("test"))
+            await asyncio.to_thread(fresh_mosquitto.kill)  # the connection drops
+            await wait_for(lambda: not publisher.connected.is_set(), 5, "paho to see the drop")
+            await wait_for(lambda: any(e["event"] == "mqtt_spooled_unacknowledged" for e in logs), 5, "the copy")
+        [copied] = [e["messages"] for e in logs if e["event"] == "mqtt_spooled_unacknowledged"]
+        assert copied >= held - publisher._replay_window - 1  # not the retained status, not replayed ones
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await publisher.stop(timeout_s=0)
+    # As if the process had been killed now: the next one finds every message in the spool.
+    spool = Spool(folder, max_bytes=2**20)
+    payloads = [payload for _topic, payload in await read_all(spool)]
+    await spool.close()
+    assert set(payloads) == {m.payload for m in messages}
+
+
 async def test_broker_outage_goes_to_the_spool_and_comes_back_in_order(tmp_path, fresh_mosquitto):
     site_path = write_site(tmp_path, fresh_mosquitto.port)
     folder = tmp_path / "var" / "spool"
