@@ -1,9 +1,12 @@
 """`make bench`: the gateway's throughput, CPU, memory and poll lateness, measured.
 
-For each case, simulated Modbus devices are served by separate processes (so the server is
-not what we measure; its CPU is reported too), a private Mosquitto takes the metrics, a
-subscriber counts the values that arrive, and the gateway runs in its own process whose CPU
-time and RSS are read from /proc over the measurement window.
+For each case, the simulated devices (Modbus or OPC UA) are served by separate processes (so
+the server is not what we measure; its CPU is reported too), a private Mosquitto takes the
+metrics, a subscriber counts the values that arrive, and the gateway runs in its own process
+(bench/gateway_probe.py) whose CPU time and RSS are read from /proc over the measurement window.
+
+``--only modbus`` / ``--only opcua`` / ``--only subscribe`` / ``--only "10 Hz"``: run the cases
+whose protocol, mode or name contains the text. bench/README.md explains every column.
 
 Figures drift from machine to machine and with load (2 shared cores here): compare the ratios
 within one run, e.g. CPU per 1,000 values/s across the cases.
@@ -12,6 +15,9 @@ within one run, e.g. CPU per 1,000 values/s across the cases.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import gc
 import json
 import os
 import statistics
@@ -20,15 +26,25 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
+from asyncua.client import ua_client
+from asyncua.observer import Observer
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+import gateway_probe  # noqa: E402 - beside this file
 from services import MosquittoServer, free_port  # noqa: E402
+
+from gateway.poller import DevicePoller  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,16 +53,35 @@ TICKS = os.sysconf("SC_CLK_TCK")
 class Case:
     name: str
     devices: int
-    registers: int
+    points: int  # registers (Modbus) or nodes (OPC UA) per device, all read every period
     rate_hz: float
     server_processes: int = 2
+    protocol: str = "modbus"
+    mode: str = "poll"  # OPC UA: poll (one batched Read per period) or subscribe
+    warmup_s: float = 3.0  # connections and first polls, before the window
+
+    @property
+    def key(self) -> str:
+        """What --only matches: protocol, mode and name."""
+        return f"{self.protocol} {self.mode} {self.name}"
 
 
 CASES = [
     Case("50 dev x 100 reg @ 1 Hz", 50, 100, 1.0),
     Case("50 dev x 100 reg @ 10 Hz", 50, 100, 10.0),
     Case("200 dev x 125 reg @ 4 Hz", 200, 125, 4.0, server_processes=4),
+    # 10 asyncua servers, 2 per process: one process serves ~1,000 changes/s (asyncua saturates
+    # at 16-19k); OPC UA sessions take longer to open (types of 500 nodes, 500 monitored items).
+    Case("10 srv x 500 nodes @ 1 Hz poll", 10, 500, 1.0, 5, "opcua", "poll", warmup_s=5.0),
+    Case("10 srv x 500 nodes @ 1 Hz subscribe", 10, 500, 1.0, 5, "opcua", "subscribe", warmup_s=5.0),
 ]
+
+FARM_SCRIPT = {"modbus": BENCH / "modbus_farm.py", "opcua": BENCH / "opcua_farm.py"}
+PROFILE = {"modbus": "bench-{points}", "opcua": "opcua-{points}"}
+
+
+def profile_name(case: Case) -> str:
+    return PROFILE[case.protocol].format(points=case.points)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -101,110 +136,295 @@ class Counter:
         self.client.disconnect()
 
 
-def run_case(case: Case, broker: MosquittoServer, seconds: float, workdir: Path, *, uvloop: bool) -> dict[str, object]:
-    profile = ROOT / "bench" / "profiles" / f"bench-{case.registers}.yaml"
-    base = free_port()
-    # find a run of free ports: the farms bind them, so pick a high base and step on collisions
-    base = 21000 + (base % 20000)
+# --- the simulated devices ------------------------------------------------------------------------
+
+
+@dataclass
+class Farm:
+    """The server processes of one case; their CPU is measured over the gateway's window."""
+
+    processes: list[subprocess.Popen[str]]
+    cpu0: list[float] = field(default_factory=list)
+
+    def start_window(self) -> None:
+        self.cpu0 = [cpu_seconds(p.pid) for p in self.processes]
+
+    def cpu_pct(self, elapsed: float) -> tuple[float, float]:
+        """(all processes together, the busiest one) in % of one core since start_window()."""
+        used = [cpu_seconds(p.pid) - c0 for p, c0 in zip(self.processes, self.cpu0, strict=True)]
+        return 100 * sum(used) / elapsed, 100 * max(used) / elapsed
+
+    def stop(self) -> list[str]:
+        """Terminate the servers; their reports (stderr) as lines."""
+        for process in self.processes:
+            process.terminate()
+        reports: list[str] = []
+        for process in self.processes:
+            try:
+                _, err = process.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                _, err = process.communicate()
+            reports.extend(line for line in err.splitlines() if line.strip())
+        return reports
+
+
+def start_farm(case: Case, first_port: int) -> Farm:
+    """``case.devices`` servers on consecutive ports from ``first_port``, over ``server_processes``."""
+    profile = BENCH / "profiles" / f"{profile_name(case)}.yaml"
     per = -(-case.devices // case.server_processes)
-    farms = []
-    for k in range(case.server_processes):
-        count = min(per, case.devices - k * per)
-        farms.append(
+    farm = Farm([])
+    for start in range(0, case.devices, per):
+        count = min(per, case.devices - start)
+        farm.processes.append(
             subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "modbus_farm.py"), "--profile", str(profile),
-                 "--first-port", str(base + k * per), "--count", str(count)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    str(FARM_SCRIPT[case.protocol]),
+                    "--profile",
+                    str(profile),
+                    "--first-port",
+                    str(first_port + start),
+                    "--count",
+                    str(count),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
         )
-    for farm in farms:
-        assert farm.stdout is not None
-        if farm.stdout.readline().strip() != "ready":
-            raise SystemExit(f"a Modbus farm did not start: {farm.stderr.read() if farm.stderr else ''}")
-    farm_cpu0 = [cpu_seconds(f.pid) for f in farms]
+    for process in farm.processes:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            reports = farm.stop()
+            raise SystemExit(f"a {case.protocol} farm did not start: {' '.join(reports)}")
+    return farm
 
-    devices = "\n".join(
-        f"  - {{name: dev-{i}, kind: bench, protocol: modbus, host: 127.0.0.1, port: {base + i}, "
-        f"profile: bench-{case.registers}, poll_period_s: {1 / case.rate_hz}, timeout_s: 1.0}}"
-        for i in range(case.devices)
+
+def device_entry(case: Case, index: int, port: int) -> str:
+    """One device of the site file, in flow style."""
+    common = (
+        f"name: dev-{index}, kind: bench, protocol: {case.protocol}, "
+        f"profile: {profile_name(case)}, poll_period_s: {1 / case.rate_hz}, timeout_s: 1.0"
     )
+    if case.protocol == "modbus":
+        return f"{{{common}, host: 127.0.0.1, port: {port}}}"
+    extra = ""
+    if case.mode == "subscribe":
+        extra = f", sampling_interval_ms: {1000 / case.rate_hz:g}, queue_size: 1"
+    return f"{{{common}, endpoint: 'opc.tcp://127.0.0.1:{port}/', mode: {case.mode}{extra}}}"
+
+
+def write_site(case: Case, first_port: int, broker: MosquittoServer, workdir: Path) -> Path:
+    devices = "\n".join(f"  - {device_entry(case, i, first_port + i)}" for i in range(case.devices))
     site = workdir / "site.yaml"
     site.write_text(
-        f"site: bench\nprofiles_dir: {ROOT / 'bench' / 'profiles'}\ndevices:\n{devices}\n"
+        f"site: bench\nprofiles_dir: {BENCH / 'profiles'}\nstate_dir: {workdir / 'state'}\ndevices:\n{devices}\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}, client_id: bench-gateway, queue_size: 100000}}\n",
         encoding="utf-8",
     )
+    return site
+
+
+# --- the gateway ----------------------------------------------------------------------------------
+
+
+def in_window(samples: list[list[float]], t0: float, t1: float) -> list[float]:
+    """The values of (monotonic time, value) samples taken between t0 and t1."""
+    return [value for at, value in samples if t0 <= at <= t1]
+
+
+def measure_gateway(
+    site: Path, farm: Farm, broker: MosquittoServer, seconds: float, workdir: Path, *, warmup_s: float, uvloop: bool
+) -> dict[str, Any]:
+    """Run the gateway on ``site`` in its own process; what it did in a window of ``seconds``."""
     counter = Counter(broker.port)
     out = workdir / "probe.json"
-    argv = [sys.executable, str(ROOT / "bench" / "gateway_probe.py"), str(site), str(seconds), str(out)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "probe",
+        str(site),
+        str(seconds),
+        str(out),
+        "--warmup",
+        str(warmup_s),
+    ]
     if uvloop:
         argv.append("--uvloop")
     gateway = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert gateway.stdout is not None
-    if gateway.stdout.readline().strip() != "measuring":
-        raise SystemExit("the gateway probe did not start")
-    counter.take()
-    t0, cpu0 = time.monotonic(), cpu_seconds(gateway.pid)
-    rss = []
-    while gateway.poll() is None:
-        line_ready = time.monotonic() - t0 >= seconds
-        if line_ready:
-            break
-        rss.append(rss_mib(gateway.pid))
-        time.sleep(0.5)
-    gateway.stdout.readline()  # "done"
-    elapsed, cpu1 = time.monotonic() - t0, cpu_seconds(gateway.pid)
-    values, messages = counter.take()
-    gateway.wait(timeout=30)
-    gateway.stdout.close()
-    counter.close()
-    farm_cpu = [cpu_seconds(f.pid) - c0 for f, c0 in zip(farms, farm_cpu0, strict=True)]
-    for farm in farms:
-        farm.terminate()
-        farm.wait(timeout=10)
-        for stream in (farm.stdout, farm.stderr):
-            if stream:
-                stream.close()
+    try:
+        if gateway.stdout.readline().strip() != "measuring":
+            raise SystemExit("the gateway probe did not start")
+        counter.take()
+        farm.start_window()
+        t0, cpu0 = time.monotonic(), cpu_seconds(gateway.pid)
+        rss = []
+        while gateway.poll() is None and time.monotonic() - t0 < seconds:
+            rss.append(rss_mib(gateway.pid))
+            time.sleep(0.5)
+        gateway.stdout.readline()  # "done"
+        t1 = time.monotonic()
+        elapsed, cpu1 = t1 - t0, cpu_seconds(gateway.pid)
+        server_cpu, server_max = farm.cpu_pct(elapsed)
+        values, messages = counter.take()
+        gateway.wait(timeout=60)
+    finally:
+        if gateway.poll() is None:  # it failed or hangs: leave nothing running
+            gateway.kill()
+            gateway.wait()
+        gateway.stdout.close()
+        counter.close()
     probe = json.loads(out.read_text())
     lateness = probe["lateness_s"]
+    durations = in_window(probe["poll_durations"], t0, t1)
+    gc_pauses = in_window(probe["gc_pauses"], t0, t1)
     return {
-        "case": case.name,
-        "target_values_per_s": case.devices * case.registers * case.rate_hz,
         "published_values_per_s": values / elapsed,
-        "decoded_values_per_s": probe["values"] / seconds,
         "messages_per_s": messages / elapsed,
+        "decoded_values_per_s": probe["values"] / seconds,
+        "notifications_per_s": sum(in_window(probe["notifications"], t0, t1)) / elapsed,
         "gateway_cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
         "gateway_rss_mib": max(rss) if rss else float("nan"),
-        "server_cpu_pct": 100 * sum(farm_cpu) / elapsed,
+        "server_cpu_pct": server_cpu,
+        "server_max_process_cpu_pct": server_max,
         "lateness_p50_ms": 1000 * percentile(lateness, 0.5),
         "lateness_p99_ms": 1000 * percentile(lateness, 0.99),
+        "poll_p50_ms": 1000 * percentile(durations, 0.5),
+        "poll_p99_ms": 1000 * percentile(durations, 0.99),
+        "full_gc_count": len(gc_pauses),
+        "full_gc_max_ms": 1000 * max(gc_pauses, default=0.0),
+        "polls": probe["polls"],
         "overruns": probe["overruns"],
         "failures": probe["failures"],
         "outbox_dropped": probe["outbox_dropped"],
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per case")
-    parser.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop")
-    parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--only", help="run only cases whose name contains this")
-    args = parser.parse_args()
-    results = []
-    with tempfile.TemporaryDirectory() as tmp, MosquittoServer(workdir=Path(tmp) / "mosquitto") as broker:
-        for case in CASES:
-            if args.only and args.only not in case.name:
+def run_case(case: Case, broker: MosquittoServer, seconds: float, workdir: Path, *, uvloop: bool) -> dict[str, Any]:
+    # a run of free ports: the farms bind them, so pick a high base (collisions are unlikely)
+    base = 21000 + (free_port() % 20000)
+    farm = start_farm(case, base)
+    try:
+        site = write_site(case, base, broker, workdir)
+        measured = measure_gateway(site, farm, broker, seconds, workdir, warmup_s=case.warmup_s, uvloop=uvloop)
+    finally:
+        reports = farm.stop()
+    return {
+        "case": case.name,
+        "protocol": case.protocol,
+        "mode": case.mode,
+        "target_values_per_s": case.devices * case.points * case.rate_hz,
+        **measured,
+        "server_reports": reports,
+    }
+
+
+# --- inside the gateway's process -----------------------------------------------------------------
+
+
+def probe(argv: list[str]) -> int:
+    """``run.py probe SITE SECONDS OUT [--warmup S] [--uvloop]``: bench/gateway_probe.py, plus what
+    that does not record, as (monotonic time, value) pairs: the data-change notifications the
+    OPC UA subscriptions deliver (asyncua's client observer), how long each poll takes and how
+    long each full (generation 2) garbage collection stops the event loop."""
+    parser = argparse.ArgumentParser(prog="run.py probe")
+    parser.add_argument("site")
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("out")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args(argv)
+    notifications: list[tuple[float, int]] = []
+    durations: list[tuple[float, float]] = []
+
+    class CountingObserver(Observer):
+        def observe_request(self, _request: object) -> contextlib.AbstractContextManager[None]:
+            return nullcontext()
+
+        def on_notification(self, _subscription_id: int | None, event_count: int) -> None:
+            notifications.append((time.monotonic(), event_count))
+
+    # every asyncua client the drivers build takes this observer instead of the null one
+    ua_client.NULL_OBSERVER = CountingObserver()  # type: ignore[attr-defined]
+    poll_once = DevicePoller.poll_once
+
+    async def timed_poll_once(self: DevicePoller) -> Any:
+        started = time.monotonic()
+        try:
+            return await poll_once(self)
+        finally:
+            ended = time.monotonic()
+            durations.append((ended, ended - started))
+
+    DevicePoller.poll_once = timed_poll_once  # type: ignore[method-assign]
+    gateway_probe.WARMUP_S = args.warmup
+    collections: list[tuple[float, float]] = []
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:  # the oldest generation: a full collection
+            now = time.monotonic()
+            if phase == "start":
+                gc_started[0] = now
+            else:
+                collections.append((now, now - gc_started[0]))
+
+    gc.callbacks.append(on_gc)
+
+    async def main() -> None:
+        watchdog = asyncio.create_task(recancel())
+        try:
+            await gateway_probe.main(args.site, args.seconds, args.out)
+        finally:
+            watchdog.cancel()
+
+    if args.uvloop:
+        import uvloop  # noqa: PLC0415 - optional
+
+        uvloop.install()
+    asyncio.run(main())
+    result = json.loads(Path(args.out).read_text())
+    result.update(notifications=notifications, poll_durations=durations, gc_pauses=collections)
+    Path(args.out).write_text(json.dumps(result))
+    return 0
+
+
+async def recancel(grace_s: float = 5.0) -> None:
+    """Cancel again a task whose cancellation has been pending for ``grace_s``.
+
+    Python 3.11's ``asyncio.wait_for`` (pymodbus awaits every reply with it) drops a
+    cancellation that arrives as the awaited reply completes (fixed in 3.12): the poller then
+    polls on, and the gateway never stops. This keeps the benchmark from hanging on it, and
+    says so on stderr.
+    """
+    pending: dict[asyncio.Task[Any], int] = {}
+    while True:
+        await asyncio.sleep(1.0)
+        for task in asyncio.all_tasks():
+            if task.done() or not task.cancelling():
                 continue
-            workdir = Path(tmp) / case.name.replace(" ", "_").replace("@", "at")
-            workdir.mkdir()
-            results.append(run_case(case, broker, args.seconds, workdir, uvloop=args.uvloop))
-            print(f"done: {case.name}", file=sys.stderr, flush=True)
+            pending[task] = pending.get(task, 0) + 1
+            if pending[task] >= grace_s:
+                print(
+                    f"probe: {task.get_name()} ignored its cancellation for {grace_s:g} s: cancelled again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                pending[task] = 0
+                task.cancel()
+
+
+# --- output -------------------------------------------------------------------------------------------
+
+
+def print_modbus(results: list[dict[str, Any]], seconds: float, loop: str) -> None:
     header = (
         f"{'case':<28}{'target/s':>10}{'published/s':>13}{'gw CPU %':>10}{'RSS MiB':>9}"
         f"{'srv CPU %':>11}{'late p50 ms':>13}{'late p99 ms':>13}{'overruns':>10}"
     )
-    print(f"Modbus poll -> decode -> MQTT, {args.seconds:g} s per case, loop: {'uvloop' if args.uvloop else 'asyncio'}")
+    print(f"Modbus poll -> decode -> MQTT, {seconds:g} s per case, loop: {loop}")
     print(header)
     for r in results:
         print(
@@ -212,12 +432,77 @@ def main() -> int:
             f"{r['gateway_cpu_pct']:>10.1f}{r['gateway_rss_mib']:>9.1f}{r['server_cpu_pct']:>11.1f}"
             f"{r['lateness_p50_ms']:>13.2f}{r['lateness_p99_ms']:>13.2f}{r['overruns']:>10}"
         )
+    print_cpu_per_thousand(results)
+
+
+def print_opcua(results: list[dict[str, Any]], seconds: float, loop: str) -> None:
+    header = (
+        f"{'case':<38}{'target/s':>10}{'published/s':>13}{'arrived/s':>11}{'gw CPU %':>10}{'RSS MiB':>9}"
+        f"{'srv CPU %':>11}{'srv max %':>11}{'late p50 ms':>13}{'late p99 ms':>13}{'poll p99 ms':>13}{'overruns':>10}"
+    )
+    print(f"OPC UA read or subscription -> MQTT, {seconds:g} s per case, loop: {loop}")
+    print(header)
+    for r in results:
+        arrived = r["notifications_per_s"] if r["mode"] == "subscribe" else r["decoded_values_per_s"]
+        print(
+            f"{r['case']:<38}{r['target_values_per_s']:>10.0f}{r['published_values_per_s']:>13.0f}{arrived:>11.0f}"
+            f"{r['gateway_cpu_pct']:>10.1f}{r['gateway_rss_mib']:>9.1f}{r['server_cpu_pct']:>11.1f}"
+            f"{r['server_max_process_cpu_pct']:>11.1f}{r['lateness_p50_ms']:>13.2f}{r['lateness_p99_ms']:>13.2f}"
+            f"{r['poll_p99_ms']:>13.2f}{r['overruns']:>10}"
+        )
+    print_cpu_per_thousand(results)
+
+
+def print_cpu_per_thousand(results: list[dict[str, Any]]) -> None:
+    pauses = ", ".join(f"{r['full_gc_count']} x {r['full_gc_max_ms']:.1f} ms" for r in results)
+    print(f"full garbage collections in the gateway (count x longest): {pauses}")
     if len(results) > 1:
         per_k = [
             r["gateway_cpu_pct"] / (r["published_values_per_s"] / 1000) for r in results if r["published_values_per_s"]
         ]
         figures = ", ".join(f"{x:.2f} %" for x in per_k)
         print(f"gateway CPU per 1,000 values/s: {figures} (median {statistics.median(per_k):.2f} %)")
+
+
+def problems(results: list[dict[str, Any]]) -> Iterator[str]:
+    """What makes a case's figures suspect: failed polls, dropped values, lost values."""
+    for r in results:
+        if r["failures"] or r["outbox_dropped"]:
+            yield f"{r['protocol']} {r['case']}: {r['failures']} failed polls, {r['outbox_dropped']} readings dropped"
+        if r["published_values_per_s"] < 0.95 * r["target_values_per_s"]:
+            published, target = r["published_values_per_s"], r["target_values_per_s"]
+            yield f"{r['protocol']} {r['case']}: published {published:.0f}/s of {target:.0f}/s"
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["probe"]:
+        return probe(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per case")
+    parser.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--only", help="run only cases whose protocol (modbus, opcua), mode or name contains this")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, MosquittoServer(workdir=Path(tmp) / "mosquitto") as broker:
+        for case in CASES:
+            if args.only and args.only not in case.key:
+                continue
+            workdir = Path(tmp) / case.key.replace(" ", "_").replace("@", "at")
+            workdir.mkdir()
+            results.append(run_case(case, broker, args.seconds, workdir, uvloop=args.uvloop))
+            print(f"done: {case.protocol} {case.name}", file=sys.stderr, flush=True)
+    loop = "uvloop" if args.uvloop else "asyncio"
+    modbus = [r for r in results if r["protocol"] == "modbus"]
+    opcua = [r for r in results if r["protocol"] == "opcua"]
+    if modbus:
+        print_modbus(modbus, args.seconds, loop)
+    if modbus and opcua:
+        print()
+    if opcua:
+        print_opcua(opcua, args.seconds, loop)
+    for problem in problems(results):
+        print(f"warning: {problem}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
