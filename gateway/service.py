@@ -7,6 +7,7 @@ says ``offline``; the whole stop takes well under the 5 s systemd allows.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from contextlib import suppress
@@ -104,8 +105,18 @@ class Gateway:
         watchdog = watchdog_period_s()
         period = min(watchdog, STATS_PERIOD_S) if watchdog else STATS_PERIOD_S
         next_stats = asyncio.get_running_loop().time() + STATS_PERIOD_S
+        frozen = False
         while True:
             await asyncio.sleep(period)
+            if not frozen:
+                # Everything built at start-up (profiles, plans, sessions, OPC UA node objects)
+                # lives as long as the process: move it out of the collector's sight once, so a
+                # full collection walks only young objects. Measured with 10 OPC UA servers x 500
+                # nodes: full collections paused the event loop 23-75 ms (poll lateness p99 up
+                # to 48 ms); frozen, 8-20 ms.
+                gc.collect()
+                gc.freeze()
+                frozen = True
             if watchdog:
                 sd_notify("WATCHDOG=1")
             if asyncio.get_running_loop().time() >= next_stats:
@@ -131,11 +142,29 @@ class Gateway:
                 sd_notify("READY=1")
                 await stop.wait()
                 sd_notify("STOPPING=1")
-                for task in tasks:
-                    task.cancel()
+                await _cancel_all(tasks)
         finally:
             await self.publisher.stop()
             log.info("gateway_stopped")
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], timeout_s: float = 4.0) -> None:
+    """Cancel the tasks and wait, cancelling again any that is still running.
+
+    Python 3.11's ``asyncio.wait_for`` (used by pymodbus for every reply) can drop a
+    cancellation that arrives just as the reply completes (fixed in 3.12): a poller then keeps
+    running and the TaskGroup would wait for it forever. Seen in ~1 of 3 benchmark stops at 10 Hz.
+    """
+    pending = set(tasks)
+    for task in pending:
+        task.cancel()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while pending and asyncio.get_running_loop().time() < deadline:
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+        for task in pending:
+            task.cancel()
+    for task in pending:
+        log.error("task_ignored_cancellation", task=task.get_name())
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
