@@ -27,6 +27,7 @@ from gateway.sample import Reading
 log = get_logger(__name__)
 
 STATS_PERIOD_S = 10.0
+FREEZE_AFTER_S = 3.0  # connections and sessions are up by then
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -107,7 +108,7 @@ class Gateway:
         next_stats = asyncio.get_running_loop().time() + STATS_PERIOD_S
         frozen = False
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(period if frozen else FREEZE_AFTER_S)
             if not frozen:
                 # Everything built at start-up (profiles, plans, sessions, OPC UA node objects)
                 # lives as long as the process: move it out of the collector's sight once, so a
