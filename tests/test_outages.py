@@ -38,8 +38,14 @@ async def test_broker_outage_loses_no_reading(tmp_path, fresh_mosquitto, victori
                 "fresh readings after the outage",
             )
         stamps = collector.timestamps("cdu-1")
+        stats = next(p for p in gateway.pollers if p.name == "cdu-1").stats
         assert polls_during > outage_s / PERIOD_S / 2  # polling went on during the outage
-        assert gaps(stamps) == [], "readings from the outage are missing"
+        # Every reading the poller produced arrived (a slot the poller itself skipped because
+        # the machine stalled is counted as an overrun, not as a reading).
+        # (The last poll may have been cut short by the stop: it produced no reading.)
+        produced = stats.polls - stats.failures
+        assert produced - 1 <= len(set(stamps)) <= produced, "readings from the outage are missing"
+        assert len(gaps(stamps)) <= stats.skipped_slots
         assert len(stamps) == len(set(stamps)) or len(stamps) - len(set(stamps)) < 5  # QoS 1: rare duplicates only
         assert gateway.outbox.dropped == 0
     finally:
