@@ -74,9 +74,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM/SIGINT."""
     site = _site(args.config)
     _setup_logging(site, args.log_level)
+    from gateway.publish.spool import SpoolError  # noqa: PLC0415
     from gateway.service import serve  # noqa: PLC0415
 
-    asyncio.run(serve(site))
+    try:
+        asyncio.run(serve(site))
+    except SpoolError as exc:
+        # Not a config error (the file is fine) but the same kind of answer: say what, exit.
+        print(f"cannot start: {exc} (mqtt.spool in {site.path}; state_dir sets the folder)", file=sys.stderr)
+        return EXIT_RUNTIME
     return EXIT_OK
 
 
