@@ -55,7 +55,10 @@ class Demo:
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = (STATE / f"{name}.log").open("wb")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        # Own session: Ctrl-C reaches only this script, which then stops the parts in order.
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True
+        )
         self.processes.append((name, process))
         return process
 
