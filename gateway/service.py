@@ -70,6 +70,18 @@ class Gateway:
             self.control = ControlLoop(site, self.image, {p.name: p.driver for p in self.pollers}, self.outbox)
             self.publisher.subscribe(self.control.command_topic, self.control.on_command)
 
+    def _spool_fields(self) -> dict[str, float | int | bool | str]:
+        """The disk spool's figures: what waits in it, its size, what the size cap dropped."""
+        spool = self.publisher.spool
+        if spool is None:
+            return {}
+        return {
+            "spool_waiting": spool.waiting,
+            "spool_bytes": spool.bytes,
+            "spool_dropped": spool.dropped,
+            "spool_replayed": self.publisher.replayed,
+        }
+
     def stats_message(self) -> Message:
         """One ``gateway`` line per device: poll health for the dashboard."""
         lines = []
@@ -97,6 +109,7 @@ class Gateway:
                 "outbox_dropped": self.outbox.dropped,
                 "mqtt_pending": self.publisher.pending,
                 "mqtt_refused": self.publisher.refused,
+                **self._spool_fields(),
             }
         )
         lines.append(f"{prefix} {fields} {now}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -392,6 +393,10 @@ async def test_broker_outage_goes_to_the_spool_and_comes_back_in_order(tmp_path,
             # paho holds at most what was in flight when the link dropped
             assert len(unacknowledged(publisher.client)) <= site.config.mqtt.max_inflight
             assert publisher.pending > 2 * 2 / PERIOD_S / 2  # two CDUs for ~2 s, in the spool
+            stats = gateway.stats_message().payload.decode().splitlines()[-1]  # the device="gateway" line
+            waiting = int(stats.split("spool_waiting=", 1)[1].split("i", 1)[0])
+            assert waiting > 0, stats
+            assert "spool_dropped=0i" in stats
             up_ns = time.time_ns()
             await asyncio.to_thread(fresh_mosquitto.start)
             await wait_for(lambda: publisher.pending == 0, 10, "the spool to be replayed")
@@ -399,7 +404,12 @@ async def test_broker_outage_goes_to_the_spool_and_comes_back_in_order(tmp_path,
             fresh_ns = time.time_ns()
             await wait_for(lambda: collector.timestamps("cdu-1")[-1] >= fresh_ns, 5, "live readings")
         stamps = collector.timestamps("cdu-1")
-        assert gaps(stamps) == [], "readings from the outage are missing"
+        poll_stats = next(p for p in gateway.pollers if p.name == "cdu-1").stats
+        # Every reading the poller produced arrived (the last poll may have been cut by the stop);
+        # a gap is only allowed where the poller itself skipped a slot on a stalled machine.
+        produced = poll_stats.polls - poll_stats.failures
+        assert produced - 1 <= len(set(stamps)) <= produced, "readings from the outage are missing"
+        assert len(gaps(stamps)) <= poll_stats.skipped_slots
         assert len(stamps) - len(set(stamps)) < 5  # at least once: only what was in flight may come twice
         # The outage's readings came back oldest first.
         with collector.lock:
@@ -447,13 +457,24 @@ def test_a_gateway_killed_during_an_outage_loses_nothing(tmp_path, fresh_mosquit
         fresh_mosquitto.start()
         gateways.append(subprocess.Popen(run, stdout=logs[1], stderr=subprocess.STDOUT))
 
-        def before_kill() -> list[int]:
-            return [ts for ts in collector.timestamps("cdu-1") if first_ns <= ts <= kill_ns]
+        # A reading polled in the last moment before the kill may still have been in memory (a
+        # kill can always take that); everything older must have reached the spool file.
+        settled_ns = kill_ns - int(PERIOD_S * 1e9)
 
+        def before_kill() -> list[int]:
+            return [ts for ts in collector.timestamps("cdu-1") if first_ns <= ts <= settled_ns]
+
+        # A gap is allowed only where the killed gateway itself skipped a poll slot (it logs
+        # each as poll_overrun with skipped=N) because the shared machine stalled it.
+        skipped = sum(
+            json.loads(line).get("skipped", 0)
+            for line in (tmp_path / "gateway-1.log").read_text().splitlines()
+            if '"poll_overrun"' in line and '"cdu-1"' in line
+        )
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and gaps([*before_kill(), kill_ns]):
+        while time.monotonic() < deadline and len(gaps([*before_kill(), settled_ns])) > skipped:
             time.sleep(0.1)
-        assert gaps([*before_kill(), kill_ns]) == [], "readings from before the kill are missing"
+        assert len(gaps([*before_kill(), settled_ns])) <= skipped, "readings from before the kill are missing"
         assert len(before_kill()) > 2.0 / PERIOD_S
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and list(folder.glob("*.seg")):
