@@ -25,6 +25,8 @@ from gateway.sample import Reading
 
 log = get_logger(__name__)
 
+OVERRUN_LOG_INTERVAL_S = 60.0
+
 
 @dataclass
 class PollStats:
@@ -81,6 +83,8 @@ class DevicePoller:
         self._down_reason: str | None = "not yet connected"
         self._attempt = 0
         self._connected = False
+        self._overrun_logged_at = -math.inf
+        self._overruns_logged = 0
 
     def _went_down(self, reason: str) -> None:
         self.image.mark_unavailable(self.name, time.time_ns(), reason)
@@ -161,13 +165,20 @@ class DevicePoller:
                     missed = math.ceil((finished - next_start) / period)
                     self.stats.overruns += 1
                     self.stats.skipped_slots += missed
-                    log.warning(
-                        "poll_overrun",
-                        device=self.name,
-                        duration_s=round(finished - started, 4),
-                        period_s=period,
-                        skipped=missed,
-                    )
+                    # A device that is slow every time would log every period: once a minute
+                    # is enough to see it, with the counts since the last line.
+                    if finished - self._overrun_logged_at >= OVERRUN_LOG_INTERVAL_S:
+                        log.warning(
+                            "poll_overrun",
+                            device=self.name,
+                            duration_s=round(finished - started, 4),
+                            period_s=period,
+                            skipped=missed,
+                            overruns_since_last_log=self.stats.overruns - self._overruns_logged,
+                            skipped_total=self.stats.skipped_slots,
+                        )
+                        self._overrun_logged_at = finished
+                        self._overruns_logged = self.stats.overruns
                     next_start += missed * period
         finally:
             await self.driver.close()
