@@ -21,6 +21,8 @@ from gateway.logs import get_logger
 
 log = get_logger(__name__)
 
+INFO_INTERVAL_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class WriteRequest:
@@ -72,6 +74,7 @@ class WriteExecutor:
         self.failed = 0
         self.done = 0
         self._failing: set[str] = set()
+        self._last_info: dict[tuple[str, str], tuple[float, str]] = {}
 
     def submit(self, request: WriteRequest) -> bool:
         """Queue a write (replacing a queued one for the same signal); False if refused here."""
@@ -125,8 +128,19 @@ class WriteExecutor:
                 if device in self._failing:
                     self._failing.discard(device)
                     log.info("writes_resumed", device=device)
+                # Every write is published (control_write) for the audit trail; the journal gets
+                # a line per signal at most every INFO_INTERVAL_S, or when the reason changes,
+                # so a PI trim moving a setpoint by 0.01 K a second does not flood it.
                 # Heartbeats go out every cycle to every device: only their failures are news.
-                (log.debug if request.reason == "heartbeat" else log.info)(
+                key = (device, signal)
+                last = self._last_info.get(key)
+                now = time.monotonic()
+                newsworthy = request.reason != "heartbeat" and (
+                    last is None or now - last[0] >= INFO_INTERVAL_S or last[1] != request.reason
+                )
+                if newsworthy:
+                    self._last_info[key] = (now, request.reason)
+                (log.info if newsworthy else log.debug)(
                     "setpoint_written",
                     device=device,
                     signal=signal,
