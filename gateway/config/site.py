@@ -302,7 +302,11 @@ class SiteConfig(_Model):
     mqtt: Mqtt = Field(default_factory=Mqtt, description="MQTT broker the metrics stream to")
     influxdb: InfluxDb | None = Field(None, description="Time-series database the historian writes to")
     logging: Logging = Field(default_factory=Logging, description="Log level and format")
-    state_dir: Path = Field(Path("var"), description="Writable folder for state (spool, trusted certificates)")
+    state_dir: Path = Field(
+        Path("var"),
+        description="Writable folder for state (MQTT spool, trusted OPC UA certificates), relative to this file; "
+        "under systemd use /var/lib/heat-gateway",
+    )
     control: ControlConfig | None = Field(
         None,
         description="Supervisory control loop (roles, limits, tunings; see docs/control.md); "
