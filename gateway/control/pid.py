@@ -300,31 +300,9 @@ def pid_step(
     dt_s, time_s, reference, derivative = _advance_time(config, state, measurement=measurement, now_s=now_s, sign=sign)
     wanted = proportional + state.integral + derivative + feedforward
 
-    if state.mode is ControlMode.MANUAL:
-        operator = track if track is not None else state.last_output
-        if operator is None:
-            return PidResult(
-                output=None,
-                state=state,
-                invalid_reason="manual mode needs an operator output (track=)",
-            )
-        output = config.clamp(operator)
-        # Hard tracking: the integral absorbs whatever the operator does, so auto resumes
-        # from exactly this output.
-        integral = output - proportional - derivative - feedforward
-        new_state = PidState(
-            integral=integral,
-            derivative=derivative,
-            last_measurement=reference,
-            last_time_s=time_s,
-            last_output=output,
-            mode=state.mode,
-        )
-        return PidResult(output=output, state=new_state, saturated=output != operator, dt_s=dt_s)
-
-    if first_step and state.last_output is not None:
-        # Bumpless start from the actuator's present value.
-        output = config.clamp(state.last_output)
+    def hold(target: float) -> PidResult:
+        """Output ``target`` (clamped) and set the integral so the next step continues from it."""
+        output = config.clamp(target)
         new_state = PidState(
             integral=output - proportional - derivative - feedforward,
             derivative=derivative,
@@ -333,7 +311,23 @@ def pid_step(
             last_output=output,
             mode=state.mode,
         )
-        return PidResult(output=output, state=new_state, saturated=output != state.last_output, dt_s=dt_s)
+        return PidResult(output=output, state=new_state, saturated=output != target, dt_s=dt_s)
+
+    if state.mode is ControlMode.MANUAL:
+        operator = track if track is not None else state.last_output
+        if operator is None:
+            return PidResult(
+                output=None,
+                state=state,
+                invalid_reason="manual mode needs an operator output (track=)",
+            )
+        # Hard tracking: the integral absorbs whatever the operator does, so auto resumes
+        # from exactly this output.
+        return hold(operator)
+
+    if first_step and state.last_output is not None:
+        # Bumpless start from the actuator's present value.
+        return hold(state.last_output)
 
     clamped = config.clamp(wanted)
     output = clamped
