@@ -67,6 +67,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.influxdb is not None:
         print(f"  influxdb: {config.influxdb.url} bucket {config.influxdb.bucket}")
     print(f"  {total_requests} Modbus request(s) per poll cycle")
+    if config.control is not None:
+        from gateway.control.roles import describe_role_map, role_map_of_site  # noqa: PLC0415
+
+        print("  control roles (what the supervisor reads and writes; nothing else is written):")
+        for line in describe_role_map(role_map_of_site(config, site.profiles)):
+            print(f"    {line}")
     return EXIT_OK
 
 

@@ -184,4 +184,14 @@ def load_site(path: Path | str) -> Site:
                 f"{path}: devices[{index}].profile: profile {device.profile!r} is for "
                 f"{profile.protocol} but the device's protocol is {device.protocol}"
             )
+    if config.control is not None:
+        # The control roles' contracts (gateway/control/roles.py): every role input and output
+        # bound, every heartbeat able to keep its watchdog armed. Imported here: the control
+        # package builds on the config models.
+        from gateway.control.roles import RoleError, role_map_of_site  # noqa: PLC0415
+
+        try:
+            role_map_of_site(config, profiles)
+        except RoleError as exc:
+            raise ConfigError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
     return Site(path=path, config=config, profiles=profiles)

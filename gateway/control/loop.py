@@ -37,6 +37,7 @@ from gateway.sample import Reading
 log = get_logger(__name__)
 
 MAX_COMMAND_BYTES = 4096
+BUDGET_WARNING_INTERVAL_S = 60.0
 
 
 class ControlLoop:
@@ -82,6 +83,7 @@ class ControlLoop:
         self._snapshot = image.snapshot(time.time_ns())
         self.cycles = 0
         self.overruns = 0
+        self._budget_warned: dict[str, float] = {}
 
     # -- commands (paho thread -> event loop) -------------------------------------------------
 
@@ -158,12 +160,29 @@ class ControlLoop:
         self._snapshot = self.image.snapshot(now_ns)
         result = self.supervisor.step(self._snapshot, self.state, now_s)
         self.state = result.state
+        overdrawn = result.status.get("write_budget_exceeded")
+        if overdrawn:
+            self._warn_budget(str(overdrawn).split(","), now_s)
         for write in result.writes:
             self.executor.submit(WriteRequest(write.device, write.signal, write.value, write.reason))
         fields = encode_fields(dict(result.status))
         if fields:
             self.outbox.put(Message(self._metrics_topic, f"{self._prefix} {fields} {now_ns}".encode()))
         self.cycles += 1
+
+    def _warn_budget(self, devices: list[str], now_s: float) -> None:
+        """A device written more often than its budget allows: once a minute per device."""
+        for device in devices:
+            last = self._budget_warned.get(device)
+            if last is None or now_s - last >= BUDGET_WARNING_INTERVAL_S:
+                self._budget_warned[device] = now_s
+                role = self.supervisor.roles.devices.get(device)
+                log.warning(
+                    "write_budget_exceeded",
+                    device=device,
+                    budget_per_h=role.write_budget_per_h if role is not None else None,
+                    setpoint_writes_total=self.state.setpoint_writes_total,
+                )
 
     async def _run_cycles(self) -> None:
         loop = asyncio.get_running_loop()
