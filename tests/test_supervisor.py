@@ -511,17 +511,24 @@ def test_no_write_is_ever_outside_the_profile_limits():
             assert math.isfinite(write.value)
 
 
-def test_an_unchanged_setpoint_is_a_lease_refreshed_after_its_period():
-    loop = Loop(supervisor(write_refresh_s=60.0))
+def test_an_unchanged_setpoint_is_a_lease_refreshed_after_its_period_one_output_a_minute():
+    loop = Loop(supervisor(write_refresh_s=300.0))
     loop.run(0.0, 5.0)
-    table = [  # (now_s, hp_supply_setpoint_c written?)
-        (6.0, False),
-        (30.0, False),
-        (65.0, True),  # lease refresh
-        (66.0, False),
-    ]
-    for now_s, expected in table:
-        assert (written(loop.at(now_s), "hp-plc", "hp_supply_setpoint_c") is not None) == expected, now_s
+    refreshed: dict[str, list[float]] = {}
+    for now_s in range(6, 700):
+        for write in loop.at(float(now_s)).writes:
+            if write.device == "hp-plc" and write.reason != "heartbeat":
+                refreshed.setdefault(write.signal, []).append(float(now_s))
+    times = sorted(t for ts in refreshed.values() for t in ts)
+    assert set(refreshed) == {
+        "hp_enable",
+        "hp_supply_setpoint_c",
+        "heat_power_limit_kw",
+        "dry_cooler_enable",
+        "dry_cooler_setpoint_c",
+    }
+    assert times[0] >= 300.0  # nothing before the refresh period: the values did not change
+    assert all(b - a >= 60.0 for a, b in itertools.pairwise(times))  # outputs take turns, one a minute
 
 
 def test_a_device_that_fell_back_is_taken_over_again_bumplessly():

@@ -172,8 +172,9 @@ class WriteBook:
             # reason is an override or a safe state (IT first: those never wait).
             write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or reason.startswith(_URGENT)
         else:
-            # A slow refresh, and at most one a minute per device (outputs take turns), so an
-            # unchanged device sees at most one setpoint write a minute.
+            # A slow refresh, and at most one a minute per device (with a refresh period of
+            # several minutes the outputs take turns), so an unchanged device sees at most one
+            # setpoint write a minute.
             write = (
                 now_s - lease.time_s >= self.refresh_s
                 and now_s - self._last_write_s.get(device, -math.inf) >= REFRESH_SPACING_S
