@@ -40,6 +40,7 @@ from typing import Protocol
 
 from gateway.backoff import Backoff
 from gateway.drivers.base import DeviceUnavailable, Driver, DriverError
+from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
@@ -130,7 +131,10 @@ class DevicePoller:
         rng: random.Random | None = None,
         phase_s: float | None = None,
         stale_after_s: Mapping[str, float] | None = None,
+        progress: Progress | None = None,
     ) -> None:
+        """``progress``: where each poll attempt is reported (the service's liveness registry);
+        by default a marker of the poller's own that nobody watches."""
         self.driver = driver
         self.name = driver.name
         self.period_s = period_s
@@ -148,6 +152,8 @@ class DevicePoller:
         self._connected = False
         self._overrun_logged_at = -math.inf
         self._overruns_logged = 0
+        # A poll *attempt* is progress, failed or not: a device that is down is not a stuck poller.
+        self.progress = progress or Progress(f"poll:{self.name}", bound_s=max(period_s, backoff_max_s) + 60.0)
 
     def _went_down(self, reason: str, cause: str) -> None:
         self.image.mark_unavailable(self.name, time.time_ns(), reason)
@@ -233,6 +239,7 @@ class DevicePoller:
                 slot_ns = time.time_ns() - int((started - next_start) * 1e9)
                 self.stats.polls += 1
                 reading = await self.poll_once()
+                await self.progress.step()
                 finished = loop.time()
                 self.stats.last_duration_s = finished - started
                 if reading is None:

@@ -139,6 +139,12 @@ class Wire:
             self.buffered = 0
         return data
 
+    def abandon(self) -> None:
+        """The waiting request timed out: a reply to it from now on is late, and dropped."""
+        if self.request is not None:
+            self._late.append(self.request.transaction_id)
+            self.request = None
+
     def judge(self, tid: int, unit_id: int, pdu: bytes) -> str | bool | None:
         """A complete frame: its reason to be malformed, ``None`` when good, ``False`` to drop it."""
         request = self.request
