@@ -63,6 +63,7 @@ class RawServer:
         self.answer = answer
         self.port = 0
         self.requests: list[RawRequest] = []
+        self.accepted = 0  # TCP connections
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # replies on their way
@@ -83,6 +84,7 @@ class RawServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self.accepted += 1
         try:
             while True:
                 tid, _protocol, length, unit = MBAP.unpack(await reader.readexactly(MBAP.size))
