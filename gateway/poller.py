@@ -202,10 +202,10 @@ class DevicePoller:
         if reading.bad and not (reading.values or reading.uncertain or reading.texts):
             # It answers, but with nothing usable (only exception codes, only bad statuses).
             self.stats.failures += 1
-            self.image.update(reading)  # each signal keeps its own reason
             reasons = sorted(set(reading.bad.values()))
             more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
             self._went_down(f"every signal is bad: {reasons[0]}{more}", "device_fault")
+            self.image.update(reading)  # after marking it down: each signal keeps its own reason
             return None
         self._came_back()
         self.stats.values += len(reading.values)
