@@ -34,7 +34,7 @@ from structlog.testing import capture_logs
 from gateway import poller as poller_module
 from gateway.config.profile import ModbusProfile
 from gateway.config.site import ModbusDevice
-from gateway.drivers.modbus import ModbusDriver
+from gateway.drivers.modbus import ModbusConnection, ModbusDriver, _User
 from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
@@ -167,3 +167,29 @@ async def test_slow_and_dead_units_take_no_slot_of_the_healthy_ones(monkeypatch)
     assert connection.wire.dropped_late >= 3  # the slow unit's replies, 3 s late
     assert server.accepted == 1
     print("\n".join(report), f"\nprobes {connection.probes}, late replies dropped {connection.wire.dropped_late}")
+
+
+async def test_a_poll_cancelled_while_waiting_for_its_turn_never_gets_it():
+    with server_thread() as servers:
+        server = servers.serve(answer)
+        connection = ModbusConnection("127.0.0.1", server.port)
+        connection.users[0] = _User(unit_id=1, pause_after_connect_s=0.0, pause_between_requests_s=0.0)
+        await connection.open(1.0)
+        order: list[str] = []
+
+        async def poll(name: str) -> None:
+            async with connection.turn(1):
+                order.append(name)
+
+        try:
+            async with connection.turn(1):
+                cancelled = asyncio.create_task(poll("cancelled"))
+                waiting = asyncio.create_task(poll("waiting"))
+                await asyncio.sleep(0.01)
+                cancelled.cancel()  # its future is cancelled; its cleanup has not run yet
+            await waiting
+            assert cancelled.cancelled()
+            assert order == ["waiting"]
+            assert not connection.busy
+        finally:
+            connection.kill("test over")

@@ -307,6 +307,8 @@ class ModbusConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # A waiter cancelled while waiting has not run its cleanup yet: never grant it.
+        self._waiters = [waiter for waiter in self._waiters if not waiter.future.done()]
         if self._holder is not None or not self._waiters:
             return
         for waiter in self._waiters:
