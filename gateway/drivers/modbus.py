@@ -561,6 +561,8 @@ class ModbusDriver(ConnectionScope):
         response = reply.response
         # The byte count was checked against the quantity (modbus_wire); bits come padded to bytes.
         bits_or_words = response.bits if block.table.is_bit else response.registers
+        if len(bits_or_words) < block.count:  # cannot pass the byte-count check; kept as a guard
+            raise MalformedReply(self.name, f"asked for {block.count} values, got {len(bits_or_words)}", address=what)
         return [int(value) for value in bits_or_words[: block.count]], reply
 
     async def _read_block_data(self, block: Block, *, locked: bool = False) -> list[int]:
