@@ -19,7 +19,7 @@ NAME = r"^[a-z0-9][a-z0-9_-]*$"
 """Site, device and kind names: one MQTT topic level and an InfluxDB tag or measurement, so no
 ``/``, ``+``, ``#``, ``$``, spaces, NUL or upper case (topics are case-sensitive, people are not)."""
 NAME_MAX = 64
-PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+PROFILE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 """A profile file name without .yaml: no folder (``/``, ``..``), so it stays inside profiles_dir."""
 TOPIC_PREFIX = r"^[^#+/$\x00][^#+/\x00]*(/[^#+/\x00]+)*$"
 """One or more topic levels: no wildcards, no empty level, no NUL, not ``$`` first (``$SYS``)."""
