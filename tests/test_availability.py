@@ -144,7 +144,7 @@ async def test_values_that_stop_moving_are_published_as_stale():
     assert [fields.split(",")[0] for _series, fields in signal_lines] == ['quality="good"', 'quality="stale"']
     assert all(f"device={device}," in series for series, _fields in signal_lines)
     series = f"gateway,device={device},site="
-    device_line = next(line for line in lines if line.startswith(series) and "signal" not in line)
+    device_line = next(line for line in lines if line.startswith(series) and ",signal=" not in line)
     assert "stale_signals=1i" in device_line
     assert "read_age_p99_s=" in device_line
 
