@@ -34,6 +34,7 @@ from structlog.testing import capture_logs
 from gateway import poller as poller_module
 from gateway.config.profile import ModbusProfile
 from gateway.config.site import ModbusDevice
+from gateway.drivers import modbus
 from gateway.drivers.modbus import ModbusConnection, ModbusDriver, _User
 from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
@@ -193,3 +194,50 @@ async def test_a_poll_cancelled_while_waiting_for_its_turn_never_gets_it():
             assert not connection.busy
         finally:
             connection.kill("test over")
+
+
+async def test_a_probe_that_finds_no_idle_window_goes_anyway_and_costs_one_timeout(monkeypatch):
+    # A healthy unit polled every 0.2 s leaves no 0.3 s window: the dead unit's probes must be
+    # forced (never starved), each delaying the healthy unit by at most that one timeout.
+    monkeypatch.setattr(modbus, "log", structlog.get_logger("test"))
+    with server_thread() as servers:
+        server = servers.serve(answer)
+        pollers = []
+        for unit, period_s in ((HEALTHY[0], 0.2), (DEAD, 0.5)):
+            device = ModbusDevice(
+                name=f"cdu-{unit}",
+                kind="cdu",
+                protocol="modbus",
+                host="127.0.0.1",
+                port=server.port,
+                unit_id=unit,
+                profile="rack",
+                poll_period_s=period_s,
+                timeout_s=TIMEOUT_S,
+                backoff_max_s=0.5,
+            )
+            pollers.append(
+                DevicePoller(
+                    ModbusDriver(device, PROFILE),
+                    period_s=period_s,
+                    backoff_max_s=0.5,
+                    image=ProcessImage(),
+                    outbox=None,
+                    phase_s=0.0,
+                )
+            )
+        with capture_logs() as logs:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(p.run(), name=f"poll:{p.name}") for p in pollers]
+                await asyncio.sleep(1.0)
+                connection = pollers[0].driver.connection  # type: ignore[attr-defined]
+                await asyncio.sleep(3.0)
+                for task in tasks:
+                    task.cancel()
+    assert connection is not None
+    assert connection.forced_probes >= 2  # the dead unit is retried every ~1 s (0.5 s backoff + wait + timeout)
+    assert len([e for e in logs if e["event"] == "modbus_probe_forced"]) == 1
+    healthy = pollers[0].stats
+    assert healthy.failures == 0
+    # behind one timeout at most (a wait behind two would be >= 0.6 s); slack for a loaded machine
+    assert max(healthy.lateness_s) < 2 * TIMEOUT_S

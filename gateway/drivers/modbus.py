@@ -325,6 +325,15 @@ class ModbusConnection:
                 return
             if now - waiter.since >= max_wait_s:
                 self.forced_probes += 1
+                if self.forced_probes == 1:  # once per connection: it is a configuration matter
+                    log.warning(
+                        "modbus_probe_forced",
+                        connection=f"{self.host}:{self.port}",
+                        unit=waiter.unit_id,
+                        probe_s=waiter.probe_s,
+                        hint="no idle window as long as this unit's timeout_s between the other units' polls: "
+                        "a shorter timeout_s or longer poll periods keep retries off their slots (docs/profiles.md)",
+                    )
                 self._grant(waiter)
                 return
         # Look again when the oldest probe must go, or when a due poll is given up on.
