@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,27 @@ def load_profile(path: Path) -> ModbusProfile | OpcUaProfile:
         raise ConfigError(validation_message(path, exc)) from None
 
 
-def load_site(path: Path | str) -> Site:
-    """Load a site file and the profiles its devices use; :class:`ConfigError` on any fault."""
+#: Sections a command may do without: each has a default (omitted = not used).
+OPTIONAL_SECTIONS = frozenset({"mqtt", "influxdb", "control", "logging"})
+
+
+def load_site(path: Path | str, *, unused: Collection[str] = ()) -> Site:
+    """Load a site file and the profiles its devices use; :class:`ConfigError` on any fault.
+
+    ``unused``: optional sections (:data:`OPTIONAL_SECTIONS`) the caller never looks at. One of
+    them that names an environment variable which is not set is left out, as if omitted, instead
+    of failing: ``heat-gateway read`` polls a device and needs no broker password. Everything
+    else is checked as always.
+    """
     path = Path(path)
-    data = _substitute(_read_yaml(path), path, "")
+    raw = _read_yaml(path)
+    if isinstance(raw, dict):
+        for key in OPTIONAL_SECTIONS.intersection(unused).intersection(raw):
+            try:
+                _substitute(raw[key], path, key)
+            except ConfigError:
+                del raw[key]
+    data = _substitute(raw, path, "")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with site, devices, mqtt, ...")
     try:
