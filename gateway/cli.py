@@ -23,6 +23,7 @@ from typing import Any
 
 from gateway.config import ConfigError, Site, load_site
 from gateway.config.profile import ModbusProfile, ModbusSignal, OpcUaSignal
+from gateway.config.secrets import mask, remember_secrets
 from gateway.config.site import Device, ModbusDevice
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
@@ -224,7 +225,7 @@ def cmd_read(args: argparse.Namespace) -> int:
             async with driver:
                 reading = await driver.read()
         except DriverError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
         rows: dict[str, dict[str, Any]] = {}
         for name in args.signals or list(profile.signals):
@@ -277,7 +278,7 @@ def cmd_write(args: argparse.Namespace) -> int:
             async with driver:
                 back = await driver.write(args.signal, args.value)
         except DriverError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
         print(f"{device.name}.{args.signal} = {back:g} (confirmed by read-back)")
         return EXIT_OK
@@ -308,7 +309,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 args.host, args.port, units, timeout_s=args.timeout, connections=args.connections
             )
         except ConnectionDead as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
         answering = [result for result in results if result.answers]
         seconds = loop.time() - started
@@ -346,6 +347,8 @@ def cmd_browse(args: argparse.Namespace) -> int:
         import getpass  # noqa: PLC0415 - only when asked for
 
         password = getpass.getpass(f"password for {args.user}: ")
+    if password:
+        remember_secrets([password])  # never echoed in an error line, whatever the library says
     from gateway.commissioning.opcua_browse import browse, format_tree  # noqa: PLC0415 - load asyncua on demand
     from gateway.drivers.base import DriverError  # noqa: PLC0415
 
@@ -354,7 +357,7 @@ def cmd_browse(args: argparse.Namespace) -> int:
             browse(args.endpoint, depth=args.depth, username=args.user, password=password, timeout_s=args.timeout)
         )
     except DriverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
         return EXIT_RUNTIME
     print("Objects")
     for line in format_tree(tree):
