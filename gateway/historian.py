@@ -9,7 +9,8 @@ message only after the database has accepted its lines (paho ``manual_ack``). So
 - broker down: the gateway's publisher holds the messages.
 
 Writes are synchronous writes of pre-joined line-protocol text (~5x faster than the batching
-``Point`` API, measured 2026-11-25: docs/library-limits.md), run in a worker thread so the event loop never blocks on HTTP.
+``Point`` API, measured 2026-11-25: docs/library-limits.md), run in a worker thread so the
+event loop never blocks on HTTP.
 A batch the database rejects as malformed (HTTP 400) is split to find the bad message, which
 is logged with its topic and dropped; the good ones are written.
 """

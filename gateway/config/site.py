@@ -278,7 +278,8 @@ class Mqtt(_Model):
         20,
         ge=1,
         le=1000,
-        description="QoS 1 messages in flight; keep it modest: paho is slower with a large window (docs/library-limits.md)",
+        description="QoS 1 messages in flight; keep it modest: paho is slower with a large window "
+        "(docs/library-limits.md)",
     )
     reconnect_max_s: int = Field(
         30,
