@@ -281,7 +281,13 @@ class Mqtt(_Model):
         description="Readings held between the pollers and the publisher; when full the oldest is "
         "dropped and counted so polling never waits for the broker",
     )
-    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages in flight (see MEASURED.md: keep modest)")
+    max_inflight: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="QoS 1 messages in flight; keep it modest: paho is slower with a large window "
+        "(docs/library-limits.md)",
+    )
     reconnect_max_s: int = Field(
         30,
         ge=1,
