@@ -378,7 +378,8 @@ def _resolution(profile: Profile, signal: str, default: float) -> float:
 def _bind(
     device: str, role: Role, profile: ControlledDevice, given: Mapping[str, object], problems: list[str]
 ) -> dict[str, Binding]:
-    where = f"control: device {device!r} (role {role.name}, profile {profile.profile_name!r})"
+    where = f"control: device {device!r} (role {role.name})"
+    in_profile = f"in profile {profile.profile_name!r}"
     signals = profile.profile.signals
     for name in given:
         if role.signal(name) is None:
@@ -396,7 +397,7 @@ def _bind(
             if spec.absent is not None:
                 hints.append(f"mark it absent ({spec.absent})")
             problems.append(
-                f"{where}: {kind} {spec.name}: the profile has no signal {spec.name!r}; {' or '.join(hints)} "
+                f"{where}: {kind} {spec.name}: no signal {spec.name!r} {in_profile}; {' or '.join(hints)} "
                 f"under control.devices.{device}.signals"
             )
             continue
@@ -422,7 +423,7 @@ def _bind(
             continue
         signal = signals.get(raw)
         if signal is None:
-            problems.append(f"{where}: {kind} {spec.name}: no signal {raw!r} in the profile")
+            problems.append(f"{where}: {kind} {spec.name}: no signal {raw!r} {in_profile}")
             continue
         if signal.type == "string":
             problems.append(f"{where}: {kind} {spec.name}: signal {raw!r} is text, not a number")
@@ -430,8 +431,8 @@ def _bind(
         if spec.output:
             if signal.access is not Access.READ_WRITE:
                 problems.append(
-                    f"{where}: output {spec.name}: signal {raw!r} is read-only in the profile "
-                    "(access must be read_write)"
+                    f"{where}: output {spec.name}: signal {raw!r} is read-only {in_profile} "
+                    "(access: read_write, with min and max)"
                 )
                 continue
             other = used_outputs.setdefault(raw, spec.name)
