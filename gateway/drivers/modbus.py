@@ -22,8 +22,8 @@ Who gets the next turn:
   gateway said 10/11 "no device") only gets a turn as a *probe*, when the connection is idle
   and no answering unit's next poll is due within the probe's ``timeout_s``: its probes fit in
   the idle time between the answering units' polls. A probe that found no such window for two
-  of the longest poll periods goes anyway, so a unit can never be starved; then the next
-  answering unit waits behind at most that one timeout.
+  of the longest poll periods (4 s at most) goes anyway, so a unit can never be starved; then
+  the next answering unit waits behind at most that one timeout.
 
 The poller backs off a down unit (fewer probes); the connection decides when each probe goes.
 
