@@ -54,13 +54,14 @@ class ReadingEncoder:
     """
 
     def __init__(self, site: str, device_kinds: Mapping[str, str]) -> None:
-        self._prefixes = {
+        self.prefixes = {
             device: series_prefix(kind, {"site": site, "device": device}) for device, kind in device_kinds.items()
         }
+        """``measurement,tag=value,...`` of each device's lines."""
 
     def encode(self, reading: Reading) -> bytes | None:
         """The line, or ``None`` when the reading has no good value to send."""
-        prefix = self._prefixes[reading.device]
+        prefix = self.prefixes[reading.device]
         if not reading.texts:  # the hot path: numbers only
             line = encode_line(prefix, reading.values, reading.timestamp_ns)
         else:

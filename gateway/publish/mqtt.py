@@ -97,7 +97,7 @@ class MqttPublisher:
         self.outbox = outbox
         self.base = f"{config.topic_prefix}/{site}"
         self.status_topic = f"{self.base}/gateway/status"
-        self._encoder = ReadingEncoder(site, device_kinds)
+        self.encoder = ReadingEncoder(site, device_kinds)
         self._topics = {device: f"{self.base}/{device}/metrics" for device in device_kinds}
         self.connection = MqttConnection(
             config,
@@ -308,7 +308,7 @@ class MqttPublisher:
         if isinstance(item, Message):
             self._send(item.topic, item.payload, item.retain)
             return
-        line = self._encoder.encode(item)
+        line = self.encoder.encode(item)
         if line is not None:
             self._send(self._topics[item.device], line)
 
