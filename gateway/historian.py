@@ -12,8 +12,9 @@ The MQTT side is :class:`gateway.mqtt.MqttConnection` (paho on the event loop); 
 is only sent on the connection the message came in on (a message id means nothing on the next
 one: the broker redelivers what was not acknowledged).
 
-Writes are synchronous writes of pre-joined line-protocol text (MEASURED.md: ~5x faster than
-the batching ``Point`` API), run in a worker thread so the event loop never blocks on HTTP.
+Writes are synchronous writes of pre-joined line-protocol text (~5x faster than the batching
+``Point`` API, measured 2026-11-25: docs/library-limits.md), run in a worker thread so the
+event loop never blocks on HTTP.
 A batch the database rejects as malformed (HTTP 400) is split to find the bad message, which
 is logged with its topic and dropped; the good ones are written.
 """

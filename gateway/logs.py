@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from gateway.config.secrets import mask_event
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 #: The least severe level each library may log at; ``None`` follows the gateway's own level,
@@ -59,6 +61,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else structlog.processors.StackInfoRenderer(),
+            mask_event,  # no password or token in any line, whoever (a library) put it there
             renderer,
         ],
     )
