@@ -22,8 +22,8 @@ Who gets the next turn:
   gateway said 10/11 "no device") only gets a turn as a *probe*, when the connection is idle
   and no answering unit's next poll is due within the probe's ``timeout_s``: its probes fit in
   the idle time between the answering units' polls. A probe that found no such window for two
-  of the longest poll periods goes anyway, so a unit can never be starved; then the next
-  answering unit waits behind at most that one timeout.
+  of the longest poll periods (4 s at most) goes anyway, so a unit can never be starved; then
+  the next answering unit waits behind at most that one timeout.
 
 The poller backs off a down unit (fewer probes); the connection decides when each probe goes.
 
@@ -109,6 +109,10 @@ _LIBRARY_TIMEOUT_S = 120.0
 _PROBE_GUARD_S = 0.02
 # A poll due this long ago that has not asked for its turn is not waited for any more.
 _DUE_GRACE_S = 0.5
+# The longest a probe waits for an idle window before it goes anyway: two of the longest poll
+# periods of the answering units, but never more than this, so a down unit's poller still
+# reports progress well within the service's liveness bound (5 s + 10 x timeout_s of slack).
+_PROBE_WAIT_MAX_S = 4.0
 
 Call = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
 
@@ -300,7 +304,7 @@ class ModbusConnection:
     def _max_probe_wait_s(self) -> float:
         periods = [u.period_s for u in self.users.values() if u.unit_id not in self.down_units]
         finite = [p for p in periods if math.isfinite(p)]
-        return 2 * max(finite, default=0.0)
+        return min(2 * max(finite, default=0.0), _PROBE_WAIT_MAX_S)
 
     def _dispatch(self) -> None:
         """Give the free connection to the next waiter that may have it."""
