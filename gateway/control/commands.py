@@ -110,7 +110,7 @@ class _DuplicateKeyError(ValueError):
 
 
 def _parse_int(text: str) -> int | _LongInt:
-    return _LongInt(text) if len(text) > MAX_INT_DIGITS + 1 else int(text)
+    return _LongInt(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
 
 
 def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -197,9 +197,11 @@ def _check_types(command: Mapping[object, object]) -> str | None:
     """Why the command's keys or types are wrong, or None."""
     if not command:
         return f"command must name at least one of {', '.join(COMMAND_KEYS)}"
-    unknown = [repr(key) if not isinstance(key, str) else key for key in command if key not in COMMAND_KEYS]
+    unknown = [key for key in command if key not in COMMAND_KEYS]
     if unknown:
-        shown = ", ".join(repr(key)[:40] for key in unknown[:5])
+        shown = ", ".join(
+            key if isinstance(key, str) and key.isprintable() and len(key) <= 40 else _shown(key) for key in unknown[:5]
+        )
         return f"unknown key(s) {shown}; known: {', '.join(COMMAND_KEYS)}"
     if "mode" in command:
         raw = command["mode"]
