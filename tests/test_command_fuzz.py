@@ -137,9 +137,8 @@ def test_each_hostile_command_is_answered_with_its_id_and_reason(
 
 
 def test_a_retained_command_is_applied_only_when_the_site_allows_it(tmp_path: Path) -> None:
-    text = SITE.read_text(encoding="utf-8").replace(
-        "  utility_hold_s: 900", "  utility_hold_s: 900\n  commands: {accept_retained: true}"
-    )
+    text = SITE.read_text(encoding="utf-8").replace("accept_retained: false", "accept_retained: true")
+    assert "accept_retained: true" in text
     path = tmp_path / "site.yaml"
     path.write_text(
         text.replace("profiles_dir: profiles", f"profiles_dir: {REPO / 'config' / 'profiles'}"), encoding="utf-8"

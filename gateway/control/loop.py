@@ -30,6 +30,7 @@ from gateway.control.commands import ParsedCommand, RateLimiter, parse_command
 from gateway.control.executor import WriteExecutor, WriteRequest, WriteResult
 from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site, write_limits_of
 from gateway.drivers.base import Driver
+from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
 from gateway.publish.lineprotocol import encode_fields, series_prefix
@@ -86,6 +87,10 @@ class ControlLoop:
         self.cycles = 0
         self.overruns = 0
         self.failed_cycles = 0  # cycles that raised (each logged with its cause)
+        # A completed cycle is progress; one that raised is not, so cycles that keep failing (or a
+        # cycle task that hangs) stop the systemd watchdog pings and systemd restarts the service.
+        # The bound covers the wait for first readings (at most 10 s) before the first cycle.
+        self.progress = Progress("control", bound_s=max(15.0, 5 * self.cycle_s))
 
     # -- commands (paho thread -> event loop -> cycle) -----------------------------------------
 
@@ -232,6 +237,8 @@ class ControlLoop:
                 # devices' watchdogs need): log it and try again next cycle.
                 self.failed_cycles += 1
                 log.exception("control_cycle_failed", cycle=self.cycles, cause=f"{type(exc).__name__}: {exc}"[:300])
+            else:
+                await self.progress.step()
             next_start += self.cycle_s
             late = loop.time() - next_start
             if late > 0:
