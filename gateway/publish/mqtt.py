@@ -139,6 +139,7 @@ class MqttPublisher:
         self.acked = 0
         self.refused = 0
         self._subscriptions: dict[str, Any] = {}
+        self._refused_reason: str | None = None  # the last refusal logged (None: connected since)
 
         self._spool_dir = spool_dir if config.spool else None
         self.spool: Spool | None = None  # opened by start(): building a publisher touches no files
@@ -161,8 +162,17 @@ class MqttPublisher:
     # paho callbacks run on paho's thread: keep them short.
     def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.warning("mqtt_connect_refused", broker=f"{self.config.host}:{self.config.port}", reason=str(reason))
+            # paho retries every few seconds: one line per reason, not one per attempt
+            if str(reason) != self._refused_reason:
+                self._refused_reason = str(reason)
+                log.error(
+                    "mqtt_connect_refused",
+                    broker=f"{self.config.host}:{self.config.port}",
+                    user=self.config.username,
+                    reason=str(reason),
+                )
             return
+        self._refused_reason = None
         set_nodelay(client)
         self.publish_now(self.status_topic, b"online", retain=True)
         for topic, handler in self._subscriptions.items():
