@@ -174,7 +174,7 @@ def test_queue_full_and_rate_limit_answers_carry_the_id_and_one_summary_line(tmp
     summaries = [e for e in logs if e["event"] == "control_commands_rate_limited"]
     assert len(summaries) == 1, summaries
     assert summaries[0]["sender"] == "flooder"
-    assert summaries[0]["refused"] == 1  # the first refusal at once; the rest in the next summary
+    assert summaries[0]["refused"] == 1  # the first refusal at once; the rest in the next summary, 10 s on
     rejected_lines = [e for e in logs if e["event"] == "control_command_rejected"]
     assert len(rejected_lines) == 50  # the queue-full ones; rate-limit refusals are summarised
 
@@ -182,13 +182,15 @@ def test_queue_full_and_rate_limit_answers_carry_the_id_and_one_summary_line(tmp
 def test_rate_limiter_summarises_refusals() -> None:
     limiter = RateLimiter(rate_per_s=1.0, burst=2, report_s=10.0)
     outcomes = [limiter.take("a", now_s=0.0) for _ in range(5)]
-    assert outcomes == [(True, 0), (True, 0), (False, 1), (False, 0), (False, 0)]
+    assert outcomes == [(True, 0), (True, 0), (False, 1), (False, 0), (False, 0)]  # the first refusal at once
     assert limiter.take("b", now_s=0.0) == (True, 0)  # senders are counted apart
-    assert limiter.take("a", now_s=5.0) == (True, 2)  # below the rate again: the rest reported
+    assert limiter.take("a", now_s=5.0) == (True, 0)  # allowed again; 2 refusals not reported yet
     refused = [limiter.take("a", now_s=5.0 + n / 1000) for n in range(20)]
     assert sum(1 for allowed, _ in refused if allowed) == 1  # the one token left
     assert all(report == 0 for _, report in refused)  # within 10 s of the last line: counted
-    assert limiter.take("a", now_s=15.5) == (True, 19)  # allowed again: the 19 in one line
+    assert limiter.overdue(now_s=9.9) == []
+    assert limiter.overdue(now_s=10.0) == [("a", 2 + 19)]  # one line for all of them
+    assert limiter.overdue(now_s=30.0) == []
 
 
 def test_parse_never_raises_on_random_bytes() -> None:

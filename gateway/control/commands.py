@@ -257,9 +257,9 @@ class _Bucket:
 class RateLimiter:
     """A token bucket per sender: ``rate_per_s`` on average, ``burst`` at once.
 
-    :meth:`take` says whether a command may go on, and how many refusals to report in one log
-    line now (0: none): the first refusal at once, then a summary at most every ``report_s``,
-    and what is left when the sender is below the rate again.
+    Refusals are counted per sender and reported for one log line at most every ``report_s``:
+    :meth:`take` returns the count when a line is due (the first refusal at once), and
+    :meth:`overdue`, called once per cycle, hands out what is left once a sender went quiet.
     """
 
     def __init__(self, rate_per_s: float, burst: int, *, report_s: float = 10.0, max_senders: int = 1000) -> None:
@@ -270,7 +270,7 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
 
     def take(self, sender: str, now_s: float) -> tuple[bool, int]:
-        """(allowed, refusals to report now)."""
+        """(allowed, refusals to report in one log line now; 0: none)."""
         bucket = self._buckets.get(sender)
         if bucket is None:
             if len(self._buckets) >= self._max_senders:  # bounded memory: forget the idle senders
@@ -283,8 +283,15 @@ class RateLimiter:
             bucket.tokens -= 1.0
         else:
             bucket.refused += 1
-        due = bucket.logged_s is None or now_s - bucket.logged_s >= self.report_s
-        if bucket.refused and (allowed or due):
+        return allowed, self._report(bucket, now_s)
+
+    def overdue(self, now_s: float) -> list[tuple[str, int]]:
+        """(sender, refusals) not reported yet whose line is due."""
+        due = [(sender, self._report(bucket, now_s)) for sender, bucket in self._buckets.items()]
+        return [(sender, count) for sender, count in due if count]
+
+    def _report(self, bucket: _Bucket, now_s: float) -> int:
+        if bucket.refused and (bucket.logged_s is None or now_s - bucket.logged_s >= self.report_s):
             report, bucket.refused, bucket.logged_s = bucket.refused, 0, now_s
-            return allowed, report
-        return allowed, 0
+            return report
+        return 0

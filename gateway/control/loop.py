@@ -131,13 +131,7 @@ class ControlLoop:
         """Why a command is refused before it reaches the cycle, or None."""
         allowed, report = self._limiter.take(sender or "", time.monotonic())
         if report:
-            log.warning(
-                "control_commands_rate_limited",
-                sender=sender,
-                refused=report,
-                rate_per_s=self._policy.rate_per_s,
-                burst=self._policy.burst,
-            )
+            self._log_rate_limited(sender, report)
         if not allowed:
             return f"rate limit: more than {self._policy.rate_per_s:g} commands/s from {sender or 'unidentified'}"
         if retained and not self._policy.accept_retained:
@@ -146,6 +140,15 @@ class ControlLoop:
                 "retain, and clear the retained message with an empty retained payload"
             )
         return parsed.error
+
+    def _log_rate_limited(self, sender: str | None, refused: int) -> None:
+        log.warning(
+            "control_commands_rate_limited",
+            sender=sender,
+            refused=refused,  # since the last line about this sender
+            rate_per_s=self._policy.rate_per_s,
+            burst=self._policy.burst,
+        )
 
     def _answer(
         self, parsed: ParsedCommand, sender: str | None, *, accepted: bool, reason: str, payload: bytes = b""
@@ -172,6 +175,8 @@ class ControlLoop:
     def _apply_commands(self) -> None:
         """Apply the queued commands in order, each on its own: one that fails is answered and
         the others and the cycle go on."""
+        for source, refused in self._limiter.overdue(time.monotonic()):
+            self._log_rate_limited(source or None, refused)
         while not self._commands.empty():
             parsed, sender = self._commands.get_nowait()
             try:
