@@ -29,7 +29,7 @@ class FaultySupervisor(Supervisor):
         return super().step(view, state, now_s)
 
 
-async def _until(predicate, what: str, timeout_s: float = 20.0) -> None:  # noqa: ANN001 - a test helper
+async def _until(predicate, what: str, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
