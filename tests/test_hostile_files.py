@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.config import load_site
+from gateway.config import ConfigError, load_site
 from gateway.logs import get_logger, setup_logging
 from tests.services import free_port
 
@@ -550,10 +550,14 @@ def test_every_command_with_secrets_set_prints_none_of_them(tmp_path):
     opcua_password = SECRETS["HG_OPCUA_PASSWORD"]
     runs: list[tuple[tuple[str, ...], int]] = [
         (("--help",), 0),
+        (("--version",), 0),
         (("check", "-c", str(site)), 0),
+        (("check", "--json", "-c", str(site)), 0),
+        (("check", "--json", "-c", str(bad)), 2),
         (("check", "-c", str(bad)), 2),
         (("read", "-c", str(site), "cdu-1"), 1),
         (("read", "-c", str(site), "panel-pc"), 1),
+        (("read", "--json", "-c", str(site), "panel-pc"), 1),
         (("read", "-c", str(site), "no-such-device"), 2),
         (("read", "-c", str(bad), "cdu-1"), 2),
         (("write", "-c", str(site), "cdu-1", "tcs_supply_setpoint_c", "40"), 1),
@@ -573,6 +577,7 @@ def test_every_command_with_secrets_set_prints_none_of_them(tmp_path):
             1,
         ),
         (("simulate", "--help"), 0),
+        (("fault", "--control-port", str(closed), '{"device": "cdu-1", "fault": "silent"}'), 1),
         (("run", "-c", str(bad)), 2),
         (("run", "-c", str(site)), 1),  # the spool folder is a file: one line, exit 1
         (("historian", "-c", str(bad)), 2),
@@ -663,3 +668,11 @@ def test_log_lines_mask_the_loaded_secrets(tmp_path, secrets_set):
     text = stream.getvalue()
     assert text.count("***") >= 3, text
     assert_no_secret(text)
+
+
+def test_read_does_not_hold_a_broken_control_section_against_the_device(tmp_path, secrets_set):
+    """`read` never uses control: a role still being set up does not stop commissioning a device."""
+    site = write_case(tmp_path, Case("roles", control_site(control="{heat_meter_device: meter-9}"), ""))
+    assert load_site(site, unused=("control",)).config.control is not None
+    with pytest.raises(ConfigError, match=r"control\.heat_meter_device: no device named 'meter-9'"):
+        load_site(site)
