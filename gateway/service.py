@@ -96,7 +96,8 @@ class Gateway:
         if config.control is not None:
             self.control = ControlLoop(site, self.image, {p.name: p.driver for p in self.pollers}, self.outbox)
             self.liveness.add(self.control.progress)
-            self.publisher.subscribe(self.control.command_topic, self.control.on_command)
+            for topic in self.control.command_topics:
+                self.publisher.subscribe(topic, self.control.on_command)
 
     def _spool_fields(self) -> dict[str, float | int | bool | str]:
         """The disk spool's figures: what waits in it, its size, what the size cap dropped."""
