@@ -171,7 +171,7 @@ def cmd_historian(args: argparse.Namespace) -> int:
     from gateway.historian import Historian  # noqa: PLC0415
     from gateway.service import install_stop_signals  # noqa: PLC0415
 
-    historian = Historian(site.config.mqtt, site.config.influxdb, site.config.site)
+    historian = Historian(site.config.mqtt, site.config.influxdb, site.config.site, http=site.config.http)
 
     async def main() -> None:
         stop = asyncio.Event()
