@@ -178,9 +178,7 @@ class Historian:
 
     def _report_stored(self, batch: list[_Message]) -> None:
         """Tell the gateway which messages are stored (and so which it may forget)."""
-        receipt = b"\n".join(
-            m.topic.encode() + b" " + m.payload[m.payload.rfind(b" ") + 1 :].rstrip() for m in batch
-        )
+        receipt = b"\n".join(m.topic.encode() + b" " + m.payload[m.payload.rfind(b" ") + 1 :].rstrip() for m in batch)
         now = asyncio.get_running_loop().time()
         self._recent.append((now, receipt))
         while self._recent and self._recent[0][0] < now - RECENT_RECEIPTS_S:

@@ -28,7 +28,7 @@ from gateway.config import load_site
 from gateway.config.loader import load_profile
 from gateway.config.profile import OpcUaProfile
 from gateway.config.site import OpcUaDevice
-from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, WriteRefused
+from gateway.drivers.base import ConnectionRefused, DeviceFault, DeviceTimeout, DeviceUnavailable, WriteRefused
 from gateway.drivers.factory import make_driver
 from gateway.drivers.opcua import OpcUaDriver, fingerprint, parse_node_id
 from gateway.drivers.opcua import subscription as subscription_module
@@ -362,8 +362,9 @@ async def test_a_read_only_user_gets_access_denied(tmp_path):
 
 
 async def test_connection_refused_and_timeouts(server, tmp_path):
-    with pytest.raises(DeviceUnavailable, match="connection refused"):
+    with pytest.raises(ConnectionRefused, match="connection refused") as caught:
         await OpcUaDriver(make_device(f"opc.tcp://127.0.0.1:{free_port()}/"), PROFILE, tmp_path).connect()
+    assert caught.value.cause == "refused"
     async with OpcUaDriver(make_device(server, timeout_s=0.3), PROFILE, tmp_path) as driver:
         server.slow_s = 1.0
         with pytest.raises(DeviceTimeout, match=r"read: no reply within 0.3 s"):
