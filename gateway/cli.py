@@ -31,11 +31,11 @@ EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 EXIT_PIPE = 128 + 13
 
 #: The optional sections each command never looks at (see ``load_site(unused=...)``).
-_DEVICES_ONLY = ("mqtt", "influxdb", "control")
+_DEVICES_ONLY = ("mqtt", "influxdb", "control", "http")
 
 
-def _site(path: str, unused: Collection[str] = ()) -> Site:
-    return load_site(Path(path), unused=unused)
+def _site(path: str, unused: Collection[str] = (), device: str | None = None) -> Site:
+    return load_site(Path(path), unused=unused, device=device)
 
 
 def _version() -> str:
@@ -177,7 +177,7 @@ def cmd_historian(args: argparse.Namespace) -> int:
     from gateway.historian import Historian  # noqa: PLC0415
     from gateway.service import install_stop_signals  # noqa: PLC0415
 
-    historian = Historian(site.config.mqtt, site.config.influxdb, site.config.site)
+    historian = Historian(site.config.mqtt, site.config.influxdb, site.config.site, http=site.config.http)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -215,7 +215,7 @@ def _timestamp(ns: int) -> str:
 
 def cmd_read(args: argparse.Namespace) -> int:
     """One poll of one device, printed as a table (or JSON)."""
-    site = _site(args.config, unused=_DEVICES_ONLY)
+    site = _site(args.config, unused=_DEVICES_ONLY, device=args.device)
     _setup_logging(site, "warning")
     device = site.device(args.device)
     profile = site.profile_of(device)
@@ -272,7 +272,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 def cmd_write(args: argparse.Namespace) -> int:
     """Write one signal within its limits and confirm by read-back."""
-    site = _site(args.config, unused=_DEVICES_ONLY)
+    site = _site(args.config, unused=_DEVICES_ONLY, device=args.device)
     _setup_logging(site, "warning")
     device = site.device(args.device)
     from gateway.drivers.base import DriverError  # noqa: PLC0415

@@ -17,6 +17,7 @@ from gateway.config.loader import Site
 from gateway.config.site import Device, ModbusDevice
 from gateway.control.loop import ControlLoop
 from gateway.drivers.factory import make_driver
+from gateway.health import HealthServer
 from gateway.liveness import Liveness
 from gateway.logs import get_logger
 from gateway.notify import sd_notify, watchdog_period_s
@@ -92,11 +93,23 @@ class Gateway:
             for device in devices
         ]
         self._stats_topic = f"{config.mqtt.topic_prefix}/{config.site}/gateway/metrics"
+        self.health = (
+            HealthServer(
+                config.http.host,
+                config.http.gateway_port,
+                stalled=lambda: [str(s) for s in self.liveness.stalled()],
+                stats_lines=lambda: self.stats_message().payload.decode().splitlines(),
+                name="gateway",
+            )
+            if config.http is not None
+            else None
+        )
         self.control: ControlLoop | None = None
         if config.control is not None:
             self.control = ControlLoop(site, self.image, {p.name: p.driver for p in self.pollers}, self.outbox)
             self.liveness.add(self.control.progress)
-            self.publisher.subscribe(self.control.command_topic, self.control.on_command)
+            for topic in self.control.command_topics:
+                self.publisher.subscribe(topic, self.control.on_command)
 
     def _spool_fields(self) -> dict[str, float | int | bool | str]:
         """The disk spool's figures: what waits in it, its size, what the size cap dropped."""
@@ -200,6 +213,8 @@ class Gateway:
                 tasks = [group.create_task(p.run(), name=f"poll:{p.name}") for p in self.pollers]
                 tasks.append(group.create_task(self.publisher.run(), name="mqtt-publisher"))
                 tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
+                if self.health is not None:
+                    tasks.append(group.create_task(self.health.serve(), name="http-endpoint"))
                 if self.control is not None:
                     tasks.append(group.create_task(self.control.run(), name="control"))
                 self.liveness.arm_test_hang()

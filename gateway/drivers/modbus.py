@@ -22,8 +22,8 @@ Who gets the next turn:
   gateway said 10/11 "no device") only gets a turn as a *probe*, when the connection is idle
   and no answering unit's next poll is due within the probe's ``timeout_s``: its probes fit in
   the idle time between the answering units' polls. A probe that found no such window for two
-  of the longest poll periods goes anyway, so a unit can never be starved; then the next
-  answering unit waits behind at most that one timeout.
+  of the longest poll periods (4 s at most) goes anyway, so a unit can never be starved; then
+  the next answering unit waits behind at most that one timeout.
 
 The poller backs off a down unit (fewer probes); the connection decides when each probe goes.
 
@@ -109,6 +109,10 @@ _LIBRARY_TIMEOUT_S = 120.0
 _PROBE_GUARD_S = 0.02
 # A poll due this long ago that has not asked for its turn is not waited for any more.
 _DUE_GRACE_S = 0.5
+# The longest a probe waits for an idle window before it goes anyway: two of the longest poll
+# periods of the answering units, but never more than this, so a down unit's poller still
+# reports progress well within the service's liveness bound (5 s + 10 x timeout_s of slack).
+_PROBE_WAIT_MAX_S = 4.0
 
 Call = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
 
@@ -218,8 +222,9 @@ class ModbusConnection:
                 raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
             if not ok:
                 client.close()
-                self.kill("cannot connect")
-                raise ConnectionDead(f"cannot connect to {self.host}:{self.port} (connection refused or unreachable)")
+                why = await _connect_error(self.host, self.port, timeout_s)
+                self.kill(f"cannot connect: {why}")
+                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {why}")
             self.client = client
             pause_s = max((user.pause_after_connect_s for user in self.users.values()), default=0.0)
             self._ready_at = asyncio.get_running_loop().time() + pause_s
@@ -292,15 +297,13 @@ class ModbusConnection:
         """No answering unit's poll is due before a probe of ``window_s`` would end."""
         end = now + window_s + _PROBE_GUARD_S
         return all(
-            due >= end
-            for unit, due in self._due.items()
-            if unit not in self.down_units and due > now - _DUE_GRACE_S
+            due >= end for unit, due in self._due.items() if unit not in self.down_units and due > now - _DUE_GRACE_S
         )
 
     def _max_probe_wait_s(self) -> float:
         periods = [u.period_s for u in self.users.values() if u.unit_id not in self.down_units]
         finite = [p for p in periods if math.isfinite(p)]
-        return 2 * max(finite, default=0.0)
+        return min(2 * max(finite, default=0.0), _PROBE_WAIT_MAX_S)
 
     def _dispatch(self) -> None:
         """Give the free connection to the next waiter that may have it."""
@@ -397,6 +400,27 @@ class ModbusConnection:
         units = {user.unit_id for user in self.users.values()} | {unit_id}
         if self._silent_units >= units:
             self.kill(f"no reply from any unit ({', '.join(map(str, sorted(units)))}) since the last answer")
+
+
+async def _connect_error(host: str, port: int, timeout_s: float) -> str:
+    """Why a TCP connection to ``host:port`` fails: pymodbus only says that it did.
+
+    One more plain connect, made only after pymodbus' failed, gives the operating system's
+    reason (refused: nothing listens there; unreachable or timed out: the network or a firewall).
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer to the TCP handshake within {timeout_s} s"
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens on that port)"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "the connection failed once and worked on a second try"
 
 
 class ConnectionHub:
