@@ -28,7 +28,7 @@ from typing import Any
 from gateway.config.loader import Site
 from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
 from gateway.control.executor import WriteExecutor, WriteRequest, WriteResult
-from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site, write_limits_of
+from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site
 from gateway.drivers.base import Driver
 from gateway.liveness import Progress
 from gateway.logs import get_logger
@@ -74,7 +74,8 @@ class ControlLoop:
         self._ack_topic = f"{base}/ack"
         self._metrics_topic = f"{base}/metrics"
         self._prefix = series_prefix("control", {"site": config.site})
-        limits = write_limits_of(site)
+        # Exactly what the supervisor may write: bound role outputs and declared heartbeats.
+        limits = self.supervisor.limits
         writable_devices = {device for device, _ in limits}
         self.executor = WriteExecutor(
             {name: driver for name, driver in drivers.items() if name in writable_devices},

@@ -178,12 +178,12 @@ ROLES: dict[str, Role] = {
                 _in(
                     "hp_running_count",
                     "Heat pumps running",
-                    absent="no heat_pump_capacity and heat_pump_short overrides on the heat-power limit",
+                    absent="no heat_pump_capacity and heat_pump_short overrides",
                 ),
                 _in(
                     "hx_heat_kw",
                     "Heat from the plate exchanger",
-                    absent="no heat_pump_capacity override on the heat-power limit",
+                    absent="no heat_pump_capacity override",
                 ),
                 _in(
                     "fws_supply_temp_c",
@@ -207,7 +207,7 @@ ROLES: dict[str, Role] = {
                 _out(
                     "hp_enable",
                     "Heat pumps enabled",
-                    absent="the heat pumps run as the PLC's own logic enables them",
+                    absent="the PLC's own logic enables them",
                 ),
                 _out(
                     "dry_cooler_setpoint_c",
@@ -219,7 +219,7 @@ ROLES: dict[str, Role] = {
                 _out(
                     "dry_cooler_enable",
                     "Dry coolers enabled",
-                    absent="the dry coolers run as the PLC's own logic enables them",
+                    absent="the PLC's own logic enables them",
                 ),
             ),
         ),
@@ -451,13 +451,14 @@ def _heartbeat(  # noqa: PLR0917 - private helper of build_role_map, called once
     outputs: Mapping[str, OutputSpec],
     problems: list[str],
 ) -> Heartbeat | None:
-    where = f"control: device {device.name!r} (role {role.name}, profile {device.profile_name!r})"
+    where = f"control: device {device.name!r} (role {role.name})"
     watchdog: Watchdog | None = device.profile.watchdog
     if watchdog is None:
         if outputs:
             written = ", ".join(spec.signal for spec in outputs.values())
             problems.append(
-                f"{where}: the profile declares no watchdog but the role writes {written}: the device would keep "
+                f"{where}: profile {device.profile_name!r} declares no watchdog but the role writes {written}: "
+                "the device would keep "
                 "the last value written if the gateway stopped; declare watchdog: (heartbeat, mode, timeout_s) "
                 "in the profile"
             )
