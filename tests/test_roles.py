@@ -228,8 +228,8 @@ CASES = [
         "a device the role writes to without a declared watchdog",
         {"profiles": {"acme-cdu": NO_WATCHDOG}},
         (
-            "device 'acme-1' (role cdu): profile 'acme-cdu' declares no watchdog but the role writes sp_ext: the device would "
-            "keep the last value written if the gateway stopped"
+            "device 'acme-1' (role cdu): profile 'acme-cdu' declares no watchdog but the role writes sp_ext: "
+            "the device would keep the last value written if the gateway stopped"
         ),
     ),
     (
