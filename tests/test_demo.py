@@ -80,7 +80,12 @@ def test_demo_refuses_to_start_when_a_simulator_port_is_taken() -> None:
             pytest.fail("port 15040 is already in use: is a demo running?")
         holder.listen()
         result = subprocess.run(
-            [sys.executable, str(DEMO), "--seconds", "1"], cwd=REPO, capture_output=True, text=True, timeout=60
+            [sys.executable, str(DEMO), "--seconds", "1"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     assert result.returncode == 1
     assert "15040 (heat-meter)" in result.stderr
