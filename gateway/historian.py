@@ -17,6 +17,7 @@ is logged with its topic and dropped; the good ones are written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 from collections import deque
@@ -30,10 +31,13 @@ from influxdb_client.rest import ApiException
 
 from gateway.backoff import backoff_s
 from gateway.config.site import InfluxDb, Mqtt
+from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.publish.mqtt import make_client, set_nodelay
 
 log = get_logger(__name__)
+
+IDLE_BEAT_S = 5.0  # an idle historian still shows its loop turns this often (systemd watchdog)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,10 @@ class Historian:
         self._write = self._db.write_api(write_options=SYNCHRONOUS)
         self.lines_written = 0
         self.messages_dropped = 0
+        self.subscribed = threading.Event()  # the broker answered and the subscription is sent
+        # One loop turn is progress: a write (or a failed one) or an idle wake-up. Longest gap: a
+        # write timing out after timeout_s, with room to spare; a backoff wait is announced.
+        self.progress = Progress("historian", bound_s=influx.timeout_s + IDLE_BEAT_S + 10.0)
         self._db_down_since: float | None = None
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -81,12 +89,22 @@ class Historian:
             return
         set_nodelay(client)
         client.subscribe(self.topic, qos=1)
+        self.subscribed.set()
         log.info("historian_subscribed", topic=self.topic)
 
     def _on_message(self, _client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         self._inbox.append(_Message(message.mid, message.topic, bytes(message.payload)))
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def status_line(self) -> str:
+        """The one-line summary for systemd's ``STATUS=``."""
+        broker = "broker connected" if self.client.is_connected() else "broker unreachable"
+        database = "database ok" if self._db_down_since is None else "database unavailable, retrying"
+        return (
+            f"{broker}; {database}; {self.lines_written} lines written, {len(self._inbox)} waiting, "
+            f"{self.messages_dropped} rejected"
+        )
 
     def _write_lines(self, body: str) -> None:
         try:
@@ -132,9 +150,13 @@ class Historian:
         attempt = 0
         try:
             while True:
+                await self.progress.step()
                 if not self._inbox:
                     self._wake.clear()
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(IDLE_BEAT_S):
+                            await self._wake.wait()
+                    continue
                 batch = self._take_batch()
                 try:
                     await asyncio.to_thread(self._write_batch, batch)
@@ -145,7 +167,9 @@ class Historian:
                     if self._db_down_since is None:
                         self._db_down_since = self._loop.time()
                         log.warning("historian_db_unavailable", url=self.influx.url, error=str(exc)[:300])
-                    await asyncio.sleep(backoff_s(attempt, base_s=0.5, cap_s=30.0, rng=rng))
+                    wait_s = backoff_s(attempt, base_s=0.5, cap_s=30.0, rng=rng)
+                    self.progress.beat(then_wait_s=wait_s)  # a database outage is not a stuck historian
+                    await asyncio.sleep(wait_s)
                     attempt += 1
                     continue
                 if self._db_down_since is not None:

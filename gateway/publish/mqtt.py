@@ -227,6 +227,13 @@ class MqttPublisher:
         spool (a spool left by an earlier process counts from when the replay reads it)."""
         return self.sent - self.acked + (self.spool.waiting if self.spool is not None else 0)
 
+    def set_devices(self, device_kinds: dict[str, str]) -> None:
+        """The devices whose readings it publishes (after a reload added or removed some)."""
+        self._prefixes = {
+            device: series_prefix(kind, {"site": self.site, "device": device}) for device, kind in device_kinds.items()
+        }
+        self._topics = {device: f"{self.base}/{device}/metrics" for device in device_kinds}
+
     def subscribe(self, topic: str, handler: Any) -> None:
         """Subscribe now and after every reconnect; ``handler(client, userdata, message)`` runs on paho's thread."""
         self._subscriptions[topic] = handler
