@@ -162,7 +162,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Probe unit ids at a Modbus TCP endpoint and list the ones that answer."""
-    from gateway.drivers.modbus import ConnectionDead, parse_units, scan_units  # noqa: PLC0415
+    from gateway.commissioning.modbus_scan import ConnectionDead, parse_units, scan_units  # noqa: PLC0415
 
     try:
         units = parse_units(args.units)
@@ -202,8 +202,8 @@ def cmd_browse(args: argparse.Namespace) -> int:
         import getpass  # noqa: PLC0415 - only when asked for
 
         password = getpass.getpass(f"password for {args.user}: ")
+    from gateway.commissioning.opcua_browse import browse, format_tree  # noqa: PLC0415 - load asyncua on demand
     from gateway.drivers.base import DriverError  # noqa: PLC0415
-    from gateway.drivers.opcua import browse, format_tree  # noqa: PLC0415 - load asyncua on demand
 
     try:
         tree = asyncio.run(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway.config.profile import Access, OpcUaProfile
 from gateway.drivers.opcua import VARIANT_OF_TYPE
 
-# asyncua's server logs every client that connects, disconnects or fails at info/warning level.
-logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+# asyncua's server logs every client that connects, disconnects or fails at info/warning level:
+# gateway.logs (imported with the driver) sets its level, as for the gateway's own client.
 
 _INTEGER = {
     ua.VariantType.Int16,

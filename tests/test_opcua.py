@@ -18,16 +18,18 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from asyncua import ua
+from pydantic import SecretStr, ValidationError
 
+from gateway.commissioning.opcua_browse import browse, format_tree
 from gateway.config import load_site
 from gateway.config.loader import load_profile
 from gateway.config.profile import OpcUaProfile
 from gateway.config.site import OpcUaDevice
-from gateway.drivers import opcua as opcua_module
 from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, WriteRefused
 from gateway.drivers.factory import make_driver
-from gateway.drivers.opcua import OpcUaDriver, browse, fingerprint, format_tree, parse_node_id
+from gateway.drivers.opcua import OpcUaDriver, fingerprint, parse_node_id
+from gateway.drivers.opcua import subscription as subscription_module
 from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from simulators.opcua_server import OpcUaDeviceServer, free_port, make_certificate, write_certificate
@@ -286,13 +288,13 @@ async def test_subscription_values_go_stale_when_the_server_stops_confirming(ser
         assert (await driver.read()).bad == {}
         real = time.monotonic
         # The server's keep-alives stop reaching the driver (seen from the driver: time jumps).
-        monkeypatch.setattr(opcua_module.time, "monotonic", lambda: real() + 1.0)
+        monkeypatch.setattr(subscription_module.time, "monotonic", lambda: real() + 1.0)
         reading = await driver.read()
         assert reading.values == {}
         assert set(reading.bad) == set(PROFILE.signals)
         assert reading.bad["supply_temp_c"].startswith("stale: not confirmed by the server for")
         # Much longer: the driver gives up on the session so the poller builds a new one.
-        monkeypatch.setattr(opcua_module.time, "monotonic", lambda: real() + 10.0)
+        monkeypatch.setattr(subscription_module.time, "monotonic", lambda: real() + 10.0)
         with pytest.raises(DeviceUnavailable, match="subscription silent for"):
             await driver.read()
 
@@ -335,7 +337,7 @@ async def test_status_codes_of_a_refused_write_name_device_and_node(tmp_path):
         # A profile that thinks the node is an Int32 sends the wrong type: BadTypeMismatch.
         wrong = PROFILE.model_copy(update={"signals": {"setpoint_c": PROFILE.signals["setpoint_c"]}})
         async with OpcUaDriver(make_device(sim), wrong, tmp_path) as driver:
-            driver._by_signal["setpoint_c"].variant = opcua_module.ua.VariantType.Int32
+            driver._by_signal["setpoint_c"].variant = ua.VariantType.Int32
             with pytest.raises(DeviceFault, match="BadTypeMismatch"):
                 await driver.write("setpoint_c", 40)
 
@@ -424,7 +426,7 @@ async def test_encrypted_session_with_user_and_trust_on_first_use(client_certifi
         anonymous = device.model_copy(update={"username": None, "password": None})
         with pytest.raises(DeviceUnavailable, match="does not accept an anonymous session"):
             await OpcUaDriver(anonymous, PROFILE, tmp_path).connect()
-        wrong = device.model_copy(update={"password": opcua_module.SecretStr("guess")})
+        wrong = device.model_copy(update={"password": SecretStr("guess")})
         with pytest.raises(DeviceUnavailable) as caught:
             await OpcUaDriver(wrong, PROFILE, tmp_path).connect()
         assert "authentication failed for user 'gateway'" in str(caught.value)
