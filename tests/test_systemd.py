@@ -243,7 +243,8 @@ def test_gateway_ready_status_watchdog_reload_and_a_stuck_poller(tmp_path, mosqu
             notify.wait_for(lambda m: m == "WATCHDOG=1", "WATCHDOG=1 after the reload", after=reloading)
 
             # SIGHUP with an invalid file: refused with its error, the running config kept.
-            site.write_text(site.read_text(encoding="utf-8").replace("poll_period_s: 0.3", "poll_period_s: -1"), encoding="utf-8")
+            text = site.read_text(encoding="utf-8").replace("poll_period_s: 0.3", "poll_period_s: -1")
+            site.write_text(text, encoding="utf-8")
             mark = len(notify.snapshot())
             process.send_signal(signal.SIGHUP)
             reloading = notify.wait_for(lambda m: "RELOADING=1" in m.splitlines(), "RELOADING=1", after=mark)
