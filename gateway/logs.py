@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from gateway.config.secrets import mask_event
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # syslog priorities (sd-daemon(3)): a "<N>" at the start of a line written to the journal's stdout
 # stream sets that line's priority, so `journalctl -p warning` shows warnings and worse.
@@ -85,6 +87,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else structlog.processors.StackInfoRenderer(),
+            mask_event,  # no password or token in any line, whoever (a library) put it there
             renderer,
         ],
     )

@@ -30,6 +30,7 @@ from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, 
 from gateway.drivers.factory import make_driver
 from gateway.drivers.opcua import OpcUaDriver, fingerprint, parse_node_id
 from gateway.drivers.opcua import subscription as subscription_module
+from gateway.drivers.opcua.errors import AuthenticationFailed, BadStatusOnly
 from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from simulators.opcua_server import OpcUaDeviceServer, free_port, make_certificate, write_certificate
@@ -397,6 +398,56 @@ async def test_the_poller_rides_through_a_server_restart(mode, server, tmp_path)
     assert not driver.connected
 
 
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+async def test_a_server_answering_only_bad_statuses_makes_the_device_unavailable(mode, server, tmp_path):
+    image = ProcessImage()
+    driver = OpcUaDriver(make_device(server, mode=mode), PROFILE, tmp_path)
+    poller = DevicePoller(driver, period_s=0.2, backoff_max_s=0.4, image=image, outbox=None)
+    async with driver:
+        assert await poller.poll_once() is not None
+        assert poller.stats.available
+        for signal in PROFILE.signals:
+            await server.set_bad(signal, "BadOutOfService" if signal == "serial" else "BadSensorFailure")
+        await asyncio.sleep(0.5)  # a publishing interval or two for the subscription
+        with pytest.raises(BadStatusOnly) as caught:
+            await driver.read()
+        error = caught.value
+        assert error.cause == "bad_status"
+        assert str(error) == (
+            f"hp-plc: {server.endpoint}: every node answers a bad status: BadOutOfService, BadSensorFailure x6"
+        )
+        assert error.statuses["supply_temp_c"] == "BadSensorFailure"
+        assert await poller.poll_once() is None
+        assert not poller.stats.available
+        sample = image.snapshot(time.time_ns()).sample("hp-plc", "supply_temp_c")
+        assert sample.quality == "bad"
+        assert "BadSensorFailure x6" in str(sample.reason)
+        # One good node is enough to publish: the others stay bad, each with its own status.
+        await server.clear("supply_temp_c")
+        await server.update({"supply_temp_c": 46.0})
+        await asyncio.sleep(0.5)
+        reading = await poller.poll_once()
+        assert reading is not None
+        assert reading.values == {"supply_temp_c": 46.0}
+        assert reading.bad["flow_m3h"] == "BadSensorFailure"
+        assert poller.stats.available
+
+
+async def test_a_wrong_password_is_an_authentication_failure_naming_device_endpoint_and_user(tmp_path):
+    async with OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users={"gateway": "s3cret"}) as sim:
+        wrong = make_device(sim, username="gateway", password="guess")
+        with pytest.raises(AuthenticationFailed) as caught:
+            await OpcUaDriver(wrong, PROFILE, tmp_path).connect()
+        assert caught.value.cause == "authentication"
+        assert str(caught.value) == (
+            f"hp-plc: connect to {sim.endpoint}: authentication failed for user 'gateway' "
+            "(BadUserAccessDenied): wrong user name or password?"
+        )
+        anonymous = make_device(sim)
+        with pytest.raises(AuthenticationFailed, match=f"connect to {sim.endpoint}: .* anonymous session"):
+            await OpcUaDriver(anonymous, PROFILE, tmp_path).connect()
+
+
 # --- security -------------------------------------------------------------------------------------
 
 
@@ -468,6 +519,36 @@ async def test_trust_list_pinned_certificate_and_sign_only(client_certificate, t
         sign_only = secure_device(sim, client_certificate, mode="Sign", server_certificate=tmp_path / "pinned.der")
         async with OpcUaDriver(sign_only, PROFILE, tmp_path) as driver:
             assert await driver.write("stage", 1) == 1.0
+
+
+async def test_a_server_refusing_the_gateways_certificate_is_an_authentication_failure(client_certificate, tmp_path):
+    gateway_der = client_certificate[0].read_bytes()
+    stranger, _ = make_certificate("urn:someone:else")
+    users = {"gateway": "s3cret"}
+    async with OpcUaDeviceServer(
+        SERVER_PROFILE, initial=INITIAL, users=users, encrypted=True, trusted_clients=[stranger]
+    ) as sim:
+        device = secure_device(sim, client_certificate)
+        with pytest.raises(AuthenticationFailed) as caught:
+            await OpcUaDriver(device, PROFILE, tmp_path).connect()
+        message = str(caught.value)
+        assert caught.value.cause == "authentication"
+        assert message.startswith(f"hp-plc: connect to {sim.endpoint}: the server refused the secure channel")
+        assert "BadCertificateUntrusted" in message
+        assert str(client_certificate[0]) in message
+        sim.trusted_clients = {gateway_der}  # what the PLC's operator does with the rejected certificate
+        async with OpcUaDriver(device, PROFILE, tmp_path) as driver:
+            assert (await driver.read()).values["supply_temp_c"] == 45.25
+
+
+async def test_a_refused_server_certificate_is_an_authentication_failure(client_certificate, tmp_path):
+    async with OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users={"gateway": "s3cret"}, encrypted=True) as sim:
+        trusted = tmp_path / "trusted"
+        trusted.mkdir()
+        device = secure_device(sim, client_certificate, trust="list", trust_dir=trusted)
+        with pytest.raises(AuthenticationFailed, match=f"hp-plc: {sim.endpoint}: the server's certificate") as caught:
+            await OpcUaDriver(device, PROFILE, tmp_path).connect()
+        assert caught.value.cause == "authentication"
 
 
 def test_security_settings_are_checked_with_the_config():
@@ -607,3 +688,4 @@ async def test_shipped_profiles_are_served_read_and_written(path, tmp_path):
             if spec.access == "read_write":
                 assert spec.max is not None
                 assert await driver.write(name, spec.max) == pytest.approx(spec.max, rel=1e-6)
+

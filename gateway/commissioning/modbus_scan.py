@@ -79,6 +79,8 @@ async def scan_units(
                 if connection is None or not connection.alive:
                     # a device may close the connection on an unknown unit id: open another
                     connection = await opened()
+                    if queue.empty():
+                        break  # the other workers took the rest while this connection opened
                 unit = queue.get_nowait()
                 results[unit] = await _probe(connection, unit, timeout_s, register)
         except ConnectionDead:

@@ -32,7 +32,7 @@ from gateway.drivers.base import (
     WriteRefused,
 )
 from gateway.drivers.opcua import trust
-from gateway.drivers.opcua.errors import failure
+from gateway.drivers.opcua.errors import BadStatusOnly, failure
 from gateway.drivers.opcua.nodes import NodeRef, parse_node_id
 from gateway.drivers.opcua.status import standard_node, status_name
 from gateway.drivers.opcua.subscription import LatestValues
@@ -348,6 +348,8 @@ class OpcUaDriver(ConnectionScope):
         out = ReadOut()
         for node, data in zip(nodes, results, strict=True):
             out.add(node, data)
+        if out.only_bad_statuses():
+            raise BadStatusOnly(self.name, self.device.endpoint, out.bad_status)
         return out.reading(self.name, received_ns)
 
     def _writable(self, signal: str) -> Node:

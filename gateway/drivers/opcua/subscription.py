@@ -15,6 +15,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 
 from gateway.config.site import OpcUaDevice
 from gateway.drivers.base import DeviceUnavailable
+from gateway.drivers.opcua.errors import BadStatusOnly
 from gateway.drivers.opcua.status import status_name
 from gateway.drivers.opcua.values import NUMERIC, Node, ReadOut
 from gateway.logs import get_logger
@@ -135,7 +136,7 @@ class LatestValues:
             failed = self._item_failed.get(node.signal)
             latest = self._latest[index]
             if failed is not None:
-                out.bad[node.signal] = failed
+                out.bad[node.signal] = out.bad_status[node.signal] = failed
             elif latest is None:
                 out.bad[node.signal] = "no value from the subscription yet"
             elif now - max(latest[1], heard) > self.stale_after_s:
@@ -143,6 +144,8 @@ class LatestValues:
                 out.bad[node.signal] = f"stale: not confirmed by the server for {silent:.1f} s"
             else:
                 out.add(node, latest[0])
+        if out.only_bad_statuses():
+            raise BadStatusOnly(name, self.device.endpoint, out.bad_status)
         return out.reading(name, time.time_ns())
 
     async def stop(self) -> None:

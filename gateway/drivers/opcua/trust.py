@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.config.site import OpcUaDevice, OpcUaSecurityMode, OpcUaTrust
 from gateway.drivers.base import DeviceUnavailable
+from gateway.drivers.opcua.errors import AuthenticationFailed
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -110,7 +111,7 @@ async def offered_certificate(device: OpcUaDevice) -> bytes:
 
 
 def check_trust(device: OpcUaDevice, state_dir: Path, presented: bytes) -> None:
-    """Raise :class:`DeviceUnavailable` unless the server certificate is trusted (blocking I/O)."""
+    """Raise :class:`AuthenticationFailed` unless the server certificate is trusted (blocking I/O)."""
     sec = device.security
     name = device.name
     seen = f"SHA-256 {fingerprint(presented)}"
@@ -120,8 +121,8 @@ def check_trust(device: OpcUaDevice, state_dir: Path, presented: bytes) -> None:
         except (OSError, ValueError) as exc:
             raise DeviceUnavailable(name, f"cannot load server_certificate {sec.server_certificate}: {exc}") from exc
         if pinned != presented:
-            raise DeviceUnavailable(
-                name, f"the server's certificate ({seen}) is not the pinned {sec.server_certificate}"
+            raise AuthenticationFailed(
+                name, f"{device.endpoint}: the server's certificate ({seen}) is not the pinned {sec.server_certificate}"
             )
         return
     folder = trust_dir(device, state_dir)
@@ -136,9 +137,10 @@ def check_trust(device: OpcUaDevice, state_dir: Path, presented: bytes) -> None:
             return
         if stored.read_bytes() != presented:
             rejected = keep_rejected(device, state_dir, presented)
-            raise DeviceUnavailable(
+            raise AuthenticationFailed(
                 name,
-                f"the server's certificate changed since it was first trusted ({seen}, kept in {rejected}); "
+                f"{device.endpoint}: the server's certificate changed since it was first trusted "
+                f"({seen}, kept in {rejected}); "
                 f"if the server was re-keyed on purpose, delete {stored} to trust the new one",
             )
         return
@@ -149,9 +151,10 @@ def check_trust(device: OpcUaDevice, state_dir: Path, presented: bytes) -> None:
         except (OSError, ValueError):
             log.warning("opcua_trust_list_unreadable", device=name, file=str(path))
     rejected = keep_rejected(device, state_dir, presented)
-    raise DeviceUnavailable(
+    raise AuthenticationFailed(
         name,
-        f"the server's certificate ({seen}) is not in the trust list {folder}; to trust it, move {rejected} there",
+        f"{device.endpoint}: the server's certificate ({seen}) is not in the trust list {folder}; "
+        f"to trust it, move {rejected} there",
     )
 
 

@@ -125,6 +125,8 @@ class ReadOut:
     uncertain: dict[str, float] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     newest_ns: int | None = None
+    #: the signals in ``bad`` because the server said so (a Bad status), not for want of a value
+    bad_status: dict[str, str] = field(default_factory=dict)
 
     def add(self, node: Node, data: ua.DataValue) -> None:
         """File one DataValue under good, uncertain or bad."""
@@ -132,7 +134,7 @@ class ReadOut:
         name = node.signal
         severity = status & 0xC0000000
         if severity not in (0, 0x40000000):
-            self.bad[name] = status_name(status)
+            self.bad[name] = self.bad_status[name] = status_name(status)
             return
         raw = data.Value.Value if data.Value is not None else None
         if raw is None:
@@ -154,6 +156,11 @@ class ReadOut:
         else:
             self.uncertain[name] = number
         self._stamp(data)
+
+    def only_bad_statuses(self) -> bool:
+        """True when the server answered, but every node with a Bad status: nothing to publish."""
+        good = self.values or self.uncertain or self.texts
+        return bool(self.bad) and not good and self.bad.keys() == self.bad_status.keys()
 
     def _stamp(self, data: ua.DataValue) -> None:
         stamp = _datetime_ns(data.SourceTimestamp) or _datetime_ns(data.ServerTimestamp)
