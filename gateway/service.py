@@ -349,7 +349,7 @@ class Gateway:
         log.info("reload_requested", file=str(path))
         try:
             # parsing a file is blocking work: off the event loop
-            new = await asyncio.to_thread(load_site, path)
+            new = await asyncio.to_thread(load_site, path, unused=("influxdb",))
             plan = ReloadPlan.between(self.site, new)
             await self._apply(new, plan)
         except ConfigError as exc:
@@ -566,7 +566,7 @@ class HistorianService:
         path = self.site.path
         log.info("reload_requested", file=str(path))
         try:
-            new = await asyncio.to_thread(load_site, path)
+            new = await asyncio.to_thread(load_site, path, unused=("control",))
             a, b = self.site.config, new.config
             if (a.mqtt, a.influxdb, a.site) != (b.mqtt, b.influxdb, b.site):
                 historian = self._make(new)  # raises before anything is stopped
