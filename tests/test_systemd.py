@@ -52,6 +52,8 @@ class NotifySocket:
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
         self.lock = threading.Lock()
+        self.process: subprocess.Popen[bytes] | None = None  # the service writing here, once started
+        self.journal: JournalPipe | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._receive, name="notify-listener", daemon=True)
         self._thread.start()
@@ -78,8 +80,14 @@ class NotifySocket:
             for index, message in enumerate(self.snapshot()[after:], start=after):
                 if predicate(message):
                     return index
+            if self.process is not None and self.process.poll() is not None:
+                break  # it exited: no use waiting
             time.sleep(0.05)
-        pytest.fail(f"no {what} on NOTIFY_SOCKET within {timeout_s} s; got {self.snapshot()[after:][-15:]}")
+        output = self.journal.text()[-3000:] if self.journal is not None else ""
+        exited = "" if self.process is None else f" (exit status {self.process.poll()})"
+        pytest.fail(
+            f"no {what} on NOTIFY_SOCKET within {timeout_s} s{exited}; got {self.snapshot()[after:][-15:]}\n{output}"
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -145,11 +153,23 @@ class JournalPipe:
 
 
 def site_text(tmp_path: Path, mqtt_port: int, ports: list[int], *, control: bool, extra: str = "") -> str:
-    devices = "\n".join(
+    """Simulated CDUs on ``ports``; with ``control``, the other devices the control section needs."""
+    lines = [
         f"  - {{name: cdu-{i}, kind: cdu, protocol: modbus, host: 127.0.0.1, port: {port}, profile: cdu, "
         f"poll_period_s: 0.2, timeout_s: 0.3, backoff_max_s: 0.5}}"
         for i, port in enumerate(ports, start=1)
-    )
+    ]
+    if control:
+        lines.append(
+            f"  - {{name: heat-meter, kind: heat_meter, protocol: modbus, host: 127.0.0.1, port: {free_port()}, "
+            "unit_id: 10, profile: heat-meter, poll_period_s: 0.5, timeout_s: 0.5, backoff_max_s: 0.5}"
+        )
+        lines += [
+            f"  - {{name: {name}, kind: {kind}, protocol: opcua, endpoint: 'opc.tcp://127.0.0.1:{free_port()}/', "
+            f"profile: {name}, poll_period_s: 0.5, timeout_s: 1.0, backoff_max_s: 0.5}}"
+            for name, kind in (("hp-plc", "heat_pump_plc"), ("panel-pc", "panel_pc"))
+        ]
+    devices = "\n".join(lines)
     return (
         f"site: sd{os.getpid()}\nprofiles_dir: {REPO / 'config' / 'profiles'}\nstate_dir: {tmp_path / 'state'}\n"
         f"devices:\n{devices}\n"
@@ -187,6 +207,7 @@ def service(
         env=env,
     )
     os.close(journal.write_fd)
+    notify.process, notify.journal = process, journal
     try:
         yield process, journal
     finally:
@@ -218,7 +239,7 @@ def test_gateway_ready_status_watchdog_reload_and_a_stuck_poller(tmp_path, mosqu
             assert "first polls" not in status
             assert "broker connected" in status
             assert "control auto" in status
-            notify.wait_for(lambda m: m.startswith("STATUS=devices 2/2 up"), "all devices up", timeout_s=30)
+            notify.wait_for(lambda m: m.startswith("STATUS=devices 5/5 up"), "all devices up", timeout_s=30)
             pings = notify.wait_for(lambda m: m == "WATCHDOG=1", "WATCHDOG=1", after=ready)
             notify.wait_for(lambda m: m == "WATCHDOG=1", "a second WATCHDOG=1", after=pings + 1)
             (priority, _), *_ = journal.wait_event("gateway_ready")
@@ -235,7 +256,7 @@ def test_gateway_ready_status_watchdog_reload_and_a_stuck_poller(tmp_path, mosqu
             (_, applied), *_ = journal.wait_event("reload_applied")
             assert applied["restarted"] == ["cdu-2"]
             assert applied["added"] == applied["removed"] == []
-            assert applied["kept"] == 1
+            assert applied["kept"] == 4
             assert applied["publisher"] == "kept"
             assert applied["control"] == "rebuilt"
             assert applied["control_state"] == "kept"
@@ -253,7 +274,7 @@ def test_gateway_ready_status_watchdog_reload_and_a_stuck_poller(tmp_path, mosqu
             assert priority == 3  # error: journalctl -p warning shows it
             assert str(site) in str(refused["error"])
             assert "poll_period_s" in str(refused["error"])
-            assert "devices 2/2 up" in fields(notify.snapshot()[ready])["STATUS"]
+            assert "devices 5/5 up" in fields(notify.snapshot()[ready])["STATUS"]
             assert len(journal.events("reload_applied")) == 1
             assert process.poll() is None
             pings = notify.wait_for(lambda m: m == "WATCHDOG=1", "WATCHDOG=1 after refusing", after=ready)
@@ -293,7 +314,7 @@ def test_a_stuck_control_loop_stops_the_pings(tmp_path, mosquitto):
                 lambda m: m.startswith("STATUS=") and "STALLED control" in m, "STATUS naming the stall", after=pings
             )
             # the pollers go on: only the control loop is stuck
-            assert "devices 2/2 up" in notify.snapshot()[stalled]
+            assert "devices 5/5 up" in notify.snapshot()[stalled]
             assert_pings_stopped(notify, stalled)
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=15) == 0
