@@ -355,6 +355,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    """Send one fault-injection command to a running ``simulate --control-port``."""
+    from simulators.control import send  # noqa: PLC0415 - the simulators are a separate package
+
+    try:
+        answer = asyncio.run(send(args.command, args.control_port))
+    except (OSError, TimeoutError) as exc:
+        print(f"error: no simulator control port at 127.0.0.1:{args.control_port}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(json.dumps(answer))
+    return EXIT_OK if answer.get("ok") else EXIT_RUNTIME
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for the README's usage text)."""
     parser = argparse.ArgumentParser(prog="heat-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -412,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-port", type=int, help="loopback port for fault-injection commands (see simulators/control.py)"
     )
     p.set_defaults(func=cmd_simulate)
+    p = add("fault", "send one fault-injection command (JSON) to a running simulator's control port", config=False)
+    p.add_argument("command", help='e.g. \'{"device": "cdu-3", "fault": "silent"}\' (see simulators/control.py)')
+    p.add_argument("--control-port", type=int, default=15099, help="the simulator's --control-port (default 15099)")
+    p.set_defaults(func=cmd_fault)
     return parser
 
 

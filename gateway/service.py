@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import signal
 import time
 from collections.abc import Coroutine
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.loader import ConfigError, Site, load_site
-from gateway.config.site import Device
+from gateway.config.site import Device, ModbusDevice
 from gateway.control.loop import ControlLoop
 from gateway.drivers.base import Driver
 from gateway.drivers.factory import make_driver
@@ -58,6 +59,17 @@ TICK_S = 0.5  # housekeeping: liveness, STATUS and watchdog checked this often
 # Without a spool, READY=1 waits this long at most for the broker's first answer: the devices are
 # polled and controlled meanwhile, and paho keeps retrying.
 BROKER_READY_WAIT_S = 15.0
+
+
+def _phase_s(device: Device) -> float:
+    """Where in its period a device's polls start.
+
+    Units behind one Modbus endpoint share one phase: they are polled back to back and leave the
+    rest of the period idle on their shared connection, where probes of a unit that is down fit
+    (see gateway.drivers.modbus). Every other device gets its own, spread over the first second.
+    """
+    key = f"{device.host}:{device.port}" if isinstance(device, ModbusDevice) else device.name
+    return random.Random(key).uniform(0, min(device.poll_period_s, 1.0))
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -166,6 +178,12 @@ class Gateway:
             backoff_max_s=device.backoff_max_s,
             image=self.image,
             outbox=self.outbox,
+            phase_s=_phase_s(device),
+            stale_after_s={
+                name: signal.stale_after_s
+                for name, signal in site.profile_of(device).signals.items()
+                if signal.stale_after_s is not None
+            },
             # watched (self.liveness.add) from when it starts
             progress=Progress(f"poll:{device.name}", bound_s=poll_bound_s(device)),
         )
@@ -314,19 +332,30 @@ class Gateway:
         for poller in self.pollers:
             stats = poller.stats
             lateness = list(stats.lateness_s)
-            prefix = series_prefix("gateway", {"site": self.site.config.site, "device": poller.name})
+            read_age = list(stats.read_age_s)
+            tags = {"site": self.site.config.site, "device": poller.name}
+            stale = poller.stale.stale()
             fields = encode_fields(
                 {
                     "available": stats.available,
                     "polls": stats.polls,
                     "failures": stats.failures,
                     "overruns": stats.overruns,
+                    "skipped_slots": stats.skipped_slots,
                     "bad_values": stats.bad_values,
                     "lateness_p50_s": _percentile(lateness, 0.5),
                     "lateness_p99_s": _percentile(lateness, 0.99),
+                    "read_age_p50_s": _percentile(read_age, 0.5),
+                    "read_age_p99_s": _percentile(read_age, 0.99),
+                    "stale_signals": len(stale),
                 }
             )
-            lines.append(f"{prefix} {fields} {now}")
+            lines.append(f"{series_prefix('gateway', tags)} {fields} {now}")
+            # One line per watched signal (profile key stale_after_s): its publishing quality.
+            for name, unchanged_s in poller.stale.unchanged_s().items():
+                quality = "stale" if name in stale else "good"
+                signal_fields = encode_fields({"quality": quality, "unchanged_s": round(unchanged_s, 3)})
+                lines.append(f"{series_prefix('gateway', {**tags, 'signal': name})} {signal_fields} {now}")
         prefix = series_prefix("gateway", {"site": self.site.config.site, "device": "gateway"})
         fields = encode_fields(
             {

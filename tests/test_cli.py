@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 from gateway import __version__
 from gateway.config import load_site
 from simulators.cli import make_plant
+from simulators.control import serve_control
 from simulators.site import SimulatedSite
 from tests.services import free_port
 
@@ -170,3 +172,38 @@ async def test_scan_json_lists_the_units_that_answer(site_file):
     assert data["answering"] == [1]
     assert [result["unit_id"] for result in data["results"]] == [1, 2, 3]
     assert data["results"][0]["answers"] is True
+
+
+async def test_the_readmes_fault_example_works_against_a_running_simulator(tmp_path):
+    """The README's fault-injection line, run as written (plus the port), then the fault cleared."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"`heat-gateway fault '(\{[^']*\})'`", readme)
+    assert example is not None, "the README shows no `heat-gateway fault '...'` example"
+    site_path = write_site(tmp_path)
+    site = load_site(site_path, unused=("mqtt", "influxdb"))
+    simulated = SimulatedSite(site, make_plant(seed=1), speed=1.0, tick_s=0.05)
+    await simulated.start()
+    port = free_port()
+    control = await serve_control(simulated, port)
+    try:
+        command = json.loads(example.group(1))
+        command["device"] = "cdu-1"  # the README's site has cdu-3; this one has cdu-1
+        code, out, err = await run_async("fault", "--control-port", str(port), json.dumps(command))
+        assert (code, json.loads(out)) == (0, {"ok": True}), err
+        for fault in ("half_open", "none"):
+            code, out, err = await run_async(
+                "fault", "--control-port", str(port), f'{{"device": "cdu-1", "fault": "{fault}"}}'
+            )
+            assert (code, json.loads(out)) == (0, {"ok": True}), err
+        code, out, _ = await run_async(
+            "fault", "--control-port", str(port), '{"device": "cdu-1", "fault": "half-open"}'
+        )
+        assert code == 1
+        assert json.loads(out)["ok"] is False
+    finally:
+        control.close()
+        await control.wait_closed()
+        await simulated.stop()
+    code, _, err = await run_async("fault", "--control-port", str(port), '{"device": "cdu-1", "fault": "none"}')
+    assert code == 1
+    assert err.startswith(f"error: no simulator control port at 127.0.0.1:{port}")

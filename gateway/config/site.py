@@ -52,7 +52,14 @@ class _DeviceBase(_Model):
         description="Profile file name in profiles_dir, without .yaml (e.g. cdu)",
     )
     poll_period_s: float = Field(1.0, gt=0, le=3600, description="Seconds between polls, on an absolute schedule")
-    timeout_s: float = Field(1.0, gt=0, le=60, description="Seconds to wait for one reply before the poll fails")
+    timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds to wait for one reply before the poll fails. Units behind one Modbus endpoint: "
+        "3-5 x the slowest healthy reply, and below poll_period_s minus the other units' poll durations, so "
+        "that retries of a unit that is down fit in the idle time (docs/profiles.md)",
+    )
     backoff_max_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait between reconnect attempts to a device that is down"
     )
@@ -274,7 +281,13 @@ class Mqtt(_Model):
         description="Readings held between the pollers and the publisher; when full the oldest is "
         "dropped and counted so polling never waits for the broker",
     )
-    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages in flight (see MEASURED.md: keep modest)")
+    max_inflight: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="QoS 1 messages in flight; keep it modest: paho is slower with a large window "
+        "(docs/library-limits.md)",
+    )
     reconnect_max_s: int = Field(
         30,
         ge=1,

@@ -11,7 +11,9 @@
     └── WriteRefused            the gateway refused a write (not writable, outside limits,
                                 not confirmed by read-back); nothing was sent or it was undone
 
-A driver raises, it never returns ``None`` for a failed read.
+A driver raises, it never returns ``None`` for a failed read. Each class has a ``cause``, a
+short name the poller logs with ``device_unavailable`` and a dashboard can group by; a subclass
+(an authentication failure, say) may set its own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from gateway.sample import Reading
 class DriverError(Exception):
     """A device-level failure; the message names the device and what failed."""
 
+    cause = "driver_error"
+
     def __init__(self, device: str, message: str, *, address: str | None = None) -> None:
         self.device = device
         self.address = address
@@ -35,21 +39,31 @@ class DriverError(Exception):
 class DeviceUnavailable(DriverError):
     """Cannot connect, or the connection was lost."""
 
+    cause = "unavailable"
+
 
 class DeviceTimeout(DeviceUnavailable):
     """The device did not answer within its timeout."""
+
+    cause = "timeout"
 
 
 class DeviceFault(DriverError):
     """The device answered with an error code or a bad status."""
 
+    cause = "device_fault"
+
 
 class MalformedReply(DriverError):
-    """The reply does not match the request (length, type)."""
+    """The reply does not match the request (function code, length, ids, type)."""
+
+    cause = "malformed_reply"
 
 
 class WriteRefused(DriverError):
     """A write was refused before or after it reached the device."""
+
+    cause = "write_refused"
 
 
 class ConnectionScope:

@@ -83,7 +83,7 @@ def make_client(config: Mqtt, client_id: str, *, clean_session: bool = True, man
 
 
 def set_nodelay(client: paho.Client) -> None:
-    """paho never sets TCP_NODELAY: without it Nagle adds ~15 ms per message (MEASURED.md)."""
+    """paho never sets TCP_NODELAY: without it Nagle adds ~15 ms per message (docs/library-limits.md)."""
     sock = client.socket()
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
