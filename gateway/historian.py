@@ -8,6 +8,10 @@ message only after the database has accepted its lines (paho ``manual_ack``). So
 - historian killed: the broker keeps the session and redelivers what was not acknowledged;
 - broker down: the gateway's publisher holds the messages.
 
+The MQTT side is :class:`gateway.mqtt.MqttConnection` (paho on the event loop); an acknowledgement
+is only sent on the connection the message came in on (a message id means nothing on the next
+one: the broker redelivers what was not acknowledged).
+
 Writes are synchronous writes of pre-joined line-protocol text (~5x faster than the batching
 ``Point`` API, measured 2026-11-25: docs/library-limits.md), run in a worker thread so the
 event loop never blocks on HTTP.
@@ -19,22 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as paho
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from gateway.backoff import backoff_s
+from gateway.backoff import Backoff
 from gateway.config.site import InfluxDb, Mqtt
 from gateway.liveness import Progress
 from gateway.logs import get_logger
-from gateway.publish.mqtt import make_client, set_nodelay
+from gateway.mqtt import MqttConnection, MqttError
 
 log = get_logger(__name__)
 
@@ -43,6 +44,7 @@ IDLE_BEAT_S = 5.0  # an idle historian still shows its loop turns this often (sy
 
 @dataclass(frozen=True, slots=True)
 class _Message:
+    generation: int  # the connection it came in on
     mid: int
     topic: str
     payload: bytes
@@ -59,15 +61,17 @@ class Historian:
         self.mqtt_config = mqtt
         self.influx = influx
         self.topic = f"{mqtt.topic_prefix}/{site}/+/metrics"
-        self.client = make_client(
-            mqtt, (mqtt.client_id or f"heat-gateway-{site}") + "-historian", clean_session=False, manual_ack=True
+        self.connection = MqttConnection(
+            mqtt,
+            (mqtt.client_id or f"heat-gateway-{site}") + "-historian",
+            name="historian",
+            clean_session=False,
+            manual_ack=True,
         )
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.connection.on_connected = self._on_connected
+        self.connection.on_message = self._on_message
         self._inbox: deque[_Message] = deque()
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
         self._db = InfluxDBClient(
             url=influx.url,
             token=influx.token.get_secret_value() or "unused",
@@ -78,29 +82,32 @@ class Historian:
         self._write = self._db.write_api(write_options=SYNCHRONOUS)
         self.lines_written = 0
         self.messages_dropped = 0
-        self.subscribed = threading.Event()  # the broker answered and the subscription is sent
+        self.subscribed = False  # the broker answered and the subscription is sent
         # One loop turn is progress: a write (or a failed one) or an idle wake-up. Longest gap: a
         # write timing out after timeout_s, with room to spare; a backoff wait is announced.
         self.progress = Progress("historian", bound_s=influx.timeout_s + IDLE_BEAT_S + 10.0)
         self._db_down_since: float | None = None
 
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            log.warning("historian_mqtt_refused", reason=str(reason))
-            return
-        set_nodelay(client)
-        client.subscribe(self.topic, qos=1)
-        self.subscribed.set()
-        log.info("historian_subscribed", topic=self.topic)
+    def _on_connected(self, session_present: bool) -> None:
+        if session_present:
+            # The broker kept the session: it sends again what the last connection had not
+            # acknowledged, so drop those copies (their ids are no good here). Without a session
+            # they would be lost if dropped, so they are written (and never acknowledged).
+            generation = self.connection.generation
+            kept = [m for m in self._inbox if m.generation == generation]
+            self._inbox.clear()
+            self._inbox.extend(kept)
+        self.connection.subscribe(self.topic)
+        self.subscribed = True
+        log.info("historian_subscribed", topic=self.topic, session_present=session_present)
 
-    def _on_message(self, _client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        self._inbox.append(_Message(message.mid, message.topic, bytes(message.payload)))
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+    def _on_message(self, message: Any) -> None:
+        self._inbox.append(_Message(self.connection.generation, message.mid, message.topic, bytes(message.payload)))
+        self._wake.set()
 
     def status_line(self) -> str:
         """The one-line summary for systemd's ``STATUS=``."""
-        broker = "broker connected" if self.client.is_connected() else "broker unreachable"
+        broker = "broker connected" if self.connection.connected else "broker unreachable"
         database = "database ok" if self._db_down_since is None else "database unavailable, retrying"
         return (
             f"{broker}; {database}; {self.lines_written} lines written, {len(self._inbox)} waiting, "
@@ -143,47 +150,49 @@ class Historian:
 
     async def run(self) -> None:
         """Subscribe and write until cancelled."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self.client.connect_async(self.mqtt_config.host, self.mqtt_config.port, keepalive=self.mqtt_config.keepalive_s)
-        self.client.loop_start()
-        rng = random.Random()
-        attempt = 0
         try:
-            while True:
-                await self.progress.step()
-                if not self._inbox:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(IDLE_BEAT_S):
-                            await self._wake.wait()
-                    continue
-                batch = self._take_batch()
-                try:
-                    await asyncio.to_thread(self._write_batch, batch)
-                except Exception as exc:
-                    # Database unreachable or failing: keep the batch (front of the queue, in
-                    # order), do not acknowledge it, retry later.
-                    self._inbox.extendleft(reversed(batch))
-                    if self._db_down_since is None:
-                        self._db_down_since = self._loop.time()
-                        log.warning("historian_db_unavailable", url=self.influx.url, error=str(exc)[:300])
-                    wait_s = backoff_s(attempt, base_s=0.5, cap_s=30.0, rng=rng)
-                    self.progress.beat(then_wait_s=wait_s)  # a database outage is not a stuck historian
-                    await asyncio.sleep(wait_s)
-                    attempt += 1
-                    continue
-                if self._db_down_since is not None:
-                    log.info(
-                        "historian_db_available",
-                        url=self.influx.url,
-                        down_s=round(self._loop.time() - self._db_down_since, 1),
-                    )
-                    self._db_down_since = None
-                attempt = 0
-                for message in batch:  # in order, as MQTT requires
-                    self.client.ack(message.mid, 1)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.connection.run(), name="historian-connection")
+                group.create_task(self._write_loop(), name="historian-writes")
         finally:
-            self.client.disconnect()
-            await asyncio.to_thread(self.client.loop_stop)
+            self.connection.close()
             self._db.close()  # type: ignore[no-untyped-call]
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        retry = Backoff(base_s=0.5, cap_s=30.0)
+        while True:
+            await self.progress.step()
+            if not self._inbox:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_BEAT_S):
+                        await self._wake.wait()
+                continue
+            batch = self._take_batch()
+            try:
+                await asyncio.to_thread(self._write_batch, batch)
+            except Exception as exc:
+                # Database unreachable or failing: keep the batch (front of the queue, in
+                # order), do not acknowledge it, retry later.
+                self._inbox.extendleft(reversed(batch))
+                if self._db_down_since is None:
+                    self._db_down_since = loop.time()
+                    log.warning("historian_db_unavailable", url=self.influx.url, error=str(exc)[:300])
+                wait_s = retry.next_s()
+                self.progress.beat(then_wait_s=wait_s)  # a database outage is not a stuck historian
+                await asyncio.sleep(wait_s)
+                continue
+            if self._db_down_since is not None:
+                log.info(
+                    "historian_db_available",
+                    url=self.influx.url,
+                    down_s=round(loop.time() - self._db_down_since, 1),
+                )
+                self._db_down_since = None
+            retry.reset()
+            generation = self.connection.generation
+            for message in batch:  # in order, as MQTT requires
+                if message.generation == generation:
+                    with contextlib.suppress(MqttError):  # dropped meanwhile: the broker sends it again
+                        self.connection.ack(message.mid)

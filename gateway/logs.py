@@ -47,9 +47,10 @@ class _JournalPriority(logging.Formatter):
 #: but never below warning (they are chatty at info).
 #: asyncua and pymodbus log every lost connection or failed request, several times, at warning
 #: and error level with tracebacks. The poller reports a device once when it goes and once when
-#: it comes back, with context, so the libraries' own lines would only repeat that.
+#: it comes back, with context, so the libraries' own lines would only repeat that. asyncua is
+#: off altogether: it logs a server's refusal of a channel as "fatal", with the raw message.
 LIBRARY_LEVELS: dict[str, int | None] = {
-    "asyncua": logging.CRITICAL,
+    "asyncua": logging.CRITICAL + 1,
     "pymodbus": logging.CRITICAL,
     "paho": None,
     "urllib3": None,

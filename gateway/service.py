@@ -248,7 +248,7 @@ class Gateway:
         if down:
             shown = ", ".join(down[:5]) + (f" +{len(down) - 5}" if len(down) > 5 else "")
             parts[0] += f" (down: {shown})"
-        if self.publisher.connected.is_set():
+        if self.publisher.connected:
             parts.append("broker connected")
         elif self.publisher.spool is not None:
             parts.append(f"broker unreachable, spooling ({self.publisher.spool.waiting} waiting)")
@@ -269,7 +269,7 @@ class Gateway:
 
     def _broker_settled(self, waited_s: float) -> bool:
         # Connected, or the spool takes what the broker does not, or we waited long enough.
-        return self.publisher.connected.is_set() or self.publisher.spool is not None or waited_s >= BROKER_READY_WAIT_S
+        return self.publisher.connected or self.publisher.spool is not None or waited_s >= BROKER_READY_WAIT_S
 
     async def _announce_ready(self) -> None:
         """READY=1 once every device's first poll was tried and the broker answered (or the spool took over)."""
@@ -568,7 +568,7 @@ class HistorianService:
         while True:
             await asyncio.sleep(min(TICK_S, watchdog) if watchdog else TICK_S)
             now = loop.time()
-            if not self.ready and (self.historian.subscribed.is_set() or now - started >= BROKER_READY_WAIT_S):
+            if not self.ready and (self.historian.subscribed or now - started >= BROKER_READY_WAIT_S):
                 self.ready = True
                 status = self.historian.status_line()
                 sd_notify(f"READY=1\nSTATUS={status}")

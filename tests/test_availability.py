@@ -156,3 +156,24 @@ def test_stale_watch_uses_the_readings_own_time():
     assert watch.stale() == {"temp_c": 11.0}
     watch.update(Reading("d", 12_000_000_000, {"temp_c": 1.01}))
     assert watch.stale() == {}
+
+
+async def test_a_refused_connection_is_logged_once_as_refused(monkeypatch):
+    monkeypatch.setattr(poller_module, "log", structlog.get_logger("test"))
+    endpoint = ModbusEndpoint("127.0.0.1", 0)
+    await endpoint.start()
+    port = endpoint.port
+    await endpoint.stop()  # nothing listens there any more
+    device = ModbusDevice(
+        name="cdu-9", kind="cdu", protocol="modbus", host="127.0.0.1", port=port, profile="test", timeout_s=0.2
+    )
+    poller = DevicePoller(
+        ModbusDriver(device, PROFILE), period_s=PERIOD_S, backoff_max_s=0.2, image=ProcessImage(), outbox=None
+    )
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert await poller.poll_once() is None
+    down = [e for e in logs if e["event"] == "device_unavailable"]
+    assert len(down) == 1
+    assert down[0]["cause"] == "unavailable"
+    assert f"cannot connect to 127.0.0.1:{port}: connection refused" in down[0]["reason"]

@@ -227,7 +227,7 @@ def emitted() -> tuple[set[str], set[str]]:
         assert measurement == GATEWAY
         fields |= line_fields
         tags |= set(line_tags)
-    for prefix in gateway.publisher._prefixes.values():  # the device lines' measurement and tags
+    for prefix in gateway.publisher.encoder.prefixes.values():  # the device lines' measurement and tags
         _measurement, *pairs = prefix.split(",")
         tags |= {pair.split("=", 1)[0] for pair in pairs}
     return fields, tags

@@ -12,6 +12,8 @@ secret values may appear in any output.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -19,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import structlog
 
 from gateway.config import load_site
+from gateway.logs import get_logger, setup_logging
 from tests.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -345,6 +349,11 @@ CASES = [
         site_text().replace("url: 'http://127.0.0.1:8428'", "url: 'ftp://x'"),
         "influxdb.url: String should match",
     ),
+    Case(
+        "MQTT TLS CA file missing",
+        site_text(mqtt="mqtt: {port: 8883, tls: {ca_file: /nonexistent/heat-ca.pem}}"),
+        "mqtt.tls.ca_file: no such file: /nonexistent/heat-ca.pem",
+    ),
     Case("log level loud", site_text(extra="logging: {level: loud}\n"), "logging.level: Input should be"),
     Case("state_dir a list", site_text(extra="state_dir: [a]\n"), "state_dir: Input is not a valid path"),
     # -- control roles ------------------------------------------------------------------------------
@@ -629,3 +638,28 @@ def test_a_yaml_merge_key_still_works(tmp_path, secrets_set):
     text = site_text(("&d " + MODBUS_CDU, "{<<: *d, name: cdu-2, port: 1502}"))
     devices = load_site(write_case(tmp_path, Case("merge", text, ""))).config.devices
     assert [(d.name, getattr(d, "port", None)) for d in devices] == [("cdu-1", 15021), ("cdu-2", 1502)]
+
+
+def test_log_lines_mask_the_loaded_secrets(tmp_path, secrets_set):
+    """A library that quotes a password in its message: the log line still does not show it."""
+    load_site(write_case(tmp_path, Case("good", site_text(), "")))
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("info", "json", stream)
+        log = get_logger("tests.hostile")
+        log.warning("login_failed", detail=f"user operator password {SECRETS['HG_OPCUA_PASSWORD']} refused")
+        try:
+            raise RuntimeError(f"token {SECRETS['HG_INFLUX_TOKEN']} rejected")  # noqa: TRY301 - the exception logged
+        except RuntimeError:
+            log.exception("write_failed")
+        # A standard-library logger, as paho, pymodbus and asyncua use.
+        logging.getLogger("tests.hostile.library").error("bad password %s", SECRETS["HG_MQTT_PASSWORD"])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+    text = stream.getvalue()
+    assert text.count("***") >= 3, text
+    assert_no_secret(text)

@@ -7,6 +7,8 @@ talks to it through :class:`gateway.drivers.opcua.OpcUaDriver`, as the gateway d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import subprocess
 import sys
@@ -689,3 +691,69 @@ async def test_shipped_profiles_are_served_read_and_written(path, tmp_path):
                 assert spec.max is not None
                 assert await driver.write(name, spec.max) == pytest.approx(spec.max, rel=1e-6)
 
+
+# --- the run log ----------------------------------------------------------------------------------
+
+
+async def test_a_wrong_password_is_one_line_in_the_run_log(mosquitto, tmp_path):
+    """``heat-gateway run`` as a process: a refused user is said once, with device, endpoint and
+    cause, however often the poller retries; the right password then brings the device back."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "plc.yaml").write_text(yaml.safe_dump(PROFILE.model_dump(mode="json", exclude_defaults=True)))
+    async with OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users={"gateway": "s3cret"}) as sim:
+        site_file = tmp_path / "site.yaml"
+        device = {
+            "name": "hp-plc",
+            "kind": "heat_pump_plc",
+            "protocol": "opcua",
+            "profile": "plc",
+            "endpoint": sim.endpoint,
+            "username": "gateway",
+            "password": "guess",
+            "poll_period_s": 0.2,
+            "timeout_s": 1.0,
+            "backoff_max_s": 0.4,
+        }
+        site = {
+            "site": "authtest",
+            "state_dir": "state",
+            "profiles_dir": "profiles",
+            "devices": [device],
+            "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "client_id": f"authtest-{time.time_ns()}"},
+            "logging": {"format": "json"},
+        }
+        site_file.write_text(yaml.safe_dump(site))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "run", "-c", str(site_file),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+        lines: list[dict[str, Any]] = []
+
+        async def collect() -> None:
+            assert process.stdout is not None
+            async for raw in process.stdout:
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(raw))
+
+        reader = asyncio.create_task(collect(), name="run-log")
+        try:
+            await wait_for(lambda: any(line["event"] == "device_unavailable" for line in lines), timeout_s=20)
+            await asyncio.sleep(2.0)  # ten more retries at 0.2-0.4 s: none of them may log again
+            down = [line for line in lines if line["event"] == "device_unavailable"]
+            assert len(down) == 1, down
+            assert down[0]["device"] == "hp-plc"
+            assert down[0]["cause"] == "authentication"
+            assert f"connect to {sim.endpoint}: authentication failed for user 'gateway'" in down[0]["reason"]
+            assert "BadUserAccessDenied" in down[0]["reason"]
+            assert "guess" not in json.dumps(lines)  # the password itself is never logged
+            # The PLC's operator gives the gateway's user the password the site file has.
+            await sim.stop()
+            sim.users = {"gateway": "guess"}
+            await sim.start()
+            await wait_for(lambda: any(line["event"] == "device_available" for line in lines), timeout_s=20)
+            assert [line["event"] for line in lines].count("device_unavailable") == 1
+        finally:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 15)
+            await reader

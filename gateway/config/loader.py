@@ -57,12 +57,12 @@ class Site:
 
 
 def format_path(loc: tuple[int | str, ...]) -> str:
-    """('devices', 2, 'modbus', 'port') -> 'devices[2].port' (drops pydantic's union tags)."""
+    """('devices', 2, 'modbus', 'port') -> 'devices[2].port' (drops pydantic's union tags, a profile's too)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("modbus", "opcua") and out.endswith("]"):
+        elif part in ("modbus", "opcua") and (not out or out.endswith("]")):
             continue  # the discriminated-union branch pydantic inserts; not a key in the file
         else:
             out += f".{part}" if out else str(part)
@@ -285,7 +285,24 @@ def _load_site(path: Path, sources: _Sources, unused: Collection[str] = ()) -> S
                 f"{profile.protocol} but the device's protocol is {device.protocol}"
             )
     site = Site(path=path, config=config, profiles=profiles)
-    problems = check_roles(site)
+    problems = _missing_files(config) + check_roles(site)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     return site
+
+
+def _missing_files(config: SiteConfig) -> list[str]:
+    """TLS files the MQTT client opens at start: a missing one would stop `run` with a traceback.
+
+    Checked as the client opens them (a relative path from the working directory). OPC UA
+    certificates are not checked here: a device whose certificate cannot be loaded is reported
+    unavailable with the reason, and the other devices run on.
+    """
+    tls = config.mqtt.tls
+    if tls is None:
+        return []
+    return [
+        f"mqtt.tls.{key}: no such file: {file}"
+        for key in ("ca_file", "cert_file", "key_file")
+        if (file := getattr(tls, key)) is not None and not file.is_file()
+    ]

@@ -222,8 +222,9 @@ class ModbusConnection:
                 raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
             if not ok:
                 client.close()
-                self.kill("cannot connect")
-                raise ConnectionDead(f"cannot connect to {self.host}:{self.port} (connection refused or unreachable)")
+                why = await _connect_error(self.host, self.port, timeout_s)
+                self.kill(f"cannot connect: {why}")
+                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {why}")
             self.client = client
             pause_s = max((user.pause_after_connect_s for user in self.users.values()), default=0.0)
             self._ready_at = asyncio.get_running_loop().time() + pause_s
@@ -401,6 +402,27 @@ class ModbusConnection:
         units = {user.unit_id for user in self.users.values()} | {unit_id}
         if self._silent_units >= units:
             self.kill(f"no reply from any unit ({', '.join(map(str, sorted(units)))}) since the last answer")
+
+
+async def _connect_error(host: str, port: int, timeout_s: float) -> str:
+    """Why a TCP connection to ``host:port`` fails: pymodbus only says that it did.
+
+    One more plain connect, made only after pymodbus' failed, gives the operating system's
+    reason (refused: nothing listens there; unreachable or timed out: the network or a firewall).
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer to the TCP handshake within {timeout_s} s"
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens on that port)"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "the connection failed once and worked on a second try"
 
 
 class ConnectionHub:

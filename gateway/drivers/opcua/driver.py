@@ -32,7 +32,7 @@ from gateway.drivers.base import (
     WriteRefused,
 )
 from gateway.drivers.opcua import trust
-from gateway.drivers.opcua.errors import BadStatusOnly, failure
+from gateway.drivers.opcua.errors import BadStatusOnly, channel_refused, failure
 from gateway.drivers.opcua.nodes import NodeRef, parse_node_id
 from gateway.drivers.opcua.status import standard_node, status_name
 from gateway.drivers.opcua.subscription import LatestValues
@@ -147,6 +147,11 @@ class OpcUaDriver(ConnectionScope):
             raise
         except (TimeoutError, OSError, UaError) as exc:
             client.disconnect_socket()
+            raise failure(self.device, exc, f"connect to {device.endpoint}") from exc
+        except AssertionError as exc:
+            client.disconnect_socket()
+            if not channel_refused(exc):
+                raise
             raise failure(self.device, exc, f"connect to {device.endpoint}") from exc
         except BaseException:
             # asyncua closes the socket of a failed connect, but not of a cancelled one.
