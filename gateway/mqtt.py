@@ -291,7 +291,9 @@ class MqttConnection:
             self.connects += 1
             log.info("mqtt_connected", client=self.name, broker=self.broker)
         elif state == "refused":
-            log.error("mqtt_connect_refused", client=self.name, broker=self.broker, reason=reason)
+            log.error(
+                "mqtt_connect_refused", client=self.name, broker=self.broker, user=self.config.username, reason=reason
+            )
         elif state == "disconnected":
             log.warning("mqtt_disconnected", client=self.name, broker=self.broker, reason=reason)
         else:

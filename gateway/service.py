@@ -196,7 +196,8 @@ class Gateway:
     def _adopt_control(self, control: ControlLoop) -> None:
         """Watch its progress and route its commands to it."""
         self.liveness.add(control.progress)
-        self.publisher.subscribe(control.command_topic, control.on_command)
+        for topic in control.command_topics:
+            self.publisher.subscribe(topic, control.on_command)
 
     @property
     def pollers(self) -> list[DevicePoller]:

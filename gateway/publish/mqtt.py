@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paho.mqtt.client import topic_matches_sub
+
 from gateway.config.site import Mqtt
 from gateway.logs import get_logger
 from gateway.mqtt import MqttConnection, MqttError, Will
@@ -218,7 +220,8 @@ class MqttPublisher:
 
     def _on_message(self, message: Any) -> None:
         for topic, handler in self._subscriptions.items():
-            if message.topic == topic:
+            # a subscription may hold wildcards (the control loop's control/cmd/+)
+            if topic_matches_sub(topic, message.topic):
                 handler(None, None, message)
 
     # -- publishing (event loop) ------------------------------------------------------------------
