@@ -3,8 +3,9 @@
 What systemd is told (``Type=notify``, gateway/notify.py):
 
 - ``READY=1`` once the first poll of every device was *tried* (answered or failed) and the
-  broker answered, or the spool took over (with a spool nothing is lost while the broker is
-  away); without a spool and without a broker, after ``BROKER_READY_WAIT_S`` at the latest.
+  first connection attempt to the broker ended: connected, or refused/unreachable and the spool
+  took over (without a spool, memory); after ``BROKER_READY_WAIT_S`` at the latest if the
+  attempt hangs.
 - ``STATUS=`` whenever the summary changes: devices up/down (naming those down), broker, control
   mode, and any stalled component (``systemctl status`` shows the line).
 - ``WATCHDOG=1`` every ``WatchdogSec/2``, but only while every poller and the control loop made
@@ -56,8 +57,8 @@ log = get_logger(__name__)
 STATS_PERIOD_S = 10.0
 FREEZE_AFTER_S = 3.0  # connections and sessions are up by then
 TICK_S = 0.5  # housekeeping: liveness, STATUS and watchdog checked this often
-# Without a spool, READY=1 waits this long at most for the broker's first answer: the devices are
-# polled and controlled meanwhile, and paho keeps retrying.
+# READY=1 waits this long at most for the broker's first answer (a connect attempt that hangs):
+# the devices are polled and controlled meanwhile, and the connection keeps retrying.
 BROKER_READY_WAIT_S = 15.0
 
 
@@ -269,8 +270,9 @@ class Gateway:
         return all(p.progress.steps > 0 for p in self._pollers.values())
 
     def _broker_settled(self, waited_s: float) -> bool:
-        # Connected, or the spool takes what the broker does not, or we waited long enough.
-        return self.publisher.connected or self.publisher.spool is not None or waited_s >= BROKER_READY_WAIT_S
+        # The first attempt ended: connected, or refused/unreachable and the spool (or, without
+        # one, memory) takes what the broker does not. A hung attempt gives up after a while.
+        return self.publisher.connection.answered or waited_s >= BROKER_READY_WAIT_S
 
     async def _announce_ready(self) -> None:
         """READY=1 once every device's first poll was tried and the broker answered (or the spool took over)."""
@@ -569,7 +571,8 @@ class HistorianService:
         while True:
             await asyncio.sleep(min(TICK_S, watchdog) if watchdog else TICK_S)
             now = loop.time()
-            if not self.ready and (self.historian.subscribed or now - started >= BROKER_READY_WAIT_S):
+            answered = self.historian.subscribed or self.historian.connection.answered
+            if not self.ready and (answered or now - started >= BROKER_READY_WAIT_S):
                 self.ready = True
                 status = self.historian.status_line()
                 sd_notify(f"READY=1\nSTATUS={status}")

@@ -239,7 +239,9 @@ def test_gateway_ready_status_watchdog_reload_and_a_stuck_poller(tmp_path, mosqu
             assert "first polls" not in status
             assert "broker connected" in status
             assert "control auto" in status
-            notify.wait_for(lambda m: m.startswith("STATUS=devices 5/5 up"), "all devices up", timeout_s=30)
+            notify.wait_for(
+                lambda m: fields(m).get("STATUS", "").startswith("devices 5/5 up"), "all devices up", timeout_s=30
+            )
             pings = notify.wait_for(lambda m: m == "WATCHDOG=1", "WATCHDOG=1", after=ready)
             notify.wait_for(lambda m: m == "WATCHDOG=1", "a second WATCHDOG=1", after=pings + 1)
             (priority, _), *_ = journal.wait_event("gateway_ready")
@@ -363,5 +365,25 @@ def test_historian_ready_status_watchdog_reload_and_a_stuck_loop(tmp_path, mosqu
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=15) == 0
             assert "Traceback" not in journal.text()
+    finally:
+        notify.close()
+
+
+def test_ready_with_every_device_down_and_no_broker(tmp_path):
+    # Nothing answers: the first polls fail (tried), the broker's first attempt fails and the
+    # spool takes over. READY=1 all the same, and STATUS says what is wrong.
+    site = tmp_path / "site.yaml"
+    site.write_text(site_text(tmp_path, free_port(), [free_port()], control=False), encoding="utf-8")
+    notify = NotifySocket()
+    try:
+        with service("run", site, notify, simulate=False) as (process, journal):
+            ready = notify.wait_for(lambda m: "READY=1" in m.splitlines(), "READY=1", timeout_s=START_TIMEOUT_S)
+            status = fields(notify.snapshot()[ready])["STATUS"]
+            assert status.startswith("devices 0/1 up (down: cdu-1); broker unreachable, spooling"), status
+            (priority, _), *_ = journal.wait_event("mqtt_unreachable")
+            assert priority == 4  # warning: journalctl -p warning shows it
+            notify.wait_for(lambda m: m == "WATCHDOG=1", "WATCHDOG=1", after=ready)  # down devices are not stuck
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
     finally:
         notify.close()
