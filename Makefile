@@ -57,6 +57,11 @@ demo: $(STAMP)
 bench: $(STAMP) services
 	$(BIN)/python bench/run.py
 
+# The release artifact: dist/heat-gateway-VERSION.tar.gz (wheel, wheelhouse, config, deploy,
+# docs, install.sh), installable with no network (deploy/README.md).
+dist: $(STAMP)
+	bash scripts/make-dist.sh dist
+
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .mypy_cache .ruff_cache .pytest_cache reports var
 

@@ -34,8 +34,8 @@ EXIT_PIPE = 128 + 13
 _DEVICES_ONLY = ("mqtt", "influxdb", "control")
 
 
-def _site(path: str, unused: Collection[str] = ()) -> Site:
-    return load_site(Path(path), unused=unused)
+def _site(path: str, unused: Collection[str] = (), device: str | None = None) -> Site:
+    return load_site(Path(path), unused=unused, device=device)
 
 
 def _version() -> str:
@@ -191,7 +191,7 @@ def _timestamp(ns: int) -> str:
 
 def cmd_read(args: argparse.Namespace) -> int:
     """One poll of one device, printed as a table (or JSON)."""
-    site = _site(args.config, unused=_DEVICES_ONLY)
+    site = _site(args.config, unused=_DEVICES_ONLY, device=args.device)
     _setup_logging(site, "warning")
     device = site.device(args.device)
     profile = site.profile_of(device)
@@ -248,7 +248,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 def cmd_write(args: argparse.Namespace) -> int:
     """Write one signal within its limits and confirm by read-back."""
-    site = _site(args.config, unused=_DEVICES_ONLY)
+    site = _site(args.config, unused=_DEVICES_ONLY, device=args.device)
     _setup_logging(site, "warning")
     device = site.device(args.device)
     from gateway.drivers.base import DriverError  # noqa: PLC0415

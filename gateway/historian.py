@@ -17,12 +17,19 @@ Writes are synchronous writes of pre-joined line-protocol text (~5x faster than 
 event loop never blocks on HTTP.
 A batch the database rejects as malformed (HTTP 400) is split to find the bad message, which
 is logged with its topic and dropped; the good ones are written.
+
+Every 10 s the historian publishes its own figures as measurement ``historian`` on
+``heat/{site}/historian/metrics`` (which its own subscription then writes to the database, so
+Grafana can alert on them): lines and batches written, write errors and retries, dropped
+messages, the inbox length and ``lag_s``, how old the newest reading it wrote was when it wrote
+it. The same figures are on the opt-in ``/metrics`` endpoint (``gateway/health.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +39,22 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from gateway.backoff import Backoff
-from gateway.config.site import InfluxDb, Mqtt
+from gateway.config.site import Http, InfluxDb, Mqtt
+from gateway.health import HealthServer
 from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.mqtt import MqttConnection, MqttError
+from gateway.publish.lineprotocol import encode_fields, series_prefix
 
 log = get_logger(__name__)
 
+STATS_PERIOD_S = 10.0
+
+
+def _newest_timestamp_ns(payload: bytes) -> int | None:
+    """The timestamp of a message's last line (lines of one message are written in time order)."""
+    tail = payload.rstrip().rsplit(b" ", 1)[-1]
+    return int(tail) if tail.isdigit() else None
 IDLE_BEAT_S = 5.0  # an idle historian still shows its loop turns this often (systemd watchdog)
 
 
@@ -57,10 +73,12 @@ class RejectedBatchError(Exception):
 class Historian:
     """Moves metrics from MQTT to the time-series database."""
 
-    def __init__(self, mqtt: Mqtt, influx: InfluxDb, site: str) -> None:
+    def __init__(self, mqtt: Mqtt, influx: InfluxDb, site: str, *, http: Http | None = None) -> None:
         self.mqtt_config = mqtt
         self.influx = influx
         self.topic = f"{mqtt.topic_prefix}/{site}/+/metrics"
+        self.site = site
+        self.stats_topic = f"{mqtt.topic_prefix}/{site}/historian/metrics"
         self.connection = MqttConnection(
             mqtt,
             (mqtt.client_id or f"heat-gateway-{site}") + "-historian",
@@ -81,12 +99,23 @@ class Historian:
         )
         self._write = self._db.write_api(write_options=SYNCHRONOUS)
         self.lines_written = 0
+        self.batches_written = 0
+        self.write_errors = 0
         self.messages_dropped = 0
+        self.lag_s = 0.0  # age of the newest reading written, when it was written
         self.subscribed = False  # the broker answered and the subscription is sent
         # One loop turn is progress: a write (or a failed one) or an idle wake-up. Longest gap: a
         # write timing out after timeout_s, with room to spare; a backoff wait is announced.
         self.progress = Progress("historian", bound_s=influx.timeout_s + IDLE_BEAT_S + 10.0)
         self._db_down_since: float | None = None
+        self._last_write_s = time.monotonic()
+        self.health = (
+            HealthServer(
+                http.host, http.historian_port, stalled=self.stalled, stats_lines=self._stats_lines, name="historian"
+            )
+            if http is not None
+            else None
+        )
 
     def _on_connected(self, session_present: bool) -> None:
         if session_present:
@@ -128,6 +157,10 @@ class Historian:
         try:
             self._write_lines(body)
             self.lines_written += body.count("\n") + 1
+            self.batches_written += 1
+            newest = _newest_timestamp_ns(batch[-1].payload)
+            if newest is not None:
+                self.lag_s = max(0.0, (time.time_ns() - newest) / 1e9)
         except RejectedBatchError as exc:
             if len(batch) == 1:
                 self.messages_dropped += 1
@@ -154,6 +187,9 @@ class Historian:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.connection.run(), name="historian-connection")
                 group.create_task(self._write_loop(), name="historian-writes")
+                group.create_task(self._stats_loop(), name="historian-stats")
+                if self.health is not None:
+                    group.create_task(self.health.serve(), name="historian-http")
         finally:
             self.connection.close()
             self._db.close()  # type: ignore[no-untyped-call]
@@ -175,6 +211,7 @@ class Historian:
             except Exception as exc:
                 # Database unreachable or failing: keep the batch (front of the queue, in
                 # order), do not acknowledge it, retry later.
+                self.write_errors += 1
                 self._inbox.extendleft(reversed(batch))
                 if self._db_down_since is None:
                     self._db_down_since = loop.time()
@@ -191,8 +228,46 @@ class Historian:
                 )
                 self._db_down_since = None
             retry.reset()
+            self._last_write_s = time.monotonic()
             generation = self.connection.generation
             for message in batch:  # in order, as MQTT requires
                 if message.generation == generation:
                     with contextlib.suppress(MqttError):  # dropped meanwhile: the broker sends it again
                         self.connection.ack(message.mid)
+
+    def stats_fields(self) -> dict[str, float | int | bool | str]:
+        """The historian's own figures (measurement ``historian``)."""
+        return {
+            "lines_written": self.lines_written,
+            "batches_written": self.batches_written,
+            "write_errors": self.write_errors,
+            "messages_dropped": self.messages_dropped,
+            "inbox_messages": len(self._inbox),
+            "lag_s": round(self.lag_s, 3),
+            "db_available": self._db_down_since is None,
+            "broker_connected": self.connection.connected,
+        }
+
+    def stats_message(self) -> str:
+        """One line-protocol line of :meth:`stats_fields`, stamped now."""
+        prefix = series_prefix("historian", {"site": self.site, "device": "historian"})
+        return f"{prefix} {encode_fields(self.stats_fields())} {time.time_ns()}"
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_PERIOD_S)
+            if self.connection.connected:
+                with contextlib.suppress(MqttError):  # the next period tries again
+                    self.connection.publish(self.stats_topic, self.stats_message().encode(), qos=0)
+
+    def _stats_lines(self) -> list[str]:
+        return [self.stats_message()]
+
+    def stalled(self, bound_s: float = 120.0) -> list[str]:
+        """Why the historian is not doing its job (for ``/healthz``): empty while it is."""
+        problems = []
+        if self._inbox and time.monotonic() - self._last_write_s > bound_s:
+            problems.append(f"{len(self._inbox)} messages waiting, nothing written for over {bound_s:g} s")
+        if not self.connection.connected:
+            problems.append("not connected to the broker")
+        return problems

@@ -39,6 +39,7 @@ from gateway.config.site import Device, ModbusDevice
 from gateway.control.loop import ControlLoop
 from gateway.drivers.base import Driver
 from gateway.drivers.factory import make_driver
+from gateway.health import HealthServer
 from gateway.liveness import Liveness, Progress
 from gateway.logs import get_logger
 from gateway.notify import sd_notify, sd_notify_reloading, watchdog_period_s
@@ -127,8 +128,7 @@ class ReloadPlan:
         plan.control = (
             not plan.control_state_kept or plan.publisher or (b.control is not None and bool(touched))
         )
-        if a.logging != b.logging:
-            plan.not_applied.append("logging")
+        plan.not_applied = [key for key in ("logging", "http") if getattr(a, key) != getattr(b, key)]
         return plan
 
     @property
@@ -158,6 +158,18 @@ class Gateway:
         self.ready = False
         self.reloads = 0  # reloads applied (refused ones are not counted)
         self._status = ""
+        http = site.config.http
+        self.health = (
+            HealthServer(
+                http.host,
+                http.gateway_port,
+                stalled=lambda: [str(s) for s in self.liveness.stalled()],
+                stats_lines=lambda: self.stats_message().payload.decode().splitlines(),
+                name="gateway",
+            )
+            if http is not None
+            else None
+        )
 
     # -- building the parts (constructors touch no sockets or files) -------------------------
 
@@ -469,6 +481,8 @@ class Gateway:
                     self._start(f"poll:{poller.name}", poller.run())
                 self._start("mqtt-publisher", self.publisher.run())
                 self._start("housekeeping", self._housekeeping())
+                if self.health is not None:
+                    self._start("http-endpoint", self.health.serve())
                 if self.control is not None:
                     self._start("control", self.control.run())
                 self._start("readiness", self._announce_ready())
@@ -549,7 +563,7 @@ class HistorianService:
             raise ConfigError(msg)
         from gateway.historian import Historian  # noqa: PLC0415 - influxdb_client only where it is used
 
-        historian = Historian(config.mqtt, config.influxdb, config.site)
+        historian = Historian(config.mqtt, config.influxdb, config.site, http=config.http)
         self.liveness.add(historian.progress)
         return historian
 

@@ -23,7 +23,7 @@ from tests.services import free_port
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "site.example.yaml"
 # Variables no test environment sets: a command that resolves them fails.
-UNSET = {"HG_CLI_TEST_MQTT_PASSWORD", "HG_CLI_TEST_INFLUX_TOKEN"}
+UNSET = {"HG_CLI_TEST_MQTT_PASSWORD", "HG_CLI_TEST_INFLUX_TOKEN", "HG_CLI_TEST_PLC_PASSWORD"}
 
 
 def command(*args: str) -> list[str]:
@@ -40,7 +40,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def write_site(tmp_path: Path) -> Path:
+def write_site(tmp_path: Path, *, plc: bool = False) -> Path:
     """One CDU on a free port; the broker and database secrets come from variables nobody set."""
     path = tmp_path / "site.yaml"
     path.write_text(
@@ -48,7 +48,13 @@ def write_site(tmp_path: Path) -> Path:
         "devices:\n"
         f"  - {{name: cdu-1, kind: cdu, protocol: modbus, host: 127.0.0.1, port: {free_port()}, unit_id: 1,"
         " profile: cdu, timeout_s: 1.0}\n"
-        "mqtt: {host: 127.0.0.1, username: gw, password: '${HG_CLI_TEST_MQTT_PASSWORD}'}\n"
+        + (
+            f"  - {{name: hp-plc, kind: heat_pump_plc, protocol: opcua, endpoint: 'opc.tcp://127.0.0.1:{free_port()}/',"
+            " profile: hp-plc, username: gateway, password: '${HG_CLI_TEST_PLC_PASSWORD}'}\n"
+            if plc
+            else ""
+        )
+        + "mqtt: {host: 127.0.0.1, username: gw, password: '${HG_CLI_TEST_MQTT_PASSWORD}'}\n"
         "influxdb: {url: 'http://127.0.0.1:8428', token: '${HG_CLI_TEST_INFLUX_TOKEN}'}\n",
         encoding="utf-8",
     )
@@ -207,3 +213,19 @@ async def test_the_readmes_fault_example_works_against_a_running_simulator(tmp_p
     code, _, err = await run_async("fault", "--control-port", str(port), '{"device": "cdu-1", "fault": "none"}')
     assert code == 1
     assert err.startswith(f"error: no simulator control port at 127.0.0.1:{port}")
+
+
+async def test_read_of_one_device_needs_no_secret_of_another(tmp_path):
+    path = write_site(tmp_path, plc=True)
+    code, _, err = await run_async("read", "-c", str(path), "hp-plc")
+    assert code == 2
+    assert "devices[1].password: environment variable HG_CLI_TEST_PLC_PASSWORD is not set" in err
+    site = load_site(path, unused=("mqtt", "influxdb"), device="cdu-1")
+    simulated = SimulatedSite(site, make_plant(seed=1), speed=1.0, tick_s=0.05)
+    await simulated.start()
+    try:
+        code, out, err = await run_async("read", "--json", "-c", str(path), "cdu-1", "tcs_supply_temp_c")
+    finally:
+        await simulated.stop()
+    assert code == 0, err
+    assert json.loads(out)["signals"]["tcs_supply_temp_c"]["quality"] == "good"

@@ -223,7 +223,7 @@ def load_profile(path: Path) -> ModbusProfile | OpcUaProfile:
 OPTIONAL_SECTIONS = frozenset({"mqtt", "influxdb", "control", "logging"})
 
 
-def load_site(path: Path | str, *, unused: Collection[str] = ()) -> Site:
+def load_site(path: Path | str, *, unused: Collection[str] = (), device: str | None = None) -> Site:
     """Load a site file and the profiles its devices use; :class:`ConfigError` on any fault.
 
     No message names a value that came from the environment or from a secret key.
@@ -231,11 +231,12 @@ def load_site(path: Path | str, *, unused: Collection[str] = ()) -> Site:
     ``unused``: optional sections (:data:`OPTIONAL_SECTIONS`) the caller never looks at. One of
     them that names an environment variable which is not set is left out, as if omitted, instead
     of failing: ``heat-gateway read`` polls a device and needs no broker password. Everything
-    else is checked as always.
+    else is checked as always. ``device``: the one device the caller talks to; a secret of
+    another device (its OPC UA password, say) may then name a variable that is not set.
     """
     sources = _Sources()
     try:
-        site = _load_site(Path(path), sources, unused)
+        site = _load_site(Path(path), sources, unused, device)
     except ConfigError as exc:
         raise ConfigError(sources.mask(str(exc))) from None
     remember_secrets(_secret_values(site.config))
@@ -250,7 +251,22 @@ def _secret_values(config: SiteConfig) -> set[str]:
     return {value.get_secret_value() for value in values if value is not None} - {""}
 
 
-def _load_site(path: Path, sources: _Sources, unused: Collection[str] = ()) -> Site:
+def _unset(text: str) -> bool:
+    """Whether a value names an environment variable that is not set and has no default."""
+    return any(m.group(2) is None and m.group(1) not in os.environ for m in _ENV.finditer(text))
+
+
+def _blank_unset_secrets(value: Any) -> None:
+    """Secrets of a device the command does not talk to: an unset variable becomes ""."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in SECRET_KEYS and isinstance(item, str) and _unset(item):
+                value[key] = ""
+            else:
+                _blank_unset_secrets(item)
+
+
+def _load_site(path: Path, sources: _Sources, unused: Collection[str] = (), only: str | None = None) -> Site:
     raw = _read_yaml(path)
     if isinstance(raw, dict):
         for key in OPTIONAL_SECTIONS.intersection(unused).intersection(raw):
@@ -258,6 +274,10 @@ def _load_site(path: Path, sources: _Sources, unused: Collection[str] = ()) -> S
                 _substitute(raw[key], path, (key,), _Sources())
             except ConfigError:
                 del raw[key]
+        if only is not None and isinstance(raw.get("devices"), list):
+            for entry in raw["devices"]:
+                if isinstance(entry, dict) and entry.get("name") != only:
+                    _blank_unset_secrets(entry)
     data = _substitute(raw, path, (), sources)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with site, devices, mqtt, ...")

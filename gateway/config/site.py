@@ -343,6 +343,24 @@ class Logging(_Model):
     )
 
 
+class Http(_Model):
+    """The opt-in local HTTP endpoint (``gateway/health.py``): ``/healthz`` and Prometheus ``/metrics``."""
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on; loopback unless a scraper on another host needs it",
+    )
+    gateway_port: int = Field(9108, ge=1, le=65535, description="Port of `heat-gateway run`'s endpoint")
+    historian_port: int = Field(9109, ge=1, le=65535, description="Port of `heat-gateway historian`'s endpoint")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        if self.gateway_port == self.historian_port:
+            raise ValueError(f"gateway_port and historian_port are both {self.gateway_port}: both services listen")
+        return self
+
+
 class SiteConfig(_Model):
     """The whole site file."""
 
@@ -352,6 +370,9 @@ class SiteConfig(_Model):
     mqtt: Mqtt = Field(default_factory=Mqtt, description="MQTT broker the metrics stream to")
     influxdb: InfluxDb | None = Field(None, description="Time-series database the historian writes to")
     logging: Logging = Field(default_factory=Logging, description="Log level and format")
+    http: Http | None = Field(
+        None, description="Local HTTP endpoint with /healthz and Prometheus /metrics; omitted = no endpoint"
+    )
     state_dir: Path = Field(
         Path("var"),
         description="Writable folder for state (MQTT spool, trusted OPC UA certificates), relative to this file; "
