@@ -210,6 +210,11 @@ def service(
     notify.process, notify.journal = process, journal
     try:
         yield process, journal
+    except BaseException:
+        # shown by pytest with the failure: what systemd got and what the service logged
+        print("NOTIFY_SOCKET messages:", *notify.snapshot()[-40:], sep="\n  ")
+        print("service output (last lines):", journal.text()[-6000:], sep="\n")
+        raise
     finally:
         for proc in (process, simulator):
             if proc is not None and proc.poll() is None:
