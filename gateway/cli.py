@@ -31,7 +31,7 @@ EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 EXIT_PIPE = 128 + 13
 
 #: The optional sections each command never looks at (see ``load_site(unused=...)``).
-_DEVICES_ONLY = ("mqtt", "influxdb", "control")
+_DEVICES_ONLY = ("mqtt", "influxdb", "control", "http")
 
 
 def _site(path: str, unused: Collection[str] = (), device: str | None = None) -> Site:

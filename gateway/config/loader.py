@@ -220,7 +220,7 @@ def load_profile(path: Path) -> ModbusProfile | OpcUaProfile:
 
 
 #: Sections a command may do without: each has a default (omitted = not used).
-OPTIONAL_SECTIONS = frozenset({"mqtt", "influxdb", "control", "logging"})
+OPTIONAL_SECTIONS = frozenset({"mqtt", "influxdb", "control", "logging", "http"})
 
 
 def load_site(path: Path | str, *, unused: Collection[str] = (), device: str | None = None) -> Site:

@@ -39,6 +39,7 @@ from gateway.sample import Reading
 
 log = get_logger(__name__)
 
+
 class ControlLoop:
     """Runs the supervisor live against the process image and the device drivers."""
 
