@@ -216,6 +216,11 @@ async def test_only_operators_command_the_plant_and_the_ack_names_them(
             # The historian reads the site's metrics (the control loop's, every cycle).
             await _wait_for(lambda: historian.received, "metrics at the historian")
             assert all(m.topic.endswith("/metrics") for m in historian.received)
+            # ...and publishes its own figures, never a device's readings
+            historian.send(f"heat/{SITE}/cdu-1/metrics", {"forged": 1})
+            historian.send(f"heat/{SITE}/historian/metrics", {"own": 1})
+            await _wait_for(lambda: any(b'"own"' in m.payload for m in historian.received), "the historian's own")
+            assert not any(b"forged" in m.payload for m in historian.received)
         finally:
             for client in (alice, historian, own_account, bob):
                 client.close()

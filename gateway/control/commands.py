@@ -41,6 +41,7 @@ __all__ = [
     "RateLimiter",
     "check_values",
     "parse_command",
+    "salvage_id",
 ]
 
 MAX_COMMAND_BYTES = 4096
@@ -123,21 +124,25 @@ def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return result
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
-_ID = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.){1,64}"|-?\d{1,20}(?![\d.eE]))')
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string ("unrolled": no backtracking per character)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_ID = re.compile(r'"id"\s*:\s*("[^"\\]{1,64}"|-?\d{1,20}(?![\d.eE]))')
+_SQUARE = str.maketrans("{}", "[]")  # for the depth, an object nests like an array
 
 
 def _too_deep(text: str, limit: int) -> bool:
-    """True when arrays/objects nest deeper than ``limit`` (a linear scan, no recursion)."""
+    """True when arrays/objects nest deeper than ``limit`` (or the brackets do not pair up).
+
+    Without recursion and in C: with strings and everything but brackets removed, each pass
+    deletes the innermost pairs, one level of nesting; what is left after ``limit`` passes was
+    deeper (or unbalanced, which the JSON parser would refuse anyway, after recursing into it).
+    """
     if text.count("[") + text.count("{") <= limit:
         return False  # the usual case: not even that many brackets
-    depth = 0
-    for bracket in _BRACKET.findall(_STRING.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        if depth > limit:
-            return True
-    return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text)).translate(_SQUARE)
+    for _ in range(limit):
+        brackets = brackets.replace("[]", "")
+    return bool(brackets)
 
 
 _ID_ERROR = "id must be a printable string of 1 to 64 characters or an integer of at most 20 digits"
@@ -152,8 +157,13 @@ def _valid_id(raw: object) -> CommandId | None:
     return None
 
 
+def salvage_id(payload: bytes) -> CommandId | None:
+    """The ``id`` of a payload that is not parsed (refused before, or unparseable), when its
+    first ``MAX_COMMAND_BYTES`` show one; cheap: one regular expression search."""
+    return _salvage_id(payload[:MAX_COMMAND_BYTES].decode("utf-8", errors="replace"))
+
+
 def _salvage_id(text: str) -> CommandId | None:
-    """The ``id`` of a payload that could not be parsed, when its text shows one."""
     match = _ID.search(text[:MAX_COMMAND_BYTES])
     if match is None:
         return None
@@ -166,15 +176,13 @@ def _salvage_id(text: str) -> CommandId | None:
 def parse_command(payload: bytes) -> ParsedCommand:  # noqa: PLR0911 - one return per step of the module doc
     """Read one command; never raises. Steps 1-5 of the module docstring (ranges are not checked)."""
     if len(payload) > MAX_COMMAND_BYTES:
-        text = payload[:MAX_COMMAND_BYTES].decode("utf-8", errors="replace")
-        return ParsedCommand(_salvage_id(text), error=f"command larger than {MAX_COMMAND_BYTES} bytes")
+        return ParsedCommand(salvage_id(payload), error=f"command larger than {MAX_COMMAND_BYTES} bytes")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        salvaged = _salvage_id(payload.decode("utf-8", errors="replace"))
-        return ParsedCommand(salvaged, error=f"not UTF-8 (byte {exc.start} is 0x{payload[exc.start]:02x})")
+        return ParsedCommand(salvage_id(payload), error=f"not UTF-8 (byte {exc.start} is 0x{payload[exc.start]:02x})")
     if _too_deep(text, MAX_DEPTH):
-        return ParsedCommand(_salvage_id(text), error=f"nested deeper than {MAX_DEPTH} levels")
+        return ParsedCommand(_salvage_id(text), error=f"nested deeper than {MAX_DEPTH} levels (or brackets unbalanced)")
     try:
         # parse_constant: NaN and Infinity become non-finite floats, refused by the checks below
         command = json.loads(text, parse_int=_parse_int, parse_constant=float, object_pairs_hook=_object)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.config.loader import Site
-from gateway.control.commands import ParsedCommand, RateLimiter, parse_command
+from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
 from gateway.control.executor import WriteExecutor, WriteRequest, WriteResult
 from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site, write_limits_of
 from gateway.drivers.base import Driver
@@ -38,6 +38,7 @@ from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
 
 log = get_logger(__name__)
+
 
 class ControlLoop:
     """Runs the supervisor live against the process image and the device drivers."""
@@ -114,8 +115,7 @@ class ControlLoop:
         sender = self.sender_of(topic)
         parsed = ParsedCommand(None)
         try:
-            parsed = parse_command(payload)
-            refusal = self._admit(parsed, sender, retained=retained)
+            parsed, refusal = self._admit(payload, sender, retained=retained)
         except Exception as exc:  # a command may fail, never the gateway: it is refused and answered
             log.exception("control_command_failed", sender=sender, payload=payload[:200])
             refusal = f"internal error: {type(exc).__name__}"
@@ -127,19 +127,24 @@ class ControlLoop:
         if refusal is not None:
             self._answer(parsed, sender, accepted=False, reason=refusal, payload=payload)
 
-    def _admit(self, parsed: ParsedCommand, sender: str | None, *, retained: bool) -> str | None:
-        """Why a command is refused before it reaches the cycle, or None."""
+    def _admit(self, payload: bytes, sender: str | None, *, retained: bool) -> tuple[ParsedCommand, str | None]:
+        """The command, and why it is refused before it reaches the cycle (None: queue it).
+
+        The rate limit comes first, so a flood costs one regular-expression search per message
+        (for the id in the ack), not a parse."""
         allowed, report = self._limiter.take(sender or "", time.monotonic())
         if report:
             self._log_rate_limited(sender, report)
         if not allowed:
-            return f"rate limit: more than {self._policy.rate_per_s:g} commands/s from {sender or 'unidentified'}"
+            refusal = f"rate limit: more than {self._policy.rate_per_s:g} commands/s from {sender or 'unidentified'}"
+            return ParsedCommand(salvage_id(payload)), refusal
+        parsed = parse_command(payload)
         if retained and not self._policy.accept_retained:
-            return (
+            return parsed, (
                 "retained command refused (it would be applied again at every restart): publish it without "
                 "retain, and clear the retained message with an empty retained payload"
             )
-        return parsed.error
+        return parsed, parsed.error
 
     def _log_rate_limited(self, sender: str | None, refused: int) -> None:
         log.warning(

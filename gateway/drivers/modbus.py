@@ -297,9 +297,7 @@ class ModbusConnection:
         """No answering unit's poll is due before a probe of ``window_s`` would end."""
         end = now + window_s + _PROBE_GUARD_S
         return all(
-            due >= end
-            for unit, due in self._due.items()
-            if unit not in self.down_units and due > now - _DUE_GRACE_S
+            due >= end for unit, due in self._due.items() if unit not in self.down_units and due > now - _DUE_GRACE_S
         )
 
     def _max_probe_wait_s(self) -> float:
