@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from gateway.config.credentials import CREDENTIALS_ENV, CredentialError, read_credential
 from gateway.config.profile import ModbusProfile, OpcUaProfile, Profile
 from gateway.config.roles import check_roles
 from gateway.config.secrets import remember_secrets
@@ -130,6 +131,14 @@ def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _So
     def replace(match: re.Match[str]) -> str:
         nonlocal used_env
         name, default = match.group(1), match.group(2)
+        try:
+            credential = read_credential(name)  # LoadCredential= (gateway/config/credentials.py)
+        except CredentialError as exc:
+            raise ConfigError(f"{path}: {key}: {exc}") from None
+        if credential is not None:
+            used_env = True
+            sources.hidden.add(credential)
+            return credential
         if name in os.environ:
             text = os.environ[name]
             try:
@@ -141,7 +150,8 @@ def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _So
             return text
         if default is not None:
             return default
-        raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
+        where = f" (nor a credential {name} in ${CREDENTIALS_ENV})" if os.environ.get(CREDENTIALS_ENV) else ""
+        raise ConfigError(f"{path}: {key}: environment variable {name} is not set{where}")
 
     replaced = _ENV.sub(replace, value)
     if used_env:
