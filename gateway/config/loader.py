@@ -197,8 +197,15 @@ def validation_message(path: Path, exc: ValidationError, prefix: str = "", sourc
         elif sources is not None and key in sources.env_paths:
             hide = "value from the environment, not shown"
         full = f"{prefix}{key}" if key else prefix.rstrip(".") or "(top level)"
-        lines.append(f"{path}: {full}: {_describe(dict(error), hide=hide)}")
+        message = _describe(dict(error), hide=hide)
+        if full == "(top level)" and _STARTS_WITH_KEY.match(message):
+            lines.append(f"{path}: {message}")  # a whole-file check that names its key itself
+        else:
+            lines.append(f"{path}: {full}: {message}")
     return "\n".join(lines)
+
+
+_STARTS_WITH_KEY = re.compile(r"^[a-z_]+(\[\d+\])?(\.[A-Za-z0-9_]+)*[:\s]")
 
 
 def _load_profile(path: Path, sources: _Sources) -> ModbusProfile | OpcUaProfile:
