@@ -394,3 +394,31 @@ def test_ready_with_every_device_down_and_no_broker(tmp_path):
             assert process.wait(timeout=15) == 0
     finally:
         notify.close()
+
+
+def test_a_reload_whose_spool_cannot_open_keeps_a_publisher(tmp_path, mosquitto):
+    # The new state_dir is under a regular file: the new publisher's spool cannot open. The
+    # gateway goes on publishing with the running settings and says the reload failed.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("", encoding="utf-8")
+    site = tmp_path / "site.yaml"
+    text = site_text(tmp_path, mosquitto.port, [free_port()], control=False)
+    site.write_text(text, encoding="utf-8")
+    notify = NotifySocket()
+    try:
+        with service("run", site, notify, simulate=False) as (process, journal):
+            ready = notify.wait_for(lambda m: "READY=1" in m.splitlines(), "READY=1", timeout_s=START_TIMEOUT_S)
+            site.write_text(text.replace(f"state_dir: {tmp_path / 'state'}", f"state_dir: {blocker}"), encoding="utf-8")
+            process.send_signal(signal.SIGHUP)
+            reloading = notify.wait_for(lambda m: "RELOADING=1" in m.splitlines(), "RELOADING=1", after=ready)
+            notify.wait_for(lambda m: "READY=1" in m.splitlines(), "READY=1 after the failed reload", after=reloading)
+            (priority, failed), *_ = journal.wait_event("reload_failed")
+            assert priority == 3
+            assert "spool folder" in str(failed["error"])
+            journal.wait_event("mqtt_connected", count=2)  # the replacement publisher, old settings
+            notify.wait_for(lambda m: m == "WATCHDOG=1", "WATCHDOG=1 after the failed reload", after=reloading)
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+    finally:
+        notify.close()
