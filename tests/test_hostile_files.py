@@ -664,14 +664,15 @@ def test_a_yaml_merge_key_still_works(tmp_path, secrets_set):
     assert [(d.name, getattr(d, "port", None)) for d in devices] == [("cdu-1", 15021), ("cdu-2", 1502)]
 
 
-def test_log_lines_mask_the_loaded_secrets(tmp_path, secrets_set):
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_log_lines_mask_the_loaded_secrets(tmp_path, secrets_set, fmt):
     """A library that quotes a password in its message: the log line still does not show it."""
     load_site(write_case(tmp_path, Case("good", site_text(), "")))
     stream = io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        setup_logging("info", "json", stream)
+        setup_logging("info", fmt, stream)
         log = get_logger("tests.hostile")
         log.warning("login_failed", detail=f"user operator password {SECRETS['HG_OPCUA_PASSWORD']} refused")
         try:
