@@ -117,7 +117,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         "devices": devices,
         "modbus_requests_per_cycle": total_requests,
         "mqtt": {"host": mqtt.host, "port": mqtt.port, "topics": f"{mqtt.topic_prefix}/{config.site}/<device>/metrics"},
-        "influxdb": None if config.influxdb is None else {"url": config.influxdb.url, "bucket": config.influxdb.bucket},
+        "influxdb": None
+        if config.influxdb is None
+        else {"url": mask(config.influxdb.url), "bucket": config.influxdb.bucket},
         "control": config.control is not None,
         "writes": writes,
     }
@@ -135,7 +137,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"      {line}")
     print(f"  mqtt: {mqtt.host}:{mqtt.port}, topics {summary['mqtt']['topics']}")
     if config.influxdb is not None:
-        print(f"  influxdb: {config.influxdb.url} bucket {config.influxdb.bucket}")
+        print(f"  influxdb: {mask(config.influxdb.url)} bucket {config.influxdb.bucket}")
     print(f"  {total_requests} Modbus request(s) per poll cycle")
     if not writes:
         print("  writes: NONE, monitor only (no control section): the gateway reads and publishes, never writes")

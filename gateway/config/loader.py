@@ -17,6 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -249,7 +250,11 @@ def _secret_values(config: SiteConfig) -> set[str]:
     for device in config.devices:
         if isinstance(device, OpcUaDevice):
             values |= {device.password, device.security.private_key_password}
-    return {value.get_secret_value() for value in values if value is not None} - {""}
+    secrets = {value.get_secret_value() for value in values if value is not None}
+    if config.influxdb is not None:
+        # http://user:password@host/ works, and the password must not show in a log line either.
+        secrets.add(urlsplit(config.influxdb.url).password or "")
+    return secrets - {""}
 
 
 def _unset(text: str) -> bool:
