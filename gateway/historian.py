@@ -8,6 +8,16 @@ message only after the database has accepted its lines (paho ``manual_ack``). So
 - historian killed: the broker keeps the session and redelivers what was not acknowledged;
 - broker down: the gateway's publisher holds the messages.
 
+After each successful write it tells the gateway what is stored (docs/nothing-lost.md): one QoS 1
+message on ``{prefix}/{site}/historian/stored``, a line ``{topic} {timestamp}`` per message
+written (the timestamp is the message's last line's, the gateway's key for it); and at most once a
+second the retained ``{prefix}/{site}/historian/stored_recent`` with the receipts of the last
+``RECENT_RECEIPTS_S``, so that a gateway started after a ``kill -9`` learns which of its spooled
+messages the broker took from the dead process's socket and stored. The retained
+``{prefix}/{site}/historian/status`` says ``online`` (the last will says ``offline``): while it
+is online the gateway keeps every metrics message until it is in this list, not merely until
+the broker acknowledged it, so a broker that dies before saving its queue loses nothing.
+
 The MQTT side is :class:`gateway.mqtt.MqttConnection` (paho on the event loop); an acknowledgement
 is only sent on the connection the message came in on (a message id means nothing on the next
 one: the broker redelivers what was not acknowledged).
@@ -41,19 +51,23 @@ from influxdb_client.rest import ApiException
 from gateway.backoff import Backoff
 from gateway.config.site import Http, InfluxDb, Mqtt
 from gateway.health import HealthServer
+from gateway.liveness import Progress
 from gateway.logs import get_logger
-from gateway.mqtt import MqttConnection, MqttError
+from gateway.mqtt import MqttConnection, MqttError, Will
 from gateway.publish.lineprotocol import encode_fields, series_prefix
 
 log = get_logger(__name__)
 
 STATS_PERIOD_S = 10.0
+RECENT_RECEIPTS_S = 5.0  # longer than a gateway takes to restart after a kill
+RECENT_PUBLISH_S = 1.0
 
 
 def _newest_timestamp_ns(payload: bytes) -> int | None:
     """The timestamp of a message's last line (lines of one message are written in time order)."""
     tail = payload.rstrip().rsplit(b" ", 1)[-1]
     return int(tail) if tail.isdigit() else None
+IDLE_BEAT_S = 5.0  # an idle historian still shows its loop turns this often (systemd watchdog)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,9 @@ class Historian:
         self.mqtt_config = mqtt
         self.influx = influx
         self.topic = f"{mqtt.topic_prefix}/{site}/+/metrics"
+        self.stored_topic = f"{mqtt.topic_prefix}/{site}/historian/stored"
+        self.status_topic = f"{mqtt.topic_prefix}/{site}/historian/status"
+        self.recent_topic = f"{mqtt.topic_prefix}/{site}/historian/stored_recent"
         self.site = site
         self.stats_topic = f"{mqtt.topic_prefix}/{site}/historian/metrics"
         self.connection = MqttConnection(
@@ -83,6 +100,7 @@ class Historian:
             name="historian",
             clean_session=False,
             manual_ack=True,
+            will=Will(topic=self.status_topic, payload=b"offline"),
         )
         self.connection.on_connected = self._on_connected
         self.connection.on_message = self._on_message
@@ -100,7 +118,14 @@ class Historian:
         self.batches_written = 0
         self.write_errors = 0
         self.messages_dropped = 0
+        self.receipts_lost = 0
+        self._recent: deque[tuple[float, bytes]] = deque()
+        self._recent_published_at = 0.0
         self.lag_s = 0.0  # age of the newest reading written, when it was written
+        self.subscribed = False  # the broker answered and the subscription is sent
+        # One loop turn is progress: a write (or a failed one) or an idle wake-up. Longest gap: a
+        # write timing out after timeout_s, with room to spare; a backoff wait is announced.
+        self.progress = Progress("historian", bound_s=influx.timeout_s + IDLE_BEAT_S + 10.0)
         self._db_down_since: float | None = None
         self._last_write_s = time.monotonic()
         self.health = (
@@ -121,11 +146,22 @@ class Historian:
             self._inbox.clear()
             self._inbox.extend(kept)
         self.connection.subscribe(self.topic)
+        self.connection.publish(self.status_topic, b"online", retain=True)
+        self.subscribed = True
         log.info("historian_subscribed", topic=self.topic, session_present=session_present)
 
     def _on_message(self, message: Any) -> None:
         self._inbox.append(_Message(self.connection.generation, message.mid, message.topic, bytes(message.payload)))
         self._wake.set()
+
+    def status_line(self) -> str:
+        """The one-line summary for systemd's ``STATUS=``."""
+        broker = "broker connected" if self.connection.connected else "broker unreachable"
+        database = "database ok" if self._db_down_since is None else "database unavailable, retrying"
+        return (
+            f"{broker}; {database}; {self.lines_written} lines written, {len(self._inbox)} waiting, "
+            f"{self.messages_dropped} rejected"
+        )
 
     def _write_lines(self, body: str) -> None:
         try:
@@ -156,6 +192,23 @@ class Historian:
             self._write_batch(batch[:half])
             self._write_batch(batch[half:])
 
+    def _report_stored(self, batch: list[_Message]) -> None:
+        """Tell the gateway which messages are stored (and so which it may forget)."""
+        receipt = b"\n".join(m.topic.encode() + b" " + m.payload[m.payload.rfind(b" ") + 1 :].rstrip() for m in batch)
+        now = asyncio.get_running_loop().time()
+        self._recent.append((now, receipt))
+        while self._recent and self._recent[0][0] < now - RECENT_RECEIPTS_S:
+            self._recent.popleft()
+        try:
+            self.connection.publish(self.stored_topic, receipt)
+            if now - self._recent_published_at >= RECENT_PUBLISH_S:
+                self._recent_published_at = now
+                summary = b"\n".join(r for _t, r in self._recent)
+                self.connection.publish(self.recent_topic, summary, retain=True)
+        except MqttError:
+            # Not connected now: the gateway resends these later (a duplicate point, stored once).
+            self.receipts_lost += 1
+
     def _take_batch(self) -> list[_Message]:
         batch: list[_Message] = []
         lines = 0
@@ -175,6 +228,8 @@ class Historian:
                 if self.health is not None:
                     group.create_task(self.health.serve(), name="historian-http")
         finally:
+            with contextlib.suppress(MqttError):  # a clean stop: the gateway stops waiting for us
+                self.connection.publish(self.status_topic, b"offline", retain=True)
             self.connection.close()
             self._db.close()  # type: ignore[no-untyped-call]
 
@@ -182,9 +237,13 @@ class Historian:
         loop = asyncio.get_running_loop()
         retry = Backoff(base_s=0.5, cap_s=30.0)
         while True:
+            await self.progress.step()
             if not self._inbox:
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_BEAT_S):
+                        await self._wake.wait()
+                continue
             batch = self._take_batch()
             try:
                 await asyncio.to_thread(self._write_batch, batch)
@@ -196,7 +255,9 @@ class Historian:
                 if self._db_down_since is None:
                     self._db_down_since = loop.time()
                     log.warning("historian_db_unavailable", url=self.influx.url, error=str(exc)[:300])
-                await asyncio.sleep(retry.next_s())
+                wait_s = retry.next_s()
+                self.progress.beat(then_wait_s=wait_s)  # a database outage is not a stuck historian
+                await asyncio.sleep(wait_s)
                 continue
             if self._db_down_since is not None:
                 log.info(
@@ -206,6 +267,7 @@ class Historian:
                 )
                 self._db_down_since = None
             retry.reset()
+            self._report_stored(batch)
             self._last_write_s = time.monotonic()
             generation = self.connection.generation
             for message in batch:  # in order, as MQTT requires

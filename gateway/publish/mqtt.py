@@ -24,6 +24,14 @@ Nothing leaves the gateway's keeping before it is safe (docs/nothing-lost.md):
 - a spool that cannot be written (disk full) falls back to memory and is tried again every
   ``SPOOL_RETRY_S``: it recovers when space returns.
 
+With a historian (its retained ``{prefix}/{site}/historian/status`` says ``online``), a metrics
+message acknowledged by the broker is still kept (on disk after ``UNACKED_TO_DISK_S``) until the
+historian lists it on ``.../historian/stored`` after writing it. Receipts come in the order the
+gateway sent the messages (the broker keeps a subscriber's order, the historian writes in that
+order), so a message still waiting when a *later* one is receipted was lost by the broker (it
+died before saving its queue) and is sent again. Without a historian online, the broker's
+PUBACK releases a message.
+
 Retained messages (status, states) are never spooled: they are state, and an old value replayed
 late would replace a newer one. Without the spool (``mqtt.spool: false``) messages wait in a
 bounded memory queue until the broker is back, and a restart during an outage loses them.
@@ -64,6 +72,28 @@ REPLAY_BATCH = 100  # messages per replay step; live messages go out between ste
 REPLAY_IDLE_CHECK_S = 0.5
 SPOOL_FSYNC_INTERVAL_S = 1.0
 SPOOL_RETRY_S = 10.0  # after a failed write (disk full): how soon the spool is tried again
+# After a connect the spool waits this long before replaying, so that the historian's retained
+# last receipt has arrived: records it lists (sent by a killed process whose last packets the
+# broker still took) are released instead of sent twice.
+REPLAY_AFTER_CONNECT_S = 0.5
+RECENT_RECEIPTS = 10_000  # receipts that matched nothing waiting, remembered for the replay
+
+
+@dataclass(slots=True)
+class _Awaiting:
+    """A metrics message the broker acknowledged, waiting for the historian's receipt."""
+
+    topic: str
+    key: bytes  # see receipt_key
+    payload: bytes | None  # None once it is on disk (``where``)
+    since: float
+    where: tuple[Segment, int] | None  # its record in the spool, held (not to be replayed)
+    replayed: bool  # the record was read by the replay (rewind it, not unhold it, if lost)
+
+
+def receipt_key(payload: bytes) -> bytes:
+    """A metrics message's key in the historian's receipts: the timestamp ending its last line."""
+    return payload[payload.rfind(b" ") + 1 :].rstrip()
 
 
 @dataclass(slots=True)
@@ -120,6 +150,18 @@ class MqttPublisher:
         self.copied_on_drop = 0
         self.copied_late = 0
         self._subscriptions: dict[str, Any] = {}
+        self._metrics_prefix, self._metrics_suffix = f"{self.base}/", "/metrics"
+        self._historian_status_topic = f"{self.base}/historian/status"
+        self._stored_topic = f"{self.base}/historian/stored"
+        self._stored_recent_topic = f"{self.base}/historian/stored_recent"
+        self.historian_online = False
+        self._awaiting: dict[int, _Awaiting] = {}  # by sequence (acknowledgement order)
+        self._awaiting_keys: dict[tuple[str, bytes], deque[int]] = {}
+        self._awaiting_seq = 0
+        self.resent_lost = 0  # acknowledged by the broker, never stored: sent again
+        self._recent_receipts: dict[tuple[str, bytes], None] = {}  # stored, but not waited for here
+        self.skipped_stored = 0  # spooled records not replayed because the historian had them
+        self._connected_at = 0.0
         self._spool_dir = spool_dir if config.spool else None
         self.spool: Spool | None = None  # opened by start(): building a publisher touches no files
         self._spool_above = min(SPOOL_ABOVE_UNACKED, self._memory_max // 2)
@@ -140,12 +182,18 @@ class MqttPublisher:
 
     @property
     def pending(self) -> int:
-        """Messages not yet acknowledged by the broker: in flight, in memory, waiting in the spool
-        (a spool left by an earlier process counts from when the replay reads it). A message in
-        flight with a held copy in the spool counts once."""
+        """Messages not yet safe: in flight, in memory, waiting in the spool (a spool left by an
+        earlier process counts from when the replay reads it), waiting for the historian's
+        receipt. A message with a copy in the spool counts once."""
         spooled = self.spool.waiting if self.spool is not None else 0
         held = sum(1 for m in self._in_flight.values() if m.spooled is not None or m.replayed is not None)
-        return len(self._in_flight) - self._retained_in_flight - held + len(self._memory) + spooled
+        awaiting = sum(1 for a in self._awaiting.values() if a.where is None)
+        return len(self._in_flight) - self._retained_in_flight - held + len(self._memory) + spooled + awaiting
+
+    def set_devices(self, device_kinds: dict[str, str]) -> None:
+        """The devices whose readings it publishes (after a reload added or removed some)."""
+        self.encoder = ReadingEncoder(self.site, device_kinds)
+        self._topics = {device: f"{self.base}/{device}/metrics" for device in device_kinds}
 
     def subscribe(self, topic: str, handler: Any) -> None:
         """Subscribe now and after every reconnect; ``handler(None, None, message)`` runs on the event loop."""
@@ -168,7 +216,11 @@ class MqttPublisher:
 
     def _on_connected(self, _session_present: bool) -> None:
         self._stalled = False
+        self._connected_at = _now()
         self.publish_now(self.status_topic, b"online", retain=True)
+        self.connection.subscribe(self._historian_status_topic)
+        self.connection.subscribe(self._stored_topic)
+        self.connection.subscribe(self._stored_recent_topic)
         for topic in self._subscriptions:
             self.connection.subscribe(topic)
         self._wake.set()
@@ -206,14 +258,112 @@ class MqttPublisher:
             return
         if message.retain:
             self._retained_in_flight -= 1
+            return
+        if message.replayed is not None:
+            self._replay_in_flight -= 1
+        if (
+            self.historian_online
+            and message.topic.startswith(self._metrics_prefix)
+            and message.topic.endswith(self._metrics_suffix)
+        ):
+            self._await_receipt(message)
+            return
         if self.spool is not None:
             if message.spooled is not None:
                 self.spool.release(*message.spooled)
             if message.replayed is not None:
                 self.spool.release(*message.replayed)
-                self._replay_in_flight -= 1
+
+    def _await_receipt(self, message: _InFlight) -> None:
+        where = message.spooled or message.replayed
+        self._awaiting_seq += 1
+        seq = self._awaiting_seq
+        payload = message.payload if where is None else None
+        key = receipt_key(message.payload)
+        self._awaiting[seq] = _Awaiting(message.topic, key, payload, _now(), where, message.replayed is not None)
+        self._awaiting_keys.setdefault((message.topic, key), deque()).append(seq)
+        if len(self._awaiting) > self._memory_max:  # a historian that stopped receipting: bound memory
+            oldest = next(iter(self._awaiting))
+            self._forget_awaiting(oldest, release=True)
+
+    def _forget_awaiting(self, seq: int, *, release: bool) -> _Awaiting:
+        entry = self._awaiting.pop(seq)
+        key = (entry.topic, entry.key)
+        if (seqs := self._awaiting_keys.get(key)) is not None and seq in seqs:
+            seqs.remove(seq)
+            if not seqs:
+                del self._awaiting_keys[key]
+        if release and entry.where is not None and self.spool is not None:
+            self.spool.release(*entry.where)
+        return entry
+
+    def _on_receipt(self, payload: bytes) -> None:
+        """The historian stored these messages: forget them; resend the older ones still waiting."""
+        newest = 0
+        for line in payload.split(b"\n"):
+            topic, _, key = line.rpartition(b" ")
+            seqs = self._awaiting_keys.get((topic.decode(errors="replace"), key))
+            if not seqs:  # not waited for: maybe sent by a killed process and still in the spool
+                recent = self._recent_receipts
+                recent[(topic.decode(errors="replace"), key)] = None
+                if len(recent) > RECENT_RECEIPTS:
+                    del recent[next(iter(recent))]
+                continue
+            seq = seqs.popleft()
+            if not seqs:
+                del self._awaiting_keys[(topic.decode(errors="replace"), key)]
+            entry = self._awaiting.pop(seq, None)
+            if entry is not None and entry.where is not None and self.spool is not None:
+                self.spool.release(*entry.where)
+            newest = max(newest, seq)
+        lost = [seq for seq in self._awaiting if seq < newest]
+        for seq in lost:
+            self._resend_lost(seq)
+        if lost:
+            self.resent_lost += len(lost)
+            log.warning(
+                "mqtt_broker_lost_messages",
+                messages=len(lost),
+                action="sent again",
+                reason="acknowledged by the broker but never stored (broker restarted before saving its queue?)",
+            )
+        self._flush_spool()
+        self._wake.set()
+
+    def _resend_lost(self, seq: int) -> None:
+        entry = self._forget_awaiting(seq, release=False)
+        if entry.where is not None and self.spool is not None:
+            if entry.replayed:
+                self.spool.rewind(*entry.where)
+            else:
+                self.spool.unhold(*entry.where)
+        elif entry.payload is not None:
+            self._keep(entry.topic, entry.payload)
+
+    def _on_historian_status(self, payload: bytes) -> None:
+        online = payload == b"online"
+        if online == self.historian_online:
+            return
+        self.historian_online = online
+        released = len(self._awaiting)
+        if not online:  # it has a persistent session: the broker keeps its messages meanwhile
+            for seq in list(self._awaiting):
+                self._forget_awaiting(seq, release=True)
+            self._flush_spool()
+        log.info(
+            "mqtt_release_mode",
+            historian="online" if online else "offline",
+            release_on="historian receipt" if online else "broker PUBACK",
+            released_now=0 if online else released,
+        )
 
     def _on_message(self, message: Any) -> None:
+        if message.topic in (self._stored_topic, self._stored_recent_topic):
+            self._on_receipt(bytes(message.payload))
+            return
+        if message.topic == self._historian_status_topic:
+            self._on_historian_status(bytes(message.payload))
+            return
         for topic, handler in self._subscriptions.items():
             # a subscription may hold wildcards (the control loop's control/cmd/+)
             if topic_matches_sub(topic, message.topic):
@@ -347,6 +497,7 @@ class MqttPublisher:
                 self._spool_usable = True  # the next write tells; a failure comes back here
                 self._retry_spool_from_memory()
             cutoff = now - UNACKED_TO_DISK_S
+            self._spool_awaiting(cutoff)
             oldest = next(iter(self._in_flight.values()), None)
             self._stalled = oldest is not None and oldest.sent_at < cutoff
             if not self._stalled or self.spool is None:
@@ -366,6 +517,21 @@ class MqttPublisher:
             if copied:
                 self.copied_late += copied
                 self._note_spooling()
+
+    def _spool_awaiting(self, cutoff: float) -> None:
+        """Messages waiting for the historian's receipt longer than UNACKED_TO_DISK_S go to disk (held)."""
+        if self.spool is None:
+            return
+        for entry in self._awaiting.values():
+            if entry.since >= cutoff:
+                break
+            if entry.where is None and entry.payload is not None:
+                where = self._append(entry.topic, entry.payload)
+                if where is None:
+                    break
+                self.spool.hold(*where)
+                entry.where, entry.payload = where, None
+        self._flush_spool()
 
     def _retry_spool_from_memory(self) -> None:
         """The spool is tried again: what waits in memory goes there first (in order)."""
@@ -397,13 +563,15 @@ class MqttPublisher:
             if spool is not None:
                 spool.release_done()
             backlog = bool(self._memory) or (spool is not None and spool.has_backlog())
-            if not (self.connected and backlog and not self._stalled):
+            settling = _now() - self._connected_at < REPLAY_AFTER_CONNECT_S
+            if not (self.connected and backlog and not self._stalled and not settling):
                 if started is not None and not backlog and self._replay_in_flight == 0:
                     log.info(
                         "mqtt_spool_replayed",
                         messages=self.replayed - replayed_before,
                         seconds=round(_now() - started, 3),
                         dropped_when_full=spool.dropped if spool is not None else 0,
+                        skipped_as_stored=self.skipped_stored,
                     )
                     started, self._spooling_reason = None, None
                 self._wake.clear()
@@ -449,6 +617,11 @@ class MqttPublisher:
 
     def _replay_one(self, segment: Segment, index: int, topic: str, payload: bytes) -> bool:
         """Hand one spooled record to paho; False when the connection is gone (the record stays)."""
+        if self._recent_receipts and (topic, receipt_key(payload)) in self._recent_receipts:
+            assert self.spool is not None
+            self.spool.release(segment, index)  # the historian stored it already
+            self.skipped_stored += 1
+            return True
         try:
             mid = self.connection.publish(topic, payload)
         except MqttError:
@@ -471,7 +644,7 @@ class MqttPublisher:
         if self.connected:
             self.publish_now(self.status_topic, b"offline", retain=True)
             deadline = _now() + timeout_s
-            while self._in_flight and self.connected and _now() < deadline:  # noqa: ASYNC110 - acks arrive as loop callbacks
+            while (self._in_flight or self._awaiting) and self.connected and _now() < deadline:  # noqa: ASYNC110 - acks arrive as loop callbacks
                 await asyncio.sleep(0.02)
         if self._in_flight:
             self._on_disconnected("gateway stopping")
