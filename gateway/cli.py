@@ -31,7 +31,7 @@ EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 EXIT_PIPE = 128 + 13
 
 #: The optional sections each command never looks at (see ``load_site(unused=...)``).
-_DEVICES_ONLY = ("mqtt", "influxdb", "control")
+_DEVICES_ONLY = ("mqtt", "influxdb", "control", "http")
 
 
 def _site(path: str, unused: Collection[str] = (), device: str | None = None) -> Site:
@@ -117,7 +117,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         "devices": devices,
         "modbus_requests_per_cycle": total_requests,
         "mqtt": {"host": mqtt.host, "port": mqtt.port, "topics": f"{mqtt.topic_prefix}/{config.site}/<device>/metrics"},
-        "influxdb": None if config.influxdb is None else {"url": config.influxdb.url, "bucket": config.influxdb.bucket},
+        "influxdb": None
+        if config.influxdb is None
+        else {"url": mask(config.influxdb.url), "bucket": config.influxdb.bucket},
         "control": config.control is not None,
         "writes": writes,
     }
@@ -135,7 +137,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"      {line}")
     print(f"  mqtt: {mqtt.host}:{mqtt.port}, topics {summary['mqtt']['topics']}")
     if config.influxdb is not None:
-        print(f"  influxdb: {config.influxdb.url} bucket {config.influxdb.bucket}")
+        print(f"  influxdb: {mask(config.influxdb.url)} bucket {config.influxdb.bucket}")
     print(f"  {total_requests} Modbus request(s) per poll cycle")
     if not writes:
         print("  writes: NONE, monitor only (no control section): the gateway reads and publishes, never writes")
@@ -168,27 +170,9 @@ def cmd_historian(args: argparse.Namespace) -> int:
     if site.config.influxdb is None:
         raise ConfigError(f"{site.path}: influxdb: the historian needs an influxdb section (url, org, bucket, token)")
     _setup_logging(site, args.log_level)
-    from gateway.historian import Historian  # noqa: PLC0415
-    from gateway.service import install_stop_signals  # noqa: PLC0415
+    from gateway.service import serve_historian  # noqa: PLC0415
 
-    historian = Historian(site.config.mqtt, site.config.influxdb, site.config.site, http=site.config.http)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        task = asyncio.create_task(historian.run(), name="historian")
-        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
-        # Until SIGTERM, or until the historian dies (then its exception ends the process with
-        # a traceback in the journal and systemd restarts it).
-        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        task.cancel()
-        await asyncio.wait([task])  # let it disconnect and close the database client
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error
-
-    asyncio.run(main())
+    asyncio.run(serve_historian(site))
     return EXIT_OK
 
 

@@ -51,6 +51,7 @@ from influxdb_client.rest import ApiException
 from gateway.backoff import Backoff
 from gateway.config.site import Http, InfluxDb, Mqtt
 from gateway.health import HealthServer
+from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.mqtt import MqttConnection, MqttError, Will
 from gateway.publish.lineprotocol import encode_fields, series_prefix
@@ -66,6 +67,7 @@ def _newest_timestamp_ns(payload: bytes) -> int | None:
     """The timestamp of a message's last line (lines of one message are written in time order)."""
     tail = payload.rstrip().rsplit(b" ", 1)[-1]
     return int(tail) if tail.isdigit() else None
+IDLE_BEAT_S = 5.0  # an idle historian still shows its loop turns this often (systemd watchdog)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,10 @@ class Historian:
         self._recent: deque[tuple[float, bytes]] = deque()
         self._recent_published_at = 0.0
         self.lag_s = 0.0  # age of the newest reading written, when it was written
+        self.subscribed = False  # the broker answered and the subscription is sent
+        # One loop turn is progress: a write (or a failed one) or an idle wake-up. Longest gap: a
+        # write timing out after timeout_s, with room to spare; a backoff wait is announced.
+        self.progress = Progress("historian", bound_s=influx.timeout_s + IDLE_BEAT_S + 10.0)
         self._db_down_since: float | None = None
         self._last_write_s = time.monotonic()
         self.health = (
@@ -141,11 +147,21 @@ class Historian:
             self._inbox.extend(kept)
         self.connection.subscribe(self.topic)
         self.connection.publish(self.status_topic, b"online", retain=True)
+        self.subscribed = True
         log.info("historian_subscribed", topic=self.topic, session_present=session_present)
 
     def _on_message(self, message: Any) -> None:
         self._inbox.append(_Message(self.connection.generation, message.mid, message.topic, bytes(message.payload)))
         self._wake.set()
+
+    def status_line(self) -> str:
+        """The one-line summary for systemd's ``STATUS=``."""
+        broker = "broker connected" if self.connection.connected else "broker unreachable"
+        database = "database ok" if self._db_down_since is None else "database unavailable, retrying"
+        return (
+            f"{broker}; {database}; {self.lines_written} lines written, {len(self._inbox)} waiting, "
+            f"{self.messages_dropped} rejected"
+        )
 
     def _write_lines(self, body: str) -> None:
         try:
@@ -178,9 +194,7 @@ class Historian:
 
     def _report_stored(self, batch: list[_Message]) -> None:
         """Tell the gateway which messages are stored (and so which it may forget)."""
-        receipt = b"\n".join(
-            m.topic.encode() + b" " + m.payload[m.payload.rfind(b" ") + 1 :].rstrip() for m in batch
-        )
+        receipt = b"\n".join(m.topic.encode() + b" " + m.payload[m.payload.rfind(b" ") + 1 :].rstrip() for m in batch)
         now = asyncio.get_running_loop().time()
         self._recent.append((now, receipt))
         while self._recent and self._recent[0][0] < now - RECENT_RECEIPTS_S:
@@ -223,9 +237,13 @@ class Historian:
         loop = asyncio.get_running_loop()
         retry = Backoff(base_s=0.5, cap_s=30.0)
         while True:
+            await self.progress.step()
             if not self._inbox:
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_BEAT_S):
+                        await self._wake.wait()
+                continue
             batch = self._take_batch()
             try:
                 await asyncio.to_thread(self._write_batch, batch)
@@ -237,7 +255,9 @@ class Historian:
                 if self._db_down_since is None:
                     self._db_down_since = loop.time()
                     log.warning("historian_db_unavailable", url=self.influx.url, error=str(exc)[:300])
-                await asyncio.sleep(retry.next_s())
+                wait_s = retry.next_s()
+                self.progress.beat(then_wait_s=wait_s)  # a database outage is not a stuck historian
+                await asyncio.sleep(wait_s)
                 continue
             if self._db_down_since is not None:
                 log.info(

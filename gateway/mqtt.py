@@ -282,6 +282,11 @@ class MqttConnection:
         with contextlib.suppress(Exception):
             client._sock_close()  # noqa: SLF001 - see _drop
 
+    @property
+    def answered(self) -> bool:
+        """The first connection attempt has ended: connected, refused or unreachable."""
+        return self._reported is not None
+
     def _report(self, state: str, reason: str) -> None:
         """Log the state once per change of (state, reason)."""
         if self._reported == (state, reason):

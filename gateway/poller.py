@@ -13,8 +13,10 @@ Availability, for every protocol, is the poller's call:
   exceptions, only bad OPC UA statuses): such a reading is published as nothing;
 * it is logged once when it goes down, with the reason and its ``cause`` (the error class:
   ``timeout``, ``unavailable``, ``device_fault``, ``malformed_reply``, ...), including when it
-  is down at start, and once when it comes back; a down device is retried with capped,
-  jittered backoff (:mod:`gateway.backoff`) and its values are marked bad at once.
+  is down at start, and once when it comes back (``device_still_unavailable`` when the cause
+  changes during an outage, e.g. from ``unavailable`` to ``authentication``); a down device is
+  retried with capped, jittered backoff (:mod:`gateway.backoff`) and its values are marked bad
+  at once.
 
 Figures (:class:`PollStats`), for the ``gateway`` measurement:
 
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.backoff import Backoff
-from gateway.drivers.base import DeviceUnavailable, Driver, DriverError
+from gateway.drivers.base import DeviceUnavailable, Driver, DriverError, MalformedReply
 from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
@@ -148,6 +150,7 @@ class DevicePoller:
         self._phase_s = phase_s
         self._backoff = Backoff(base_s=period_s, cap_s=max(backoff_max_s, period_s), rng=self._rng)
         self.down_reason: str | None = None
+        self._down_cause: str | None = None
         self._known = False  # False until the first poll said whether the device is there
         self._connected = False
         self._overrun_logged_at = -math.inf
@@ -161,7 +164,12 @@ class DevicePoller:
         if self.down_reason is None:
             # Once per outage, and for a device that is down at start too.
             log.warning("device_unavailable", device=self.name, cause=cause, reason=reason, at_start=not self._known)
+        elif cause != self._down_cause:
+            # Still down, for another kind of reason (a restarted PLC that now refuses the
+            # password): the first line would otherwise be all the log ever says.
+            log.warning("device_still_unavailable", device=self.name, cause=cause, reason=reason, was=self._down_cause)
         self.down_reason = reason
+        self._down_cause = cause
         self._known = True
 
     def _came_back(self) -> None:
@@ -171,6 +179,7 @@ class DevicePoller:
                 "device_available", device=self.name, after_attempts=self._backoff.attempt, at_start=not self._known
             )
         self.down_reason = None
+        self._down_cause = None
         self._known = True
         self._backoff.reset()
 
@@ -183,9 +192,10 @@ class DevicePoller:
             reading = await self.driver.read()
         except DriverError as exc:
             self.stats.failures += 1
-            if isinstance(exc, DeviceUnavailable):
-                # Timeouts and lost connections: start over on a fresh connection, so a late
-                # reply to this request can never be taken for the answer to the next one.
+            if isinstance(exc, DeviceUnavailable | MalformedReply):
+                # Timeouts, lost connections, replies that do not fit: start over on a fresh
+                # connection, so a late or stray reply can never be taken for the answer to the
+                # next request (and the next failure has the same cause, not "not connected").
                 self._connected = False
                 await self.driver.close()
             self._went_down(str(exc), cause_of(exc))

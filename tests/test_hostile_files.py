@@ -46,6 +46,7 @@ SECRETS = {
     "HG_INFLUX_TOKEN": "@influx-T0ken-8f3a9",
     "HG_OPCUA_PASSWORD": "0777-opcua-S3cret~",
     "HG_KEY_PASSWORD": "key-pa55phrase-~",
+    "HG_INFLUX_URL_PASSWORD": "urlpass-77c1e0d",
 }
 BAD_UTF8_ENV = "HG_NOT_UTF8"
 
@@ -562,7 +563,7 @@ def test_every_command_with_secrets_set_prints_none_of_them(tmp_path):
             ),
         ),
         extra="state_dir: state-is-a-file\n",
-    )
+    ).replace("http://127.0.0.1:8428", "http://historian:${HG_INFLUX_URL_PASSWORD}@127.0.0.1:8428")
     site = write_case(good, Case("good", text, ""))
     (good / "state-is-a-file").write_text("not a folder\n", encoding="utf-8")
     bad = write_case(tmp_path / "bad", Case("bad", site_text(mqtt="mqtt: {port: '${HG_MQTT_PASSWORD}'}"), ""))
@@ -664,14 +665,15 @@ def test_a_yaml_merge_key_still_works(tmp_path, secrets_set):
     assert [(d.name, getattr(d, "port", None)) for d in devices] == [("cdu-1", 15021), ("cdu-2", 1502)]
 
 
-def test_log_lines_mask_the_loaded_secrets(tmp_path, secrets_set):
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_log_lines_mask_the_loaded_secrets(tmp_path, secrets_set, fmt):
     """A library that quotes a password in its message: the log line still does not show it."""
     load_site(write_case(tmp_path, Case("good", site_text(), "")))
     stream = io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        setup_logging("info", "json", stream)
+        setup_logging("info", fmt, stream)
         log = get_logger("tests.hostile")
         log.warning("login_failed", detail=f"user operator password {SECRETS['HG_OPCUA_PASSWORD']} refused")
         try:

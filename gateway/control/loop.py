@@ -39,6 +39,7 @@ from gateway.sample import Reading
 
 log = get_logger(__name__)
 
+
 class ControlLoop:
     """Runs the supervisor live against the process image and the device drivers."""
 
@@ -95,10 +96,15 @@ class ControlLoop:
     # -- commands (paho thread -> event loop -> cycle) -----------------------------------------
 
     def on_command(self, _client: Any, _userdata: Any, message: Any) -> None:
-        """paho callback: hand the message to the event loop (never blocks paho's thread)."""
-        if self._loop is not None:
+        """MQTT callback: hand the message to the event loop, for :meth:`receive` (never blocks the
+        caller; works from paho's thread and from the loop, before :meth:`run` too)."""
+        loop = self._loop
+        if loop is None:
+            with contextlib.suppress(RuntimeError):  # not on a loop: nowhere to queue it yet
+                loop = asyncio.get_running_loop()
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway has stopped
-                self._loop.call_soon_threadsafe(
+                loop.call_soon_threadsafe(
                     self.receive, bytes(message.payload), str(message.topic), bool(message.retain)
                 )
 

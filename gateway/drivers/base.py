@@ -4,7 +4,8 @@
 
     DriverError                 anything a device did or did not do; has .device
     ├── DeviceUnavailable       cannot connect, connection lost, no reply in time
-    │   └── DeviceTimeout       no reply within the device's timeout_s
+    │   ├── DeviceTimeout       no reply within the device's timeout_s
+    │   └── ConnectionRefused   nothing listens at the address (TCP RST)
     ├── DeviceFault             the device answered with an error (Modbus exception code,
     │                           OPC UA bad status); has .address (register or node id)
     ├── MalformedReply          the reply does not fit the request
@@ -46,6 +47,12 @@ class DeviceTimeout(DeviceUnavailable):
     """The device did not answer within its timeout."""
 
     cause = "timeout"
+
+
+class ConnectionRefused(DeviceUnavailable):
+    """Nothing listens at the device's address: the host is up, the service is not."""
+
+    cause = "refused"
 
 
 class DeviceFault(DriverError):

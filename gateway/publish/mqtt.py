@@ -191,6 +191,11 @@ class MqttPublisher:
         awaiting = sum(1 for a in self._awaiting.values() if a.where is None)
         return len(self._in_flight) - self._retained_in_flight - held + len(self._memory) + spooled + awaiting
 
+    def set_devices(self, device_kinds: dict[str, str]) -> None:
+        """The devices whose readings it publishes (after a reload added or removed some)."""
+        self.encoder = ReadingEncoder(self.site, device_kinds)
+        self._topics = {device: f"{self.base}/{device}/metrics" for device in device_kinds}
+
     def subscribe(self, topic: str, handler: Any) -> None:
         """Subscribe now and after every reconnect; ``handler(None, None, message)`` runs on the event loop."""
         self._subscriptions[topic] = handler

@@ -91,15 +91,15 @@ class OpcUaDriver(ConnectionScope):
         """subscribe: a value not confirmed by the server for this long is reported bad."""
         return self._stale_after_s
 
-    # --- errors ---------------------------------------------------------------------------------
-
     # --- connect ----------------------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Open a fresh session and prepare the reads (and the subscription).
 
-        :class:`DeviceUnavailable` when the server cannot be reached, refuses the channel or the
-        user, :class:`DeviceFault` when a namespace or node of the profile is not on the server.
+        :class:`DeviceUnavailable` when the server cannot be reached or refuses the channel,
+        :class:`~gateway.drivers.opcua.errors.AuthenticationFailed` (a subclass) when a user,
+        password or certificate is refused, :class:`DeviceFault` when a namespace or node of the
+        profile is not on the server.
         """
         await self.close()
         # A backstop: asyncua bounds each request by timeout_s; a connect is about ten of them.
@@ -306,7 +306,7 @@ class OpcUaDriver(ConnectionScope):
                 address=not_variables[0],
             )
 
-    # --- subscription -----------------------------------------------------------------------------
+    # --- a bare session ---------------------------------------------------------------------------
 
     async def open_session(self) -> Client:
         """A session with no nodes prepared (the commissioning tools browse on it); :meth:`close` ends it."""
@@ -330,7 +330,7 @@ class OpcUaDriver(ConnectionScope):
         client = self._session()
         if self.device.mode is OpcUaMode.SUBSCRIBE:
             if self._subscription is None:
-                raise DeviceUnavailable(self.name, "subscription ended by the server (None)")
+                raise DeviceUnavailable(self.name, f"no subscription on {self.device.endpoint}")
             return self._subscription.reading()
         nodes = self._nodes
         results: list[ua.DataValue] = []

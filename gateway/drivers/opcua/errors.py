@@ -12,7 +12,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from gateway.config.site import OpcUaDevice, OpcUaSecurityPolicy
-from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, DriverError
+from gateway.drivers.base import ConnectionRefused, DeviceFault, DeviceTimeout, DeviceUnavailable, DriverError
 from gateway.drivers.opcua.status import AUTHENTICATION, CONNECTION_LOST, SECURITY, TIMED_OUT, status_name
 
 
@@ -75,7 +75,7 @@ def failure(  # noqa: PLR0911 - one return per kind of failure reads as a table
             return DeviceUnavailable(name, f"{doing}: the server refused to open a channel")
         return AuthenticationFailed(name, message)
     if isinstance(exc, ConnectionRefusedError):
-        return DeviceUnavailable(name, f"cannot connect to {device.endpoint}: connection refused")
+        return ConnectionRefused(name, f"cannot connect to {device.endpoint}: connection refused")
     if isinstance(exc, OSError):
         what = exc.strerror or str(exc) or type(exc).__name__
         return DeviceUnavailable(name, f"{doing}: connection lost ({what})", address=address)
