@@ -20,9 +20,7 @@ from tests.services import MosquittoServer
 
 def gaps(timestamps: list[int]) -> list[float]:
     """Gaps between consecutive readings, in seconds, larger than 1.5 poll periods."""
-    return [
-        (b - a) / 1e9 for a, b in itertools.pairwise(timestamps) if (b - a) / 1e9 > 1.5 * PERIOD_S
-    ]
+    return [(b - a) / 1e9 for a, b in itertools.pairwise(timestamps) if (b - a) / 1e9 > 1.5 * PERIOD_S]
 
 
 async def test_broker_outage_loses_no_reading(tmp_path, fresh_mosquitto, victoria):
