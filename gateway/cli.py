@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError, Site, load_site
 from gateway.config.profile import ModbusProfile
+from gateway.config.secrets import mask, remember_secrets
 from gateway.config.site import ModbusDevice
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
@@ -139,7 +140,7 @@ def cmd_read(args: argparse.Namespace) -> int:
             async with driver:
                 reading = await driver.read()
         except DriverError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
         names = args.signals or list(profile.signals)
         for name in names:
@@ -170,7 +171,7 @@ def cmd_write(args: argparse.Namespace) -> int:
             async with driver:
                 back = await driver.write(args.signal, args.value)
         except DriverError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
         print(f"{device.name}.{args.signal} = {back:g} (confirmed by read-back)")
         return EXIT_OK
@@ -180,7 +181,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Probe unit ids at a Modbus TCP endpoint and list the ones that answer."""
-    from gateway.drivers.modbus import ConnectionDead, parse_units, scan_units  # noqa: PLC0415
+    from gateway.commissioning.modbus_scan import ConnectionDead, parse_units, scan_units  # noqa: PLC0415
 
     try:
         units = parse_units(args.units)
@@ -198,7 +199,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 args.host, args.port, units, timeout_s=args.timeout, connections=args.connections
             )
         except ConnectionDead as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
         answering = [result for result in results if result.answers]
         for result in answering:
@@ -220,15 +221,17 @@ def cmd_browse(args: argparse.Namespace) -> int:
         import getpass  # noqa: PLC0415 - only when asked for
 
         password = getpass.getpass(f"password for {args.user}: ")
+    if password:
+        remember_secrets([password])  # never echoed in an error line, whatever the library says
+    from gateway.commissioning.opcua_browse import browse, format_tree  # noqa: PLC0415 - load asyncua on demand
     from gateway.drivers.base import DriverError  # noqa: PLC0415
-    from gateway.drivers.opcua import browse, format_tree  # noqa: PLC0415 - load asyncua on demand
 
     try:
         tree = asyncio.run(
             browse(args.endpoint, depth=args.depth, username=args.user, password=password, timeout_s=args.timeout)
         )
     except DriverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
         return EXIT_RUNTIME
     print("Objects")
     for line in format_tree(tree):

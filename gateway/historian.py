@@ -28,9 +28,9 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from gateway.backoff import backoff_s
 from gateway.config.site import InfluxDb, Mqtt
 from gateway.logs import get_logger
-from gateway.poller import backoff_s
 from gateway.publish.mqtt import make_client, set_nodelay
 
 log = get_logger(__name__)

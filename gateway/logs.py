@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines for journald, a readable console on a terminal.
 
 Standard-library loggers (pymodbus, asyncua, paho) go through the same
-:class:`structlog.stdlib.ProcessorFormatter`, so every line has one shape.
+:class:`structlog.stdlib.ProcessorFormatter`, so every line has one shape. Their levels are set
+here and nowhere else (:data:`LIBRARY_LEVELS`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,28 @@ from typing import Any
 
 import structlog
 
+from gateway.config.secrets import mask_event
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+#: The least severe level each library may log at; ``None`` follows the gateway's own level,
+#: but never below warning (they are chatty at info).
+#: asyncua and pymodbus log every lost connection or failed request, several times, at warning
+#: and error level with tracebacks. The poller reports a device once when it goes and once when
+#: it comes back, with context, so the libraries' own lines would only repeat that.
+LIBRARY_LEVELS: dict[str, int | None] = {
+    "asyncua": logging.CRITICAL,
+    "pymodbus": logging.CRITICAL,
+    "paho": None,
+    "urllib3": None,
+    "influxdb_client": None,
+}
+
+
+def quiet_libraries(level: int = logging.INFO) -> None:
+    """Set the third-party loggers' levels (:data:`LIBRARY_LEVELS`) for a gateway level of ``level``."""
+    for name, fixed in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(fixed if fixed is not None else max(logging.WARNING, level))
 
 
 def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -39,6 +61,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else structlog.processors.StackInfoRenderer(),
+            mask_event,  # no password or token in any line, whoever (a library) put it there
             renderer,
         ],
     )
@@ -47,12 +70,15 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
-    # Third-party libraries are chatty at info; their warnings still come through.
-    for name in ("asyncua", "pymodbus", "paho", "urllib3", "influxdb_client"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    quiet_libraries(root.level)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A logger for a gateway module."""
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
     return logger
+
+
+# Also without setup_logging (tests, the simulators, a library user): every module that logs
+# imports this one, so the libraries are quiet before they first run.
+quiet_libraries()

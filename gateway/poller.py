@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.drivers.base import DeviceUnavailable, Driver, DriverError
+from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
@@ -70,7 +71,10 @@ class DevicePoller:
         outbox: ReadingSink | None,
         on_reading: Callable[[Reading], None] | None = None,
         rng: random.Random | None = None,
+        progress: Progress | None = None,
     ) -> None:
+        """``progress``: where each poll attempt is reported (the service's liveness registry);
+        by default a marker of the poller's own that nobody watches."""
         self.driver = driver
         self.name = driver.name
         self.period_s = period_s
@@ -85,6 +89,8 @@ class DevicePoller:
         self._connected = False
         self._overrun_logged_at = -math.inf
         self._overruns_logged = 0
+        # A poll *attempt* is progress, failed or not: a device that is down is not a stuck poller.
+        self.progress = progress or Progress(f"poll:{self.name}", bound_s=max(period_s, backoff_max_s) + 60.0)
 
     def _went_down(self, reason: str) -> None:
         self.image.mark_unavailable(self.name, time.time_ns(), reason)
@@ -151,6 +157,7 @@ class DevicePoller:
                 self.stats.lateness_s.append(started - next_start)
                 self.stats.polls += 1
                 reading = await self.poll_once()
+                await self.progress.step()
                 finished = loop.time()
                 self.stats.last_duration_s = finished - started
                 if reading is None:

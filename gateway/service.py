@@ -15,6 +15,7 @@ from contextlib import suppress
 from gateway.config.loader import Site
 from gateway.control.loop import ControlLoop
 from gateway.drivers.factory import make_driver
+from gateway.liveness import Liveness
 from gateway.logs import get_logger
 from gateway.notify import sd_notify, watchdog_period_s
 from gateway.poller import DevicePoller
@@ -46,6 +47,7 @@ class Gateway:
         self.image = ProcessImage()
         self.outbox: Outbox[Reading | Message] = Outbox(config.mqtt.queue_size)
         devices = [d for d in config.devices if d.enabled]
+        self.liveness = Liveness()
         self.publisher = MqttPublisher(
             config.mqtt,
             config.site,
@@ -61,6 +63,12 @@ class Gateway:
                 backoff_max_s=device.backoff_max_s,
                 image=self.image,
                 outbox=self.outbox,
+                # The longest legitimate gap between two poll attempts: the backoff wait plus a
+                # poll that times out on each of its requests, with room to spare.
+                progress=self.liveness.register(
+                    f"poll:{device.name}",
+                    bound_s=max(device.poll_period_s, device.backoff_max_s) + 10 * device.timeout_s + 5.0,
+                ),
             )
             for device in devices
         ]
@@ -68,6 +76,7 @@ class Gateway:
         self.control: ControlLoop | None = None
         if config.control is not None:
             self.control = ControlLoop(site, self.image, {p.name: p.driver for p in self.pollers}, self.outbox)
+            self.liveness.add(self.control.progress)
             self.publisher.subscribe(self.control.command_topic, self.control.on_command)
 
     def _spool_fields(self) -> dict[str, float | int | bool | str]:
@@ -120,6 +129,7 @@ class Gateway:
         period = min(watchdog, STATS_PERIOD_S) if watchdog else STATS_PERIOD_S
         next_stats = asyncio.get_running_loop().time() + STATS_PERIOD_S
         frozen = False
+        withheld = False
         while True:
             await asyncio.sleep(period if frozen else FREEZE_AFTER_S)
             if not frozen:
@@ -132,7 +142,15 @@ class Gateway:
                 # it would free is not worth it.
                 gc.freeze()
                 frozen = True
-            if watchdog:
+            # Feed systemd's watchdog only while every poller and the control loop made progress
+            # within its bound: a stuck task then gets the service restarted (WatchdogSec=).
+            stalled = self.liveness.stalled()
+            if stalled and not withheld:
+                log.error("watchdog_withheld", stalled=[str(s) for s in stalled], watchdog=bool(watchdog))
+            elif withheld and not stalled:
+                log.info("watchdog_resumed")
+            withheld = bool(stalled)
+            if watchdog and not stalled:
                 sd_notify("WATCHDOG=1")
             if asyncio.get_running_loop().time() >= next_stats:
                 next_stats += STATS_PERIOD_S
@@ -154,6 +172,7 @@ class Gateway:
                 tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
                 if self.control is not None:
                     tasks.append(group.create_task(self.control.run(), name="control"))
+                self.liveness.arm_test_hang()
                 sd_notify("READY=1")
                 await stop.wait()
                 sd_notify("STOPPING=1")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,15 +28,17 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, UniformResourceIdentifier
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.config.profile import Access, OpcUaProfile
 from gateway.drivers.opcua import VARIANT_OF_TYPE
 
-# asyncua's server logs every client that connects, disconnects or fails at info/warning level.
-logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+# asyncua's server logs every client that connects, disconnects or fails at info/warning level:
+# gateway.logs (imported with the driver) sets its level, as for the gateway's own client.
 
 _INTEGER = {
     ua.VariantType.Int16,
@@ -158,7 +159,9 @@ class OpcUaDeviceServer:
     ``certificate``/``private_key`` (DER / PEM bytes, generated when omitted;
     :attr:`certificate` gives the DER); ``extra_namespaces`` are
     registered before the profile's so its namespace index differs from the usual 2;
-    ``max_nodes_per_read`` is published in OperationLimits and enforced (BadTooManyOperations).
+    ``max_nodes_per_read`` is published in OperationLimits and enforced (BadTooManyOperations);
+    ``trusted_clients`` (DER certificates) refuses every other client certificate at
+    CreateSession with BadCertificateUntrusted, as a PLC with a trust list does.
     Nodes are organised in folders by the dotted prefix of their string ids
     (``nsu=...;s=Hall.Temp`` -> folder ``Hall``, variable ``Temp``), under a folder named after
     the profile's model.
@@ -182,6 +185,7 @@ class OpcUaDeviceServer:
         extra_namespaces: Sequence[str] = (),
         limits: Mapping[str, tuple[float, float]] | None = None,
         max_nodes_per_read: int | None = None,
+        trusted_clients: Collection[bytes] | None = None,
     ) -> None:
         self.profile = profile
         self.host = endpoint_host
@@ -199,6 +203,7 @@ class OpcUaDeviceServer:
         self.extra_namespaces = list(extra_namespaces)
         self.limits = dict(limits or {})
         self.max_nodes_per_read = max_nodes_per_read
+        self.trusted_clients = None if trusted_clients is None else set(trusted_clients)
         self.values: dict[str, float | str] = {
             name: "" if spec.type == "string" else 0.0 for name, spec in profile.signals.items()
         }
@@ -255,6 +260,8 @@ class OpcUaDeviceServer:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         if self.users is not None:
             server.set_identity_tokens([ua.UserNameIdentityToken])
+        if self.trusted_clients is not None:
+            server.set_certificate_validator(self._check_client_certificate)
         for uri in self.extra_namespaces:
             await server.register_namespace(uri)
         await self._build(server)
@@ -407,6 +414,10 @@ class OpcUaDeviceServer:
             await server.write_attribute_value(variable.node_id, data)
             if count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let the server answer its clients between batches
+
+    async def _check_client_certificate(self, certificate: x509.Certificate, _app: ua.ApplicationDescription) -> None:
+        if self.trusted_clients is not None and certificate.public_bytes(Encoding.DER) not in self.trusted_clients:
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
     async def set_bad(self, signal: str, status: str | int = "BadSensorFailure") -> None:
         """From now on the node has this status (``BadOutOfService``, or an Uncertain one, which

@@ -19,11 +19,12 @@ import structlog
 from structlog.testing import capture_logs
 
 from gateway.cli import main
+from gateway.commissioning.modbus_scan import parse_units, scan_units
 from gateway.config.profile import ModbusProfile
 from gateway.config.site import ModbusDevice
 from gateway.drivers import modbus
 from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, WriteRefused
-from gateway.drivers.modbus import ModbusDriver, parse_units, scan_units
+from gateway.drivers.modbus import ModbusDriver
 from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from gateway.sample import Quality

@@ -18,16 +18,19 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from asyncua import ua
+from pydantic import SecretStr, ValidationError
 
+from gateway.commissioning.opcua_browse import browse, format_tree
 from gateway.config import load_site
 from gateway.config.loader import load_profile
 from gateway.config.profile import OpcUaProfile
 from gateway.config.site import OpcUaDevice
-from gateway.drivers import opcua as opcua_module
 from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, WriteRefused
 from gateway.drivers.factory import make_driver
-from gateway.drivers.opcua import OpcUaDriver, browse, fingerprint, format_tree, parse_node_id
+from gateway.drivers.opcua import OpcUaDriver, fingerprint, parse_node_id
+from gateway.drivers.opcua import subscription as subscription_module
+from gateway.drivers.opcua.errors import AuthenticationFailed, BadStatusOnly
 from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from simulators.opcua_server import OpcUaDeviceServer, free_port, make_certificate, write_certificate
@@ -286,13 +289,13 @@ async def test_subscription_values_go_stale_when_the_server_stops_confirming(ser
         assert (await driver.read()).bad == {}
         real = time.monotonic
         # The server's keep-alives stop reaching the driver (seen from the driver: time jumps).
-        monkeypatch.setattr(opcua_module.time, "monotonic", lambda: real() + 1.0)
+        monkeypatch.setattr(subscription_module.time, "monotonic", lambda: real() + 1.0)
         reading = await driver.read()
         assert reading.values == {}
         assert set(reading.bad) == set(PROFILE.signals)
         assert reading.bad["supply_temp_c"].startswith("stale: not confirmed by the server for")
         # Much longer: the driver gives up on the session so the poller builds a new one.
-        monkeypatch.setattr(opcua_module.time, "monotonic", lambda: real() + 10.0)
+        monkeypatch.setattr(subscription_module.time, "monotonic", lambda: real() + 10.0)
         with pytest.raises(DeviceUnavailable, match="subscription silent for"):
             await driver.read()
 
@@ -335,7 +338,7 @@ async def test_status_codes_of_a_refused_write_name_device_and_node(tmp_path):
         # A profile that thinks the node is an Int32 sends the wrong type: BadTypeMismatch.
         wrong = PROFILE.model_copy(update={"signals": {"setpoint_c": PROFILE.signals["setpoint_c"]}})
         async with OpcUaDriver(make_device(sim), wrong, tmp_path) as driver:
-            driver._by_signal["setpoint_c"].variant = opcua_module.ua.VariantType.Int32
+            driver._by_signal["setpoint_c"].variant = ua.VariantType.Int32
             with pytest.raises(DeviceFault, match="BadTypeMismatch"):
                 await driver.write("setpoint_c", 40)
 
@@ -395,6 +398,56 @@ async def test_the_poller_rides_through_a_server_restart(mode, server, tmp_path)
     assert not driver.connected
 
 
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+async def test_a_server_answering_only_bad_statuses_makes_the_device_unavailable(mode, server, tmp_path):
+    image = ProcessImage()
+    driver = OpcUaDriver(make_device(server, mode=mode), PROFILE, tmp_path)
+    poller = DevicePoller(driver, period_s=0.2, backoff_max_s=0.4, image=image, outbox=None)
+    async with driver:
+        assert await poller.poll_once() is not None
+        assert poller.stats.available
+        for signal in PROFILE.signals:
+            await server.set_bad(signal, "BadOutOfService" if signal == "serial" else "BadSensorFailure")
+        await asyncio.sleep(0.5)  # a publishing interval or two for the subscription
+        with pytest.raises(BadStatusOnly) as caught:
+            await driver.read()
+        error = caught.value
+        assert error.cause == "bad_status"
+        assert str(error) == (
+            f"hp-plc: {server.endpoint}: every node answers a bad status: BadOutOfService, BadSensorFailure x6"
+        )
+        assert error.statuses["supply_temp_c"] == "BadSensorFailure"
+        assert await poller.poll_once() is None
+        assert not poller.stats.available
+        sample = image.snapshot(time.time_ns()).sample("hp-plc", "supply_temp_c")
+        assert sample.quality == "bad"
+        assert "BadSensorFailure x6" in str(sample.reason)
+        # One good node is enough to publish: the others stay bad, each with its own status.
+        await server.clear("supply_temp_c")
+        await server.update({"supply_temp_c": 46.0})
+        await asyncio.sleep(0.5)
+        reading = await poller.poll_once()
+        assert reading is not None
+        assert reading.values == {"supply_temp_c": 46.0}
+        assert reading.bad["flow_m3h"] == "BadSensorFailure"
+        assert poller.stats.available
+
+
+async def test_a_wrong_password_is_an_authentication_failure_naming_device_endpoint_and_user(tmp_path):
+    async with OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users={"gateway": "s3cret"}) as sim:
+        wrong = make_device(sim, username="gateway", password="guess")
+        with pytest.raises(AuthenticationFailed) as caught:
+            await OpcUaDriver(wrong, PROFILE, tmp_path).connect()
+        assert caught.value.cause == "authentication"
+        assert str(caught.value) == (
+            f"hp-plc: connect to {sim.endpoint}: authentication failed for user 'gateway' "
+            "(BadUserAccessDenied): wrong user name or password?"
+        )
+        anonymous = make_device(sim)
+        with pytest.raises(AuthenticationFailed, match=f"connect to {sim.endpoint}: .* anonymous session"):
+            await OpcUaDriver(anonymous, PROFILE, tmp_path).connect()
+
+
 # --- security -------------------------------------------------------------------------------------
 
 
@@ -424,7 +477,7 @@ async def test_encrypted_session_with_user_and_trust_on_first_use(client_certifi
         anonymous = device.model_copy(update={"username": None, "password": None})
         with pytest.raises(DeviceUnavailable, match="does not accept an anonymous session"):
             await OpcUaDriver(anonymous, PROFILE, tmp_path).connect()
-        wrong = device.model_copy(update={"password": opcua_module.SecretStr("guess")})
+        wrong = device.model_copy(update={"password": SecretStr("guess")})
         with pytest.raises(DeviceUnavailable) as caught:
             await OpcUaDriver(wrong, PROFILE, tmp_path).connect()
         assert "authentication failed for user 'gateway'" in str(caught.value)
@@ -466,6 +519,36 @@ async def test_trust_list_pinned_certificate_and_sign_only(client_certificate, t
         sign_only = secure_device(sim, client_certificate, mode="Sign", server_certificate=tmp_path / "pinned.der")
         async with OpcUaDriver(sign_only, PROFILE, tmp_path) as driver:
             assert await driver.write("stage", 1) == 1.0
+
+
+async def test_a_server_refusing_the_gateways_certificate_is_an_authentication_failure(client_certificate, tmp_path):
+    gateway_der = client_certificate[0].read_bytes()
+    stranger, _ = make_certificate("urn:someone:else")
+    users = {"gateway": "s3cret"}
+    async with OpcUaDeviceServer(
+        SERVER_PROFILE, initial=INITIAL, users=users, encrypted=True, trusted_clients=[stranger]
+    ) as sim:
+        device = secure_device(sim, client_certificate)
+        with pytest.raises(AuthenticationFailed) as caught:
+            await OpcUaDriver(device, PROFILE, tmp_path).connect()
+        message = str(caught.value)
+        assert caught.value.cause == "authentication"
+        assert message.startswith(f"hp-plc: connect to {sim.endpoint}: the server refused the secure channel")
+        assert "BadCertificateUntrusted" in message
+        assert str(client_certificate[0]) in message
+        sim.trusted_clients = {gateway_der}  # what the PLC's operator does with the rejected certificate
+        async with OpcUaDriver(device, PROFILE, tmp_path) as driver:
+            assert (await driver.read()).values["supply_temp_c"] == 45.25
+
+
+async def test_a_refused_server_certificate_is_an_authentication_failure(client_certificate, tmp_path):
+    async with OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users={"gateway": "s3cret"}, encrypted=True) as sim:
+        trusted = tmp_path / "trusted"
+        trusted.mkdir()
+        device = secure_device(sim, client_certificate, trust="list", trust_dir=trusted)
+        with pytest.raises(AuthenticationFailed, match=f"hp-plc: {sim.endpoint}: the server's certificate") as caught:
+            await OpcUaDriver(device, PROFILE, tmp_path).connect()
+        assert caught.value.cause == "authentication"
 
 
 def test_security_settings_are_checked_with_the_config():
@@ -605,3 +688,4 @@ async def test_shipped_profiles_are_served_read_and_written(path, tmp_path):
             if spec.access == "read_write":
                 assert spec.max is not None
                 assert await driver.write(name, spec.max) == pytest.approx(spec.max, rel=1e-6)
+

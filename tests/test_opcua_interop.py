@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from gateway.commissioning.opcua_browse import browse, format_tree
 from gateway.config.profile import OpcUaProfile
 from gateway.config.site import OpcUaDevice
 from gateway.drivers.base import DeviceFault, DeviceUnavailable
-from gateway.drivers.opcua import OpcUaDriver, browse, format_tree
+from gateway.drivers.opcua import OpcUaDriver
 from simulators.opcua_server import free_port, write_certificate
 
 REPO = Path(__file__).resolve().parent.parent

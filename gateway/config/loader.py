@@ -1,5 +1,9 @@
 """Read YAML, substitute ``${ENV_VAR}``, validate, and say exactly what is wrong.
 
+The YAML itself is read by :mod:`gateway.config.yamlsafe` (size, depth and alias limits);
+``${VAR}`` is substituted into the parsed strings as text; values that came from the
+environment or from a secret key are never printed in a message.
+
 Every failure becomes one :class:`ConfigError` whose message reads
 ``<file>: <key path>: <what was expected>``, e.g.
 ``site.yaml: devices[2].port: Input should be less than or equal to 65535 (got 70000)``.
@@ -9,15 +13,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.config.profile import ModbusProfile, OpcUaProfile, Profile
-from gateway.config.site import Device, SiteConfig
+from gateway.config.roles import check_roles
+from gateway.config.secrets import remember_secrets
+from gateway.config.site import SECRET_KEYS, Device, OpcUaDevice, SiteConfig
+from gateway.config.yamlsafe import YamlFileError, read_yaml
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PROFILE_ADAPTER: TypeAdapter[ModbusProfile | OpcUaProfile] = TypeAdapter(Profile)
@@ -48,24 +54,6 @@ class Site:
         raise ConfigError(f"{self.path}: no device named {name!r} (devices: {known})")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
-            raise ConfigError(f"line {mark.line + 1}: key {key!r} appears twice")
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def format_path(loc: tuple[int | str, ...]) -> str:
     """('devices', 2, 'modbus', 'port') -> 'devices[2].port' (drops pydantic's union tags)."""
     out = ""
@@ -81,46 +69,88 @@ def format_path(loc: tuple[int | str, ...]) -> str:
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except ConfigError as exc:
+        return read_yaml(path)
+    except YamlFileError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from None
 
 
-def _substitute(value: Any, path: Path, loc: str) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string, naming the key of a missing one."""
+def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    return any(part in SECRET_KEYS for part in loc if isinstance(part, str))
+
+
+@dataclass(slots=True)
+class _Sources:
+    """Where values came from, so that no message ever prints one that is secret.
+
+    ``env_paths`` are the key paths (as :func:`format_path` writes them) whose value was
+    substituted from the environment; ``hidden`` are the values no message may contain: every
+    substituted environment value and every value of a secret key (password, token, ...).
+    """
+
+    env_paths: set[str] = field(default_factory=set)
+    hidden: set[str] = field(default_factory=set)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every hidden value of 3 characters or more replaced by ``***``.
+
+        The last line of defence: messages leave such values out by construction (no "got"
+        for them), this catches one quoted inside a validator's own sentence. Shorter values
+        cannot be told from ordinary words and digits, so they rely on the construction alone.
+        """
+        for value in sorted(self.hidden, key=len, reverse=True):
+            if len(value) >= _MIN_MASKED:
+                text = text.replace(value, "***")
+        return text
+
+
+_MIN_MASKED = 3
+
+
+def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _Sources) -> Any:
+    """Replace ${VAR} and ${VAR:-default} inside string values, as text: never parsed again.
+
+    A value is substituted after the YAML is parsed, so ``${PASSWORD}`` holding ``abc #x``,
+    ``*x``, ``@x`` or ``~`` stays exactly that string, and ``0777`` stays "0777" for a string
+    key; a number or boolean key gets the text and pydantic converts it for that key's type.
+    """
     if isinstance(value, dict):
-        return {k: _substitute(v, path, f"{loc}.{k}" if loc else str(k)) for k, v in value.items()}
+        return {k: _substitute(v, path, (*loc, k), sources) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, path, f"{loc}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
+        return [_substitute(v, path, (*loc, i), sources) for i, v in enumerate(value)]
+    if not isinstance(value, str):
         return value
+    if _is_secret(loc):
+        sources.hidden.add(value)
+    if "${" not in value:
+        return value
+    key = format_path(loc)
+    used_env = False
 
     def replace(match: re.Match[str]) -> str:
+        nonlocal used_env
         name, default = match.group(1), match.group(2)
         if name in os.environ:
-            return os.environ[name]
+            text = os.environ[name]
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{path}: {key}: environment variable {name} is not valid UTF-8") from None
+            used_env = True
+            sources.hidden.add(text)
+            return text
         if default is not None:
             return default
-        raise ConfigError(f"{path}: {loc}: environment variable {name} is not set")
+        raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
 
-    whole = _ENV.fullmatch(value)
     replaced = _ENV.sub(replace, value)
-    # A whole-value reference may stand for a number or a boolean: let YAML type it again.
-    return yaml.safe_load(replaced) if whole and replaced.strip() else replaced
+    if used_env:
+        sources.env_paths.add(key)
+        if _is_secret(loc):
+            sources.hidden.add(replaced)
+    return replaced
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], *, hide: str | None) -> str:
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see the README for the keys)"
@@ -129,42 +159,85 @@ def _describe(error: dict[str, Any]) -> str:
     elif error["type"] == "value_error":
         message = message.removeprefix("Value error, ")
     got = error.get("input")
-    if error["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
-        message += f" (got {got!r})"
-    return message
+    if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict | list):
+        return message
+    if hide is not None:
+        # pydantic quotes some inputs in its own sentence (a union tag): leave that out too.
+        if isinstance(got, str) and got and got in message:
+            message = message.replace(got, "***")
+        return f"{message} ({hide})"
+    shown = repr(got)
+    return f"{message} (got {shown if len(shown) <= _MAX_SHOWN else shown[:_MAX_SHOWN] + '...'})"
 
 
-def validation_message(path: Path, exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``file: key.path: message``."""
+_MAX_SHOWN = 80
+
+
+def validation_message(path: Path, exc: ValidationError, prefix: str = "", sources: _Sources | None = None) -> str:
+    """One line per problem: ``file: key.path: message``; secret and environment values never shown."""
     lines = []
-    for error in exc.errors():
-        loc = format_path(tuple(error["loc"]))
-        full = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
-        lines.append(f"{path}: {full}: {_describe(dict(error))}")
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        key = format_path(loc)
+        hide = None
+        if _is_secret(loc):
+            hide = "a secret: value not shown"
+        elif sources is not None and key in sources.env_paths:
+            hide = "value from the environment, not shown"
+        full = f"{prefix}{key}" if key else prefix.rstrip(".") or "(top level)"
+        lines.append(f"{path}: {full}: {_describe(dict(error), hide=hide)}")
     return "\n".join(lines)
 
 
-def load_profile(path: Path) -> ModbusProfile | OpcUaProfile:
-    """Load and validate one device profile."""
-    data = _substitute(_read_yaml(path), path, "")
+def _load_profile(path: Path, sources: _Sources) -> ModbusProfile | OpcUaProfile:
+    data = _substitute(_read_yaml(path), path, (), sources)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with protocol, model and signals")
     try:
         return _PROFILE_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise ConfigError(validation_message(path, exc)) from None
+        raise ConfigError(validation_message(path, exc, sources=sources)) from None
+
+
+def load_profile(path: Path) -> ModbusProfile | OpcUaProfile:
+    """Load and validate one device profile."""
+    sources = _Sources()
+    try:
+        return _load_profile(path, sources)
+    except ConfigError as exc:
+        raise ConfigError(sources.mask(str(exc))) from None
 
 
 def load_site(path: Path | str) -> Site:
-    """Load a site file and the profiles its devices use; :class:`ConfigError` on any fault."""
-    path = Path(path)
-    data = _substitute(_read_yaml(path), path, "")
+    """Load a site file and the profiles its devices use; :class:`ConfigError` on any fault.
+
+    No message names a value that came from the environment or from a secret key.
+    """
+    sources = _Sources()
+    try:
+        site = _load_site(Path(path), sources)
+    except ConfigError as exc:
+        raise ConfigError(sources.mask(str(exc))) from None
+    remember_secrets(_secret_values(site.config))
+    return site
+
+
+def _secret_values(config: SiteConfig) -> set[str]:
+    values = {config.mqtt.password, config.influxdb.token if config.influxdb else None}
+    for device in config.devices:
+        if isinstance(device, OpcUaDevice):
+            values |= {device.password, device.security.private_key_password}
+    return {value.get_secret_value() for value in values if value is not None} - {""}
+
+
+def _load_site(path: Path, sources: _Sources) -> Site:
+    data = _substitute(_read_yaml(path), path, (), sources)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with site, devices, mqtt, ...")
     try:
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_message(path, exc)) from None
+        raise ConfigError(validation_message(path, exc, sources=sources)) from None
 
     profiles_dir = config.profiles_dir if config.profiles_dir.is_absolute() else path.parent / config.profiles_dir
     profiles: dict[str, ModbusProfile | OpcUaProfile] = {}
@@ -177,11 +250,15 @@ def load_site(path: Path | str) -> Site:
                     f"{path}: devices[{index}].profile: no profile {device.profile!r} "
                     f"({profile_path} does not exist; available: {', '.join(available) or 'none'})"
                 )
-            profiles[device.profile] = load_profile(profile_path)
+            profiles[device.profile] = _load_profile(profile_path, sources)
         profile = profiles[device.profile]
         if profile.protocol != device.protocol:
             raise ConfigError(
                 f"{path}: devices[{index}].profile: profile {device.profile!r} is for "
                 f"{profile.protocol} but the device's protocol is {device.protocol}"
             )
-    return Site(path=path, config=config, profiles=profiles)
+    site = Site(path=path, config=config, profiles=profiles)
+    problems = check_roles(site)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
+    return site

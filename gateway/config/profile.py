@@ -44,7 +44,8 @@ class Access(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN compares false with everything: a NaN min or max would silently disable a write limit.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _SignalBase(_Model):

@@ -8,33 +8,65 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.config.profile import WriteOutOfRange
 from gateway.control.config import ControlConfig
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
+"""Site, device and kind names: one MQTT topic level and an InfluxDB tag or measurement, so no
+``/``, ``+``, ``#``, ``$``, spaces, NUL or upper case (topics are case-sensitive, people are not)."""
+NAME_MAX = 64
+PROFILE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+"""A profile file name without .yaml: no folder (``/``, ``..``), so it stays inside profiles_dir."""
+TOPIC_PREFIX = r"^[^#+/$\x00][^#+/\x00]*(/[^#+/\x00]+)*$"
+"""One or more topic levels: no wildcards, no empty level, no NUL, not ``$`` first (``$SYS``)."""
+RESERVED_DEVICE_NAMES = frozenset({"gateway", "control", "historian"})
+"""Topic levels the gateway publishes under itself (``{prefix}/{site}/gateway/status``,
+``control/cmd``, ...): a device of that name would mix its metrics with them."""
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a setting: NaN compares false with every limit, so a NaN
+    # bound would silently disable it.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _DeviceBase(_Model):
-    name: str = Field(pattern=NAME, description="Unique device name; becomes the MQTT topic level and the `device` tag")
+    name: str = Field(
+        pattern=NAME,
+        max_length=NAME_MAX,
+        description="Unique device name; becomes the MQTT topic level and the `device` tag. Lower case, digits, "
+        "- and _; not gateway, control or historian (the gateway's own topic levels)",
+    )
     kind: str = Field(
         pattern=NAME,
+        max_length=NAME_MAX,
         description="What the device is (cdu, heat_meter, heat_pump_plc, panel_pc); the InfluxDB measurement",
     )
-    profile: str = Field(description="Profile file name in profiles_dir, without .yaml (e.g. cdu)")
+    profile: str = Field(
+        pattern=PROFILE_NAME,
+        max_length=NAME_MAX,
+        description="Profile file name in profiles_dir, without .yaml (e.g. cdu)",
+    )
     poll_period_s: float = Field(1.0, gt=0, le=3600, description="Seconds between polls, on an absolute schedule")
     timeout_s: float = Field(1.0, gt=0, le=60, description="Seconds to wait for one reply before the poll fails")
     backoff_max_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait between reconnect attempts to a device that is down"
     )
     enabled: bool = Field(default=True, description="false keeps the device in the file but does not poll it")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_DEVICE_NAMES:
+            raise ValueError(
+                f"{name!r} is a topic level the gateway uses itself ({{prefix}}/{{site}}/{name}/...); "
+                f"choose another name (reserved: {', '.join(sorted(RESERVED_DEVICE_NAMES))})"
+            )
+        return name
 
 
 class ModbusDevice(_DeviceBase):
@@ -228,7 +260,12 @@ class Mqtt(_Model):
     tls: Tls | None = Field(None, description="TLS settings; plain TCP when omitted")
     username: str | None = Field(None, description="Broker user name")
     password: SecretStr | None = Field(None, description="Broker password; use ${ENV_VAR}")
-    topic_prefix: str = Field("heat", pattern=r"^[^#+]+$", description="First topic level: {prefix}/{site}/...")
+    topic_prefix: str = Field(
+        "heat",
+        pattern=TOPIC_PREFIX,
+        max_length=200,
+        description="First topic level(s): {prefix}/{site}/...; no + or #, no empty level, not $ first",
+    )
     client_id: str | None = Field(None, description="MQTT client id; heat-gateway-{site} when omitted")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     queue_size: int = Field(
@@ -296,7 +333,7 @@ class Logging(_Model):
 class SiteConfig(_Model):
     """The whole site file."""
 
-    site: str = Field(pattern=NAME, description="Site name; second topic level and the `site` tag")
+    site: str = Field(pattern=NAME, max_length=NAME_MAX, description="Site name; second topic level and the `site` tag")
     profiles_dir: Path = Field(Path("profiles"), description="Folder of device profiles, relative to this file")
     devices: list[Device] = Field(min_length=1, description="Devices to poll")
     mqtt: Mqtt = Field(default_factory=Mqtt, description="MQTT broker the metrics stream to")
@@ -323,3 +360,25 @@ class SiteConfig(_Model):
                 )
             seen[device.name] = index
         return self
+
+
+def _secret_keys(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[str]:
+    """Names of the keys typed SecretStr anywhere under ``model`` (so a new one is masked too)."""
+    seen.add(model)
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        pending: list[Any] = [info.annotation]
+        while pending:
+            annotation = pending.pop()
+            if annotation is SecretStr:
+                keys.add(name)
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                if annotation not in seen:
+                    keys |= _secret_keys(annotation, seen)
+            else:
+                pending.extend(get_args(annotation))
+    return keys
+
+
+SECRET_KEYS = frozenset(_secret_keys(SiteConfig, set()))
+"""Keys whose values are secrets (password, token, private_key_password): never printed."""

@@ -17,7 +17,8 @@ __all__ = ["ControlConfig"]
 class ControlConfig(BaseModel):
     """Roles, limits, tunings and fallbacks of the supervisory control loop."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN compares false with every limit and bound: never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # -- cycle and roles ---------------------------------------------------------------------
     cycle_s: float = Field(1.0, gt=0, le=60, description="Seconds between control cycles")

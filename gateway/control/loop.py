@@ -28,6 +28,7 @@ from gateway.config.loader import Site
 from gateway.control.executor import WriteExecutor, WriteRequest, WriteResult
 from gateway.control.supervisor import Supervisor, SupervisorState, supervisor_for_site, write_limits_of
 from gateway.drivers.base import Driver
+from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
 from gateway.publish.lineprotocol import encode_fields, series_prefix
@@ -82,6 +83,10 @@ class ControlLoop:
         self._snapshot = image.snapshot(time.time_ns())
         self.cycles = 0
         self.overruns = 0
+        # A completed cycle is progress; one that raised is not, so cycles that keep failing (or a
+        # cycle task that hangs) stop the systemd watchdog pings and systemd restarts the service.
+        # The bound covers the wait for first readings (at most 10 s) before the first cycle.
+        self.progress = Progress("control", bound_s=max(15.0, 5 * self.cycle_s))
 
     # -- commands (paho thread -> event loop) -------------------------------------------------
 
@@ -178,6 +183,8 @@ class ControlLoop:
                 # A bug in a controller must not stop the cycle (and with it the heartbeats the
                 # devices' watchdogs need): log it and try again next cycle.
                 log.exception("control_cycle_failed", cycle=self.cycles)
+            else:
+                await self.progress.step()
             next_start += self.cycle_s
             late = loop.time() - next_start
             if late > 0:

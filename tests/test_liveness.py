@@ -1,0 +1,61 @@
+"""The liveness registry: who is stalled, judged on an injected clock (no timing in the test)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.liveness import Liveness, Progress
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_component_is_stalled_only_past_its_bound() -> None:
+    clock = Clock()
+    liveness = Liveness(clock=clock)
+    poller = liveness.register("poll:cdu-1", bound_s=10.0)
+    control = liveness.register("control", bound_s=5.0)
+    assert liveness.alive()
+    clock.now_s += 6.0
+    assert [s.name for s in liveness.stalled()] == ["control"]
+    control.beat()
+    assert liveness.alive()
+    clock.now_s += 4.5
+    poller.beat()
+    clock.now_s += 1.0
+    stalls = liveness.stalled()
+    assert [s.name for s in stalls] == ["control"]
+    assert stalls[0].silent_s == pytest.approx(5.5)
+    assert str(stalls[0]) == "control silent 6 s (bound 5 s)"
+
+
+def test_remove_and_replace() -> None:
+    clock = Clock()
+    liveness = Liveness(clock=clock)
+    liveness.register("poll:a", bound_s=1.0)
+    clock.now_s += 2.0
+    assert not liveness.alive()
+    liveness.add(Progress("poll:a", bound_s=1.0, clock=clock))  # a restarted poller starts afresh
+    assert liveness.alive()
+    clock.now_s += 2.0
+    liveness.remove("poll:a")
+    assert liveness.alive()
+    assert "poll:a" not in liveness
+
+
+def test_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="poll:x"):
+        Progress("poll:x", bound_s=0)
+
+
+def test_step_counts_and_returns_when_not_armed() -> None:
+    progress = Progress("control", bound_s=1.0)
+    asyncio.run(progress.step())
+    assert progress.steps == 1
