@@ -324,15 +324,21 @@ def evaluate(
 STEP_MIN_K = 0.5
 """A requirement change at least this large (in one second) is a step, judged by settling and overshoot."""
 STEP_BAND_K = 0.5
-"""A step has settled once the meter stays within this of the new requirement."""
+"""A step has settled once the meter stays within this of the new requirement (for STEP_HOLD_S)."""
+
+
+STEP_HOLD_S = 300
+"""A step has settled once the meter has stayed within STEP_BAND_K for this long."""
 
 
 def _step_metrics(trace: Trace, deviation: Sequence[float], delivering: Sequence[bool]) -> dict[str, Any]:
-    """Per requirement step: seconds until the meter stays within STEP_BAND_K, and the overshoot.
+    """Per requirement step: seconds until the meter is within STEP_BAND_K for good, and the overshoot.
 
-    Settling is measured from the step to the last second outside the band before the next step
-    (or the end); overshoot is how far the meter went past the new requirement in the step's
-    direction. A step is judged only when the DH side delivered through it.
+    Settling time: from the step to the first second after which the meter stays within
+    STEP_BAND_K of the new requirement for STEP_HOLD_S (a later, unrelated disturbance, such as
+    a heat pump starting an hour later, is not the step's). Overshoot: how far the meter went
+    past the new requirement in the step's direction, from the step until it settled plus
+    STEP_HOLD_S. A step is judged only when the DH side delivered through most of it.
     """
     d = trace.data
     t = d["t_s"]
@@ -342,18 +348,26 @@ def _step_metrics(trace: Trace, deviation: Sequence[float], delivering: Sequence
     steps: list[dict[str, Any]] = []
     for k, start in enumerate(starts):
         end = starts[k + 1] if k + 1 < len(starts) else n
-        if not all(delivering[start:end]) and sum(delivering[start:end]) < 0.9 * (end - start):
+        if sum(delivering[start:end]) < 0.9 * (end - start):
             continue
         direction = 1.0 if requirement[start] > requirement[start - 1] else -1.0
-        outside = [i for i in range(start, end) if abs(deviation[i]) > STEP_BAND_K]
-        settled_i = (outside[-1] + 1) if outside else start
-        settling = t[settled_i] - t[start] if settled_i < end else math.inf
-        overshoot = max((direction * deviation[i] for i in range(start, end)), default=0.0)
+        settled_i: int | None = None
+        inside_since: int | None = None
+        for i in range(start, end):
+            if abs(deviation[i]) <= STEP_BAND_K:
+                inside_since = i if inside_since is None else inside_since
+                if i - inside_since + 1 >= STEP_HOLD_S:
+                    settled_i = inside_since
+                    break
+            else:
+                inside_since = None
+        window_end = min(end, (settled_i if settled_i is not None else end) + STEP_HOLD_S)
+        overshoot = max((direction * deviation[i] for i in range(start, window_end)), default=0.0)
         steps.append(
             {
                 "at_s": t[start],
                 "step_k": round(requirement[start] - requirement[start - 1], 3),
-                "settling_s": settling if math.isfinite(settling) else None,
+                "settling_s": t[settled_i] - t[start] if settled_i is not None else None,
                 "overshoot_k": round(max(overshoot, 0.0), 3),
             }
         )

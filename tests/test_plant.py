@@ -382,7 +382,9 @@ def test_heat_follows_the_power_limit_and_setpoint() -> None:
     assert values["dh_supply_temp_c"] == pytest.approx(74.0, abs=0.3)
     meter = plant.read("heat-meter")
     assert meter["heat_power_kw"] == pytest.approx(14000, rel=0.03)
-    assert meter["flow_temp_c"] == pytest.approx(74.0, abs=0.3)
+    # The PLC holds its own (0.3 K high) sensor at 74 °C: the water, and the meter, are colder.
+    bias_k = plant.config.heat_pumps.supply_sensor_bias_k
+    assert meter["flow_temp_c"] == pytest.approx(74.0 - bias_k, abs=0.2)
     assert meter["return_temp_c"] == pytest.approx(40.0, abs=0.1)
     assert meter["flow_m3h"] == pytest.approx(values["dh_flow_m3h"], rel=0.02)
     assert 1.0 < values["hx_heat_kw"] < values["dh_heat_kw"]  # the exchanger preheats

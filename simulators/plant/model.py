@@ -167,6 +167,7 @@ class Plant:
         self.station.outdoor_c = self._outdoor_c
         self._dh_pipe = PlugFlowPipe(dh.supply_pipe_volume_m3 * density, dh.return_temp_c)
         self._meter_volume = MixedVolume(dh.meter_volume_m3 * density, dh.return_temp_c)
+        self._pipe_loss_kw_k = dh.supply_pipe_heat_loss_kw_k
         self.meter = HeatMeter(cfg)
         self._fws_flow_kg_s = fws.min_flow_kg_s
         self._fws_mix_c = return_c
@@ -287,7 +288,12 @@ class Plant:
         self._supply_header.flow(flow, self._supply_pipe.flow(flow, station_out_c, dt_s), dt_s)
 
         m_dh = station.dh_flow_kg_s
-        meter_c = self._meter_volume.flow(m_dh, self._dh_pipe.flow(m_dh, station.dh_out_c, dt_s), dt_s)
+        pipe_out_c = self._dh_pipe.flow(m_dh, station.dh_out_c, dt_s)
+        if m_dh > 0.0 and self._pipe_loss_kw_k > 0.0:
+            # Heat lost to the ground on the way (the outlet never falls below the ground).
+            ground_c = cfg.district_heating.ground_temp_c
+            pipe_out_c -= (pipe_out_c - ground_c) * min(self._pipe_loss_kw_k / (m_dh * cp), 1.0)
+        meter_c = self._meter_volume.flow(m_dh, pipe_out_c, dt_s)
         self.meter.integrate(dt_s, m_dh, meter_c, station.dh_return_c)
 
         if self._utility_link_ok and (

@@ -46,6 +46,7 @@ _UA_FLOW_EXPONENT = -0.7
 # enough for the capacity controller to see demand and ramp, not so much that the supply sags.
 _CAPACITY_HEADROOM = 0.1
 _PLC_TRIM_MAX_K = 5.0  # the PLC corrects its target by at most this (anti-windup)
+_PLC_INTEGRAL_BAND_K = 2.0  # ... and integrates only while within this of its setpoint
 _NOISY_SIGNALS = 18  # signals of a read that carry noise (one draw each)
 
 
@@ -343,7 +344,9 @@ class Station:
         feedforward = c_dh * (1.0 + hp_cfg.plc_flow_error_pct / 100.0) * (target_c - self.dh_after_hx_c)
         need = max(feedforward + hp_cfg.plc_supply_kp_kw_per_k * error_k, 0.0)
         wanted = min(need, max(limit - hx_heat, 0.0), source_max)
-        if any_running and m_dh > _TINY_FLOW_KG_S:
+        if any_running and m_dh > _TINY_FLOW_KG_S and abs(error_k) < _PLC_INTEGRAL_BAND_K:
+            # Integral band, as station PLCs do: a setpoint ramp or a heat pump starting is the
+            # feed-forward's; integrating the lag of the condenser water would overshoot.
             self._plc_trim_k += error_k * dt_s / hp_cfg.plc_supply_ti_s
             self._plc_trim_k = min(max(self._plc_trim_k, -_PLC_TRIM_MAX_K), _PLC_TRIM_MAX_K)
         interlock = 0
