@@ -312,7 +312,7 @@ criteria:
     assert not rms.met(0.31)
     assert not rms.met(None)  # a metric the run did not produce never passes
     assert not rms.met(math.nan)
-    assert not rms.met(True)  # noqa: FBT003 - a bool is no figure
+    assert not rms.met(True)  # a bool is no figure
     assert criteria["tcs_max_c"].met(43.0)
     assert not criteria["tcs_max_c"].met(29.0)
 
