@@ -19,6 +19,10 @@ from simulators.scenario import SCENARIO_DIR, builtin_scenarios, load_scenario
 
 SHIPPED = builtin_scenarios()
 
+# Two simulated days and ten shorter runs: ~1 min of CPU per worker on an idle machine, many
+# times that on a loaded one; the per-test default (300 s) is for tests that wait on sockets.
+pytestmark = pytest.mark.timeout(1800)
+
 
 @pytest.fixture(scope="module")
 def summaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
