@@ -7,7 +7,7 @@ Every node gets a new value every second (on an absolute schedule; ``update()`` 
 sockets every few hundred writes), so subscriptions have changes to deliver. At exit it reports
 on stderr the values it wrote, the Read requests it answered and its own CPU time, so the
 benchmark can show the server is not the limit (asyncua saturates at 16-19k changes/s per
-process, see MEASURED.md).
+process, measured 2026-11-25: docs/library-limits.md).
 
 ``python bench/opcua_farm.py --write-profile bench/profiles/opcua-500.yaml [--nodes 500]``
 writes the benchmark's profile: float64 nodes ``nsu=urn:heat-gateway:bench;s=Group07.Value012``,

@@ -1,28 +1,62 @@
 """The ``heat-gateway`` command.
 
 Exit status: 0 done, 1 runtime failure (a device unreachable for ``read``/``write``), 2 bad
-configuration or usage. A bad file never produces a traceback, only the message that names
-file, key path and what was expected.
+configuration or usage, 141 (128 + SIGPIPE, as other Unix tools) when the reader of the output
+went away (``heat-gateway check | head``), quietly. A bad file never produces a traceback, only
+the message that names file, key path and what was expected. ``check``, ``read`` and ``scan``
+print JSON with ``--json``. Each command resolves only the sections of the site file it uses:
+``read`` needs no broker password.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from gateway.config import ConfigError, Site, load_site
-from gateway.config.profile import ModbusProfile
+from gateway.config.profile import ModbusProfile, ModbusSignal, OpcUaSignal
 from gateway.config.secrets import mask, remember_secrets
-from gateway.config.site import ModbusDevice
+from gateway.config.site import Device, ModbusDevice
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+#: What a shell reports for a tool killed by SIGPIPE: the reader closed the pipe.
+EXIT_PIPE = 128 + 13
+
+#: The optional sections each command never looks at (see ``load_site(unused=...)``).
+_DEVICES_ONLY = ("mqtt", "influxdb", "control", "http")
 
 
-def _site(path: str) -> Site:
-    return load_site(Path(path))
+def _site(path: str, unused: Collection[str] = (), device: str | None = None) -> Site:
+    return load_site(Path(path), unused=unused, device=device)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - only for --version
+
+    try:
+        return version("heat-gateway")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        from gateway import __version__  # noqa: PLC0415
+
+        return __version__
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _where(device: Device) -> str:
+    if isinstance(device, ModbusDevice):
+        return f"{device.host}:{device.port} unit {device.unit_id}"
+    return device.endpoint
 
 
 def _setup_logging(site: Site | None, level: str | None = None) -> None:
@@ -34,46 +68,87 @@ def _setup_logging(site: Site | None, level: str | None = None) -> None:
         setup_logging(level or site.config.logging.level, site.config.logging.format.value)
 
 
+def _writes(site: Site) -> dict[str, list[str]]:
+    """Device -> the signals the control loop may write to it; empty without a control section."""
+    if site.config.control is None:
+        return {}
+    from gateway.control.supervisor import supervisor_for_site  # noqa: PLC0415 - only with control
+
+    writes: dict[str, list[str]] = {}
+    for device, signal in supervisor_for_site(site).limits:
+        writes.setdefault(device, []).append(signal)
+    return writes
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a site file and print what it would do."""
     site = _site(args.config)
     from gateway.drivers.modbus_plan import build_plan  # noqa: PLC0415
 
     config = site.config
-    print(f"{site.path}: OK, site {config.site!r}, {len(config.devices)} device(s)")
+    devices: list[dict[str, Any]] = []
     total_requests = 0
     for device in config.devices:
         profile = site.profile_of(device)
-        where = (
-            f"{device.host}:{device.port} unit {device.unit_id}"
-            if isinstance(device, ModbusDevice)
-            else device.endpoint
-        )
-        state = "" if device.enabled else " (disabled)"
-        print(
-            f"  {device.name:<16} {device.kind:<14} {device.protocol:<7} {where:<28} "
-            f"profile {device.profile} ({len(profile.signals)} signals), every {device.poll_period_s:g} s{state}"
-        )
         if isinstance(profile, ModbusProfile):
             plan = build_plan(profile)
             total_requests += len(plan.blocks)
-            for line in plan.describe():
-                print(f"      read {line}")
+            reads = [f"read {line}" for line in plan.describe()]
         else:
-            print(f"      one batched OPC UA Read of {len(profile.signals)} nodes")
-    print(
-        f"  mqtt: {config.mqtt.host}:{config.mqtt.port}, "
-        f"topics {config.mqtt.topic_prefix}/{config.site}/<device>/metrics"
-    )
+            reads = [f"one batched OPC UA Read of {len(profile.signals)} nodes"]
+        devices.append(
+            {
+                "name": device.name,
+                "kind": device.kind,
+                "protocol": str(device.protocol),
+                "address": _where(device),
+                "profile": device.profile,
+                "signals": len(profile.signals),
+                "poll_period_s": device.poll_period_s,
+                "enabled": device.enabled,
+                "reads": reads,
+            }
+        )
+    writes = _writes(site)
+    mqtt = config.mqtt
+    summary: dict[str, Any] = {
+        "file": str(site.path),
+        "site": config.site,
+        "devices": devices,
+        "modbus_requests_per_cycle": total_requests,
+        "mqtt": {"host": mqtt.host, "port": mqtt.port, "topics": f"{mqtt.topic_prefix}/{config.site}/<device>/metrics"},
+        "influxdb": None if config.influxdb is None else {"url": config.influxdb.url, "bucket": config.influxdb.bucket},
+        "control": config.control is not None,
+        "writes": writes,
+    }
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    print(f"{site.path}: OK, site {config.site!r}, {len(devices)} device(s)")
+    for item in devices:
+        state = "" if item["enabled"] else " (disabled)"
+        print(
+            f"  {item['name']:<16} {item['kind']:<14} {item['protocol']:<7} {item['address']:<28} "
+            f"profile {item['profile']} ({item['signals']} signals), every {item['poll_period_s']:g} s{state}"
+        )
+        for line in item["reads"]:
+            print(f"      {line}")
+    print(f"  mqtt: {mqtt.host}:{mqtt.port}, topics {summary['mqtt']['topics']}")
     if config.influxdb is not None:
         print(f"  influxdb: {config.influxdb.url} bucket {config.influxdb.bucket}")
     print(f"  {total_requests} Modbus request(s) per poll cycle")
+    if not writes:
+        print("  writes: NONE, monitor only (no control section): the gateway reads and publishes, never writes")
+    else:
+        print(f"  writes: CONTROL IS ON: the control loop may write to {len(writes)} device(s), these signals:")
+        for name, signals in writes.items():
+            print(f"      {name}: {', '.join(signals)}")
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM/SIGINT."""
-    site = _site(args.config)
+    site = _site(args.config, unused=("influxdb",))
     _setup_logging(site, args.log_level)
     from gateway.publish.spool import SpoolError  # noqa: PLC0415
     from gateway.service import serve  # noqa: PLC0415
@@ -89,42 +164,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_historian(args: argparse.Namespace) -> int:
     """Run the MQTT -> InfluxDB historian until SIGTERM/SIGINT."""
-    site = _site(args.config)
+    site = _site(args.config, unused=("control",))
     if site.config.influxdb is None:
         raise ConfigError(f"{site.path}: influxdb: the historian needs an influxdb section (url, org, bucket, token)")
     _setup_logging(site, args.log_level)
-    from gateway.historian import Historian  # noqa: PLC0415
-    from gateway.service import install_stop_signals  # noqa: PLC0415
+    from gateway.service import serve_historian  # noqa: PLC0415
 
-    historian = Historian(site.config.mqtt, site.config.influxdb, site.config.site)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        task = asyncio.create_task(historian.run(), name="historian")
-        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
-        # Until SIGTERM, or until the historian dies (then its exception ends the process with
-        # a traceback in the journal and systemd restarts it).
-        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        task.cancel()
-        await asyncio.wait([task])  # let it disconnect and close the database client
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error
-
-    asyncio.run(main())
+    asyncio.run(serve_historian(site))
     return EXIT_OK
 
 
-def _format_value(value: float, unit: str) -> str:
-    text = f"{value:.6g}" if value != int(value) or abs(value) >= 1e15 else f"{int(value)}"
-    return f"{text} {unit}".strip()
+def format_value(value: float, spec: ModbusSignal | OpcUaSignal) -> str:
+    """An engineering value with the digits its source really has: 7 significant digits for a
+    float32, 15 for a float64, the decimals of the scale for a scaled integer; never ``1e+04``."""
+    if spec.type in ("float32", "float64"):
+        text = f"{value:.{7 if spec.type == 'float32' else 15}g}"
+        return f"{value:.0f}" if "e+" in text else text
+    scale = abs(spec.scale) if isinstance(spec, ModbusSignal) else 1.0
+    decimals = 0 if scale >= 1 else math.ceil(-math.log10(scale) - 1e-9)
+    return f"{value:.{decimals}f}"
+
+
+def _timestamp(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    """One poll of one device, printed as a table."""
-    site = _site(args.config)
+    """One poll of one device, printed as a table (or JSON)."""
+    site = _site(args.config, unused=_DEVICES_ONLY, device=args.device)
     _setup_logging(site, "warning")
     device = site.device(args.device)
     profile = site.profile_of(device)
@@ -142,16 +209,38 @@ def cmd_read(args: argparse.Namespace) -> int:
         except DriverError as exc:
             print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
-        names = args.signals or list(profile.signals)
-        for name in names:
-            unit = profile.signals[name].unit
-            if name in reading.values:
-                print(f"{name:<28} {_format_value(reading.values[name], unit):<20} good")
+        rows: dict[str, dict[str, Any]] = {}
+        for name in args.signals or list(profile.signals):
+            spec = profile.signals[name]
+            row: dict[str, Any] = {"value": None, "text": "-", "unit": spec.unit, "quality": "bad", "reason": None}
+            if name in reading.values or name in reading.uncertain:
+                good = name in reading.values
+                value = reading.values[name] if good else reading.uncertain[name]
+                row.update(value=value, text=format_value(value, spec), quality="good" if good else "uncertain")
             elif name in reading.texts:
-                print(f"{name:<28} {reading.texts[name]!r:<20} good")
+                row.update(value=reading.texts[name], text=repr(reading.texts[name]), quality="good")
             else:
-                reason = reading.bad.get(name, "not read")
-                print(f"{name:<28} {'-':<20} bad: {reason}")
+                row["reason"] = reading.bad.get(name, "not read")
+            rows[name] = row
+        if args.json:
+            _print_json(
+                {
+                    "device": device.name,
+                    "kind": device.kind,
+                    "address": _where(device),
+                    "timestamp": _timestamp(reading.timestamp_ns),
+                    "timestamp_ns": reading.timestamp_ns,
+                    "signals": {name: {k: v for k, v in row.items() if k != "text"} for name, row in rows.items()},
+                }
+            )
+            return EXIT_OK
+        at = _timestamp(reading.timestamp_ns)
+        print(f"{device.name} ({device.kind}, {device.protocol} {_where(device)}) read at {at}")
+        width = max(len("signal"), *(len(name) for name in rows))
+        print(f"{'signal':<{width}}  {'value':>14}  {'unit':<8}  quality")
+        for name, row in rows.items():
+            quality = row["quality"] if row["reason"] is None else f"bad: {row['reason']}"
+            print(f"{name:<{width}}  {row['text']:>14}  {row['unit']:<8}  {quality}")
         return EXIT_OK
 
     return asyncio.run(main())
@@ -159,7 +248,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 def cmd_write(args: argparse.Namespace) -> int:
     """Write one signal within its limits and confirm by read-back."""
-    site = _site(args.config)
+    site = _site(args.config, unused=_DEVICES_ONLY, device=args.device)
     _setup_logging(site, "warning")
     device = site.device(args.device)
     from gateway.drivers.base import DriverError  # noqa: PLC0415
@@ -189,7 +278,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"error: --units: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     where = f"{args.host}:{args.port}"
-    print(f"scanning {where}, {len(units)} unit id(s), {args.connections} connection(s), timeout {args.timeout:g} s")
+    if not args.json:
+        print(
+            f"scanning {where}, {len(units)} unit id(s), {args.connections} connection(s), timeout {args.timeout:g} s"
+        )
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -202,9 +294,25 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
         answering = [result for result in results if result.answers]
-        for result in answering:
-            print(f"  unit {result.unit_id:<3}  {result.detail}")
-        print(f"{len(answering)} of {len(units)} unit ids answer ({loop.time() - started:.1f} s)")
+        seconds = loop.time() - started
+        if args.json:
+            _print_json(
+                {
+                    "host": args.host,
+                    "port": args.port,
+                    "units_tried": len(units),
+                    "seconds": round(seconds, 3),
+                    "answering": [result.unit_id for result in answering],
+                    "results": [
+                        {"unit_id": result.unit_id, "answers": result.answers, "detail": result.detail}
+                        for result in results
+                    ],
+                }
+            )
+        else:
+            for result in answering:
+                print(f"  unit {result.unit_id:<3}  {result.detail}")
+            print(f"{len(answering)} of {len(units)} unit ids answer ({seconds:.1f} s)")
         return EXIT_OK if answering else EXIT_RUNTIME
 
     return asyncio.run(main())
@@ -247,9 +355,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    """Send one fault-injection command to a running ``simulate --control-port``."""
+    from simulators.control import send  # noqa: PLC0415 - the simulators are a separate package
+
+    try:
+        answer = asyncio.run(send(args.command, args.control_port))
+    except (OSError, TimeoutError) as exc:
+        print(f"error: no simulator control port at 127.0.0.1:{args.control_port}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(json.dumps(answer))
+    return EXIT_OK if answer.get("ok") else EXIT_RUNTIME
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for the README's usage text)."""
     parser = argparse.ArgumentParser(prog="heat-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
@@ -258,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-c", "--config", required=True, help="site YAML file")
         return p
 
-    add("check", "validate a site file and print the devices and the read plan").set_defaults(func=cmd_check)
+    p = add("check", "validate a site file; print the devices, the read plan and what it writes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_check)
     p = add("run", "run the gateway (pollers, control, MQTT) until SIGTERM")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
@@ -268,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("read", "read a device once and print a table")
     p.add_argument("device")
     p.add_argument("signals", nargs="*")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_read)
     p = add("write", "write one signal (within its limits) and confirm by read-back")
     p.add_argument("device")
@@ -280,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", default="1-247", help="unit ids to try, e.g. 1-247 or 1-10,100 (default 1-247)")
     p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for each unit (default 0.5)")
     p.add_argument("--connections", type=int, default=4, help="requests outstanding at once, one per connection")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_scan)
     p = add("browse", "print an OPC UA server's nodes (id, type, access, value) to help write a profile", config=False)
     p.add_argument("endpoint", help="opc.tcp://host:port[/path]")
@@ -299,20 +425,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-port", type=int, help="loopback port for fault-injection commands (see simulators/control.py)"
     )
     p.set_defaults(func=cmd_simulate)
+    p = add("fault", "send one fault-injection command (JSON) to a running simulator's control port", config=False)
+    p.add_argument("command", help='e.g. \'{"device": "cdu-3", "fault": "silent"}\' (see simulators/control.py)')
+    p.add_argument("--control-port", type=int, default=15099, help="the simulator's --control-port (default 15099)")
+    p.set_defaults(func=cmd_fault)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``heat-gateway`` console script."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where nothing can catch it
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_PIPE
     return code
+
+
+def _discard_stdout() -> None:
+    """The reader went away: what is still buffered goes nowhere, and the exit stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured by a test): nothing to silence
+        pass
 
 
 if __name__ == "__main__":

@@ -59,12 +59,15 @@ class Progress:
         self.bound_s = bound_s
         self._clock = clock
         self.last_s = clock()  # registering counts as progress: the bound runs from here
+        self._allowance_s = 0.0  # a planned wait announced with the last beat
         self.steps = 0
         self.hang_armed = False  # test-only: see the module docstring
 
-    def beat(self) -> None:
-        """Record that the component completed a step now."""
+    def beat(self, *, then_wait_s: float = 0.0) -> None:
+        """Record that the component completed a step now; ``then_wait_s``: a planned wait (a
+        backoff) before the next step, allowed on top of the bound for this one gap."""
         self.last_s = self._clock()
+        self._allowance_s = max(0.0, then_wait_s)
         self.steps += 1
 
     async def step(self) -> None:
@@ -73,6 +76,11 @@ class Progress:
         if self.hang_armed:
             log.warning("test_hang_injected", component=self.name, env=TEST_HANG_ENV)
             await asyncio.get_running_loop().create_future()  # waits forever, like a hung await
+
+    @property
+    def allowance_s(self) -> float:
+        """The planned wait announced with the last beat."""
+        return self._allowance_s
 
     def silent_s(self, now_s: float | None = None) -> float:
         """Seconds since the last step (or since registration)."""
@@ -110,7 +118,9 @@ class Liveness:
         """The components whose last step is older than their bound (empty: all alive)."""
         now = self._clock()
         return [
-            Stall(p.name, p.silent_s(now), p.bound_s) for p in self._components.values() if p.silent_s(now) > p.bound_s
+            Stall(p.name, p.silent_s(now), p.bound_s + p.allowance_s)
+            for p in self._components.values()
+            if p.silent_s(now) > p.bound_s + p.allowance_s
         ]
 
     def alive(self) -> bool:

@@ -8,6 +8,7 @@ here and nowhere else (:data:`LIBRARY_LEVELS`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -16,14 +17,40 @@ import structlog
 from gateway.config.secrets import mask_event
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# syslog priorities (sd-daemon(3)): a "<N>" at the start of a line written to the journal's stdout
+# stream sets that line's priority, so `journalctl -p warning` shows warnings and worse.
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def connected_to_journal(stream: Any) -> bool:
+    """Is ``stream`` the journal's stdout stream? ($JOURNAL_STREAM holds its device:inode.)"""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        stat = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a StringIO in a test)
+        return False
+    return expected == f"{stat.st_dev}:{stat.st_ino}"
+
+
+class _JournalPriority(logging.Formatter):
+    """Prefixes each record with its syslog priority for journald (one record, one JSON line)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 3 if record.levelno > logging.WARNING else 6)
+        return f"<{priority}>{self.inner.format(record)}"
 
 #: The least severe level each library may log at; ``None`` follows the gateway's own level,
 #: but never below warning (they are chatty at info).
 #: asyncua and pymodbus log every lost connection or failed request, several times, at warning
 #: and error level with tracebacks. The poller reports a device once when it goes and once when
-#: it comes back, with context, so the libraries' own lines would only repeat that.
+#: it comes back, with context, so the libraries' own lines would only repeat that. asyncua is
+#: off altogether: it logs a server's refusal of a channel as "fatal", with the raw message.
 LIBRARY_LEVELS: dict[str, int | None] = {
-    "asyncua": logging.CRITICAL,
+    "asyncua": logging.CRITICAL + 1,
     "pymodbus": logging.CRITICAL,
     "paho": None,
     "urllib3": None,
@@ -66,7 +93,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         ],
     )
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
+    handler.setFormatter(_JournalPriority(formatter) if connected_to_journal(stream) else formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))

@@ -1,13 +1,15 @@
 """systemd notification (``Type=notify``, ``WatchdogSec=``) without extra dependencies.
 
-Writes ``READY=1``, ``WATCHDOG=1`` and ``STOPPING=1`` datagrams to ``$NOTIFY_SOCKET``; does
-nothing when not started by systemd.
+Writes ``READY=1``, ``STATUS=...``, ``RELOADING=1``, ``WATCHDOG=1`` and ``STOPPING=1`` datagrams
+to ``$NOTIFY_SOCKET`` (sd_notify(3)); does nothing when not started by systemd. What is sent
+when, and why, is in gateway/service.py and gateway/historian.py.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def sd_notify(state: str) -> bool:
@@ -23,6 +25,12 @@ def sd_notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def sd_notify_reloading() -> bool:
+    """``RELOADING=1`` with the ``MONOTONIC_USEC=`` sd_notify(3) asks for; READY=1 must follow."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
 
 def watchdog_period_s() -> float | None:

@@ -22,6 +22,10 @@ class Reading:
     is bad, is in ``bad`` with the reason, so a bad value can never pass as a good number.
     ``texts`` holds good string values (a Modbus ``type: string`` such as a serial number):
     text is metadata, not a number a controller could use, so it stays out of ``values``.
+
+    ``timestamp_ns`` is wall-clock time (ns since the epoch) of the read itself, never of the
+    schedule: for Modbus when the poll's first request was handed to the socket, after any wait
+    for a shared connection.
     """
 
     device: str

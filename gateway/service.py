@@ -1,5 +1,23 @@
 """``heat-gateway run``: pollers, control loop, publisher and housekeeping in one TaskGroup.
 
+What systemd is told (``Type=notify``, gateway/notify.py):
+
+- ``READY=1`` once the first poll of every device was *tried* (answered or failed) and the
+  first connection attempt to the broker ended: connected, or refused/unreachable and the spool
+  took over (without a spool, memory); after ``BROKER_READY_WAIT_S`` at the latest if the
+  attempt hangs.
+- ``STATUS=`` whenever the summary changes: devices up/down (naming those down), broker, control
+  mode, and any stalled component (``systemctl status`` shows the line).
+- ``WATCHDOG=1`` every ``WatchdogSec/2``, but only while every poller and the control loop made
+  progress within its bound (gateway/liveness.py): a stuck task stops the pings and systemd
+  restarts the service.
+
+SIGHUP reloads the site file (:meth:`Gateway.reload`): ``RELOADING=1``, then a valid file is
+applied (pollers of changed, added or removed devices restarted or stopped, the others kept; the
+publisher and its spool kept unless ``mqtt``, ``site`` or ``state_dir`` changed; the control
+loop rebuilt when its section or one of its devices changed) and an invalid one is refused with
+its error logged, the running configuration kept; ``READY=1`` either way.
+
 Stops on SIGTERM/SIGINT: pollers stop first, then the publisher flushes what it holds and
 says ``offline``; the whole stop takes well under the 5 s systemd allows.
 """
@@ -8,16 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import signal
 import time
+from collections.abc import Coroutine
 from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from gateway.config.loader import Site
+from gateway.config.loader import ConfigError, Site, load_site
+from gateway.config.site import Device, ModbusDevice
 from gateway.control.loop import ControlLoop
+from gateway.drivers.base import Driver
 from gateway.drivers.factory import make_driver
-from gateway.liveness import Liveness
+from gateway.health import HealthServer
+from gateway.liveness import Liveness, Progress
 from gateway.logs import get_logger
-from gateway.notify import sd_notify, watchdog_period_s
+from gateway.notify import sd_notify, sd_notify_reloading, watchdog_period_s
 from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from gateway.publish.lineprotocol import encode_fields, series_prefix
@@ -25,10 +50,28 @@ from gateway.publish.mqtt import MqttPublisher
 from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
 
+if TYPE_CHECKING:
+    from gateway.historian import Historian
+
 log = get_logger(__name__)
 
 STATS_PERIOD_S = 10.0
 FREEZE_AFTER_S = 3.0  # connections and sessions are up by then
+TICK_S = 0.5  # housekeeping: liveness, STATUS and watchdog checked this often
+# READY=1 waits this long at most for the broker's first answer (a connect attempt that hangs):
+# the devices are polled and controlled meanwhile, and the connection keeps retrying.
+BROKER_READY_WAIT_S = 15.0
+
+
+def _phase_s(device: Device) -> float:
+    """Where in its period a device's polls start.
+
+    Units behind one Modbus endpoint share one phase: they are polled back to back and leave the
+    rest of the period idle on their shared connection, where probes of a unit that is down fit
+    (see gateway.drivers.modbus). Every other device gets its own, spread over the first second.
+    """
+    key = f"{device.host}:{device.port}" if isinstance(device, ModbusDevice) else device.name
+    return random.Random(key).uniform(0, min(device.poll_period_s, 1.0))
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -38,46 +81,166 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def poll_bound_s(device: Device) -> float:
+    """The longest legitimate gap between two poll attempts of a device, with room to spare:
+    the backoff wait plus a poll that times out on each of its requests."""
+    return max(device.poll_period_s, device.backoff_max_s) + 10 * device.timeout_s + 5.0
+
+
+def _enabled(site: Site) -> dict[str, Device]:
+    return {d.name: d for d in site.config.devices if d.enabled}
+
+
+@dataclass(slots=True)
+class ReloadPlan:
+    """What a reload changes (device names), decided before anything is touched."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    publisher: bool = False  # restart the publisher (mqtt, site or state_dir changed)
+    control: bool = False  # rebuild the control loop
+    control_state_kept: bool = True  # carry the mode and the controllers' state over
+    not_applied: list[str] = field(default_factory=list)  # sections that apply only at a restart
+
+    @classmethod
+    def between(cls, old: Site, new: Site) -> ReloadPlan:
+        """Compare two validated sites."""
+        plan = cls()
+        old_devices, new_devices = _enabled(old), _enabled(new)
+        for name, device in new_devices.items():
+            if name not in old_devices:
+                plan.added.append(name)
+            elif device != old_devices[name] or new.profile_of(device) != old.profile_of(old_devices[name]):
+                plan.changed.append(name)
+            else:
+                plan.kept.append(name)
+        plan.removed = [name for name in old_devices if name not in new_devices]
+        a, b = old.config, new.config
+        plan.publisher = (a.mqtt, a.site, old.path.parent / a.state_dir) != (
+            b.mqtt,
+            b.site,
+            new.path.parent / b.state_dir,
+        )
+        touched = {*plan.added, *plan.removed, *plan.changed}
+        plan.control_state_kept = a.control == b.control and a.site == b.site
+        plan.control = (
+            not plan.control_state_kept or plan.publisher or (b.control is not None and bool(touched))
+        )
+        plan.not_applied = [key for key in ("logging", "http") if getattr(a, key) != getattr(b, key)]
+        return plan
+
+    @property
+    def devices_touched(self) -> bool:
+        """Does the reload start or stop any poller?"""
+        return bool(self.added or self.removed or self.changed)
+
+
 class Gateway:
     """Everything ``heat-gateway run`` runs, built from a validated site."""
 
     def __init__(self, site: Site) -> None:
-        config = site.config
         self.site = site
         self.image = ProcessImage()
-        self.outbox: Outbox[Reading | Message] = Outbox(config.mqtt.queue_size)
-        devices = [d for d in config.devices if d.enabled]
+        self.outbox: Outbox[Reading | Message] = Outbox(site.config.mqtt.queue_size)
         self.liveness = Liveness()
-        self.publisher = MqttPublisher(
+        self.publisher = self._make_publisher(site)
+        self._pollers = {name: self._make_poller(site, device) for name, device in _enabled(site).items()}
+        for poller in self._pollers.values():
+            self.liveness.add(poller.progress)
+        self.control = self._make_control(site, {p.name: p.driver for p in self._pollers.values()})
+        if self.control is not None:
+            self._adopt_control(self.control)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._requests: asyncio.Queue[str] = asyncio.Queue()
+        self.ready = False
+        self.reloads = 0  # reloads applied (refused ones are not counted)
+        self._status = ""
+        http = site.config.http
+        self.health = (
+            HealthServer(
+                http.host,
+                http.gateway_port,
+                stalled=lambda: [str(s) for s in self.liveness.stalled()],
+                stats_lines=lambda: self.stats_message().payload.decode().splitlines(),
+                name="gateway",
+            )
+            if http is not None
+            else None
+        )
+
+    # -- building the parts (constructors touch no sockets or files) -------------------------
+
+    def _make_publisher(self, site: Site) -> MqttPublisher:
+        config = site.config
+        return MqttPublisher(
             config.mqtt,
             config.site,
-            {d.name: d.kind for d in devices},
+            {d.name: d.kind for d in _enabled(site).values()},
             self.outbox,
             # a relative state_dir is relative to the site file (joining an absolute one keeps it)
             spool_dir=site.path.parent / config.state_dir / "spool",
         )
-        self.pollers = [
-            DevicePoller(
-                make_driver(site, device),
-                period_s=device.poll_period_s,
-                backoff_max_s=device.backoff_max_s,
-                image=self.image,
-                outbox=self.outbox,
-                # The longest legitimate gap between two poll attempts: the backoff wait plus a
-                # poll that times out on each of its requests, with room to spare.
-                progress=self.liveness.register(
-                    f"poll:{device.name}",
-                    bound_s=max(device.poll_period_s, device.backoff_max_s) + 10 * device.timeout_s + 5.0,
-                ),
-            )
-            for device in devices
-        ]
-        self._stats_topic = f"{config.mqtt.topic_prefix}/{config.site}/gateway/metrics"
-        self.control: ControlLoop | None = None
-        if config.control is not None:
-            self.control = ControlLoop(site, self.image, {p.name: p.driver for p in self.pollers}, self.outbox)
-            self.liveness.add(self.control.progress)
-            self.publisher.subscribe(self.control.command_topic, self.control.on_command)
+
+    def _make_poller(self, site: Site, device: Device) -> DevicePoller:
+        return DevicePoller(
+            make_driver(site, device),
+            period_s=device.poll_period_s,
+            backoff_max_s=device.backoff_max_s,
+            image=self.image,
+            outbox=self.outbox,
+            phase_s=_phase_s(device),
+            stale_after_s={
+                name: signal.stale_after_s
+                for name, signal in site.profile_of(device).signals.items()
+                if signal.stale_after_s is not None
+            },
+            # watched (self.liveness.add) from when it starts
+            progress=Progress(f"poll:{device.name}", bound_s=poll_bound_s(device)),
+        )
+
+    def _make_control(self, site: Site, drivers: dict[str, Driver]) -> ControlLoop | None:
+        if site.config.control is None:
+            return None
+        return ControlLoop(site, self.image, drivers, self.outbox)
+
+    def _adopt_control(self, control: ControlLoop) -> None:
+        """Watch its progress and route its commands to it."""
+        self.liveness.add(control.progress)
+        for topic in control.command_topics:
+            self.publisher.subscribe(topic, control.on_command)
+
+    @property
+    def pollers(self) -> list[DevicePoller]:
+        """The running device pollers."""
+        return list(self._pollers.values())
+
+    @property
+    def _stats_topic(self) -> str:
+        config = self.site.config
+        return f"{config.mqtt.topic_prefix}/{config.site}/gateway/metrics"
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def _start(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        assert self._group is not None, "tasks start inside run()"
+        self._tasks[name] = self._group.create_task(coroutine, name=name)
+
+    async def _stop(self, *names: str) -> None:
+        tasks = [task for name in names if (task := self._tasks.pop(name, None)) is not None]
+        await _cancel_all(tasks)
+
+    def request_reload(self) -> None:
+        """Ask the running gateway to re-read its site file (the SIGHUP handler)."""
+        self._requests.put_nowait("reload")
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._requests.put_nowait("stop")
+
+    # -- what systemd is told ------------------------------------------------------------------
 
     def _spool_fields(self) -> dict[str, float | int | bool | str]:
         """The disk spool's figures: what waits in it, its size, what the size cap dropped."""
@@ -91,48 +254,63 @@ class Gateway:
             "spool_replayed": self.publisher.replayed,
         }
 
-    def stats_message(self) -> Message:
-        """One ``gateway`` line per device: poll health for the dashboard."""
-        lines = []
-        now = time.time_ns()
-        for poller in self.pollers:
-            stats = poller.stats
-            lateness = list(stats.lateness_s)
-            prefix = series_prefix("gateway", {"site": self.site.config.site, "device": poller.name})
-            fields = encode_fields(
-                {
-                    "available": stats.available,
-                    "polls": stats.polls,
-                    "failures": stats.failures,
-                    "overruns": stats.overruns,
-                    "bad_values": stats.bad_values,
-                    "lateness_p50_s": _percentile(lateness, 0.5),
-                    "lateness_p99_s": _percentile(lateness, 0.99),
-                }
-            )
-            lines.append(f"{prefix} {fields} {now}")
-        prefix = series_prefix("gateway", {"site": self.site.config.site, "device": "gateway"})
-        fields = encode_fields(
-            {
-                "outbox_len": len(self.outbox),
-                "outbox_dropped": self.outbox.dropped,
-                "mqtt_pending": self.publisher.pending,
-                "mqtt_refused": self.publisher.refused,
-                **self._spool_fields(),
-            }
-        )
-        lines.append(f"{prefix} {fields} {now}")
-        return Message(self._stats_topic, "\n".join(lines).encode())
+    def status_line(self) -> str:
+        """The one-line summary for ``STATUS=`` (``systemctl status``) and the reload log."""
+        pollers = self.pollers
+        down = sorted(p.name for p in pollers if not p.stats.available)
+        parts = [f"devices {len(pollers) - len(down)}/{len(pollers)} up"]
+        if down:
+            shown = ", ".join(down[:5]) + (f" +{len(down) - 5}" if len(down) > 5 else "")
+            parts[0] += f" (down: {shown})"
+        if self.publisher.connected:
+            parts.append("broker connected")
+        elif self.publisher.spool is not None:
+            parts.append(f"broker unreachable, spooling ({self.publisher.spool.waiting} waiting)")
+        else:
+            parts.append("broker unreachable")
+        if self.control is not None:
+            parts.append(f"control {self.control.state.mode.value}")
+        stalled = self.liveness.stalled()
+        if stalled:
+            parts.append("STALLED " + ", ".join(str(s) for s in stalled) + ": watchdog not fed")
+        if not self.ready:
+            tried = sum(1 for p in pollers if p.progress.steps > 0)
+            parts.insert(0, f"starting: first polls {tried}/{len(pollers)} tried")
+        return "; ".join(parts)
+
+    def _first_polls_tried(self) -> bool:
+        return all(p.progress.steps > 0 for p in self._pollers.values())
+
+    def _broker_settled(self, waited_s: float) -> bool:
+        # The first attempt ended: connected, or refused/unreachable and the spool (or, without
+        # one, memory) takes what the broker does not. A hung attempt gives up after a while.
+        return self.publisher.connection.answered or waited_s >= BROKER_READY_WAIT_S
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once every device's first poll was tried and the broker answered (or the spool took over)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not (self._first_polls_tried() and self._broker_settled(loop.time() - started)):  # noqa: ASYNC110
+            # three conditions from three places (pollers, paho's thread, the clock): polling them
+            # is simpler than an event each would have to set
+            await asyncio.sleep(0.05)
+        self.ready = True
+        self._status = self.status_line()
+        sd_notify(f"READY=1\nSTATUS={self._status}")
+        log.info("gateway_ready", waited_s=round(loop.time() - started, 2), status=self._status)
 
     async def _housekeeping(self) -> None:
         watchdog = watchdog_period_s()
-        period = min(watchdog, STATS_PERIOD_S) if watchdog else STATS_PERIOD_S
-        next_stats = asyncio.get_running_loop().time() + STATS_PERIOD_S
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        next_stats = started + STATS_PERIOD_S
+        next_ping = started
         frozen = False
         withheld = False
         while True:
-            await asyncio.sleep(period if frozen else FREEZE_AFTER_S)
-            if not frozen:
+            await asyncio.sleep(min(TICK_S, watchdog) if watchdog else TICK_S)
+            now = loop.time()
+            if not frozen and now - started >= FREEZE_AFTER_S:
                 # Everything built at start-up (profiles, plans, sessions, OPC UA node objects)
                 # lives as long as the process: move it out of the collector's sight once, so a
                 # full collection walks only young objects. Measured with 10 OPC UA servers x 500
@@ -150,11 +328,142 @@ class Gateway:
             elif withheld and not stalled:
                 log.info("watchdog_resumed")
             withheld = bool(stalled)
-            if watchdog and not stalled:
+            if watchdog and not stalled and now >= next_ping:
                 sd_notify("WATCHDOG=1")
-            if asyncio.get_running_loop().time() >= next_stats:
+                next_ping = now + watchdog
+            if self.ready:
+                status = self.status_line()
+                if status != self._status:
+                    self._status = status
+                    sd_notify(f"STATUS={status}")
+            if now >= next_stats:
                 next_stats += STATS_PERIOD_S
                 self.outbox.put(self.stats_message())
+
+    def stats_message(self) -> Message:
+        """One ``gateway`` line per device: poll health for the dashboard."""
+        lines = []
+        now = time.time_ns()
+        for poller in self.pollers:
+            stats = poller.stats
+            lateness = list(stats.lateness_s)
+            read_age = list(stats.read_age_s)
+            tags = {"site": self.site.config.site, "device": poller.name}
+            stale = poller.stale.stale()
+            fields = encode_fields(
+                {
+                    "available": stats.available,
+                    "polls": stats.polls,
+                    "failures": stats.failures,
+                    "overruns": stats.overruns,
+                    "skipped_slots": stats.skipped_slots,
+                    "bad_values": stats.bad_values,
+                    "lateness_p50_s": _percentile(lateness, 0.5),
+                    "lateness_p99_s": _percentile(lateness, 0.99),
+                    "read_age_p50_s": _percentile(read_age, 0.5),
+                    "read_age_p99_s": _percentile(read_age, 0.99),
+                    "stale_signals": len(stale),
+                }
+            )
+            lines.append(f"{series_prefix('gateway', tags)} {fields} {now}")
+            # One line per watched signal (profile key stale_after_s): its publishing quality.
+            for name, unchanged_s in poller.stale.unchanged_s().items():
+                quality = "stale" if name in stale else "good"
+                signal_fields = encode_fields({"quality": quality, "unchanged_s": round(unchanged_s, 3)})
+                lines.append(f"{series_prefix('gateway', {**tags, 'signal': name})} {signal_fields} {now}")
+        prefix = series_prefix("gateway", {"site": self.site.config.site, "device": "gateway"})
+        fields = encode_fields(
+            {
+                "outbox_len": len(self.outbox),
+                "outbox_dropped": self.outbox.dropped,
+                "mqtt_pending": self.publisher.pending,
+                "mqtt_refused": self.publisher.refused,
+                **self._spool_fields(),
+            }
+        )
+        lines.append(f"{prefix} {fields} {now}")
+        return Message(self._stats_topic, "\n".join(lines).encode())
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the site file; apply it if valid, keep running as is if not. True if applied."""
+        sd_notify_reloading()
+        path = self.site.path
+        log.info("reload_requested", file=str(path))
+        try:
+            # parsing a file is blocking work: off the event loop
+            new = await asyncio.to_thread(load_site, path, unused=("influxdb",))
+            plan = ReloadPlan.between(self.site, new)
+            await self._apply(new, plan)
+        except ConfigError as exc:
+            log.error("reload_refused", file=str(path), error=str(exc), kept="the running configuration")  # noqa: TRY400 - the message is the point, not a traceback
+            applied = False
+        except Exception as exc:
+            # a bug in building the new parts must not take down a gateway that runs fine
+            log.exception("reload_failed", file=str(path), error=repr(exc), kept="the running configuration")
+            applied = False
+        else:
+            self.reloads += 1
+            applied = True
+        self._status = self.status_line()
+        sd_notify(f"READY=1\nSTATUS={self._status}")
+        return applied
+
+    async def _apply(self, new: Site, plan: ReloadPlan) -> None:
+        """Build what the new site needs first (a failure there changes nothing), then swap."""
+        devices = _enabled(new)
+        fresh = {name: self._make_poller(new, devices[name]) for name in (*plan.added, *plan.changed)}
+        publisher = self._make_publisher(new) if plan.publisher else None
+        control = None
+        if plan.control:
+            drivers = {name: (fresh.get(name) or self._pollers[name]).driver for name in devices}
+            control = self._make_control(new, drivers)
+        # -- from here on the running gateway changes --
+        gone = [*plan.removed, *plan.changed]
+        await self._stop(*(f"poll:{name}" for name in gone))
+        now_ns = time.time_ns()
+        for name in gone:
+            self._pollers.pop(name)
+            if name in plan.removed:
+                self.liveness.remove(f"poll:{name}")
+                self.image.mark_unavailable(name, now_ns, "removed from the configuration")
+        for name, poller in fresh.items():
+            self._pollers[name] = poller
+            self.liveness.add(poller.progress)
+            self._start(f"poll:{name}", poller.run())
+        if publisher is not None:
+            await self._stop("mqtt-publisher")
+            await self.publisher.stop()  # flushes, says offline, closes the spool for the new one
+            self.publisher = publisher
+            publisher.start()
+            self._start("mqtt-publisher", publisher.run())
+        else:
+            self.publisher.set_devices({d.name: d.kind for d in devices.values()})
+        if plan.control:
+            await self._stop("control")
+            self.liveness.remove("control")
+            if control is not None:
+                if self.control is not None and plan.control_state_kept:
+                    control.state = self.control.state  # same supervisor config: mode and PIDs go on
+                self._adopt_control(control)
+                self._start("control", control.run())
+            self.control = control
+        self.site = new
+        log.info(
+            "reload_applied",
+            file=str(new.path),
+            restarted=plan.changed,
+            added=plan.added,
+            removed=plan.removed,
+            kept=len(plan.kept),
+            publisher="restarted" if plan.publisher else "kept",
+            control=("rebuilt" if plan.control else "kept") if new.config.control is not None else "none",
+            control_state="kept" if plan.control_state_kept else "reset",
+            not_applied_until_restart=plan.not_applied,
+        )
+
+    # -- run ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
@@ -162,22 +471,30 @@ class Gateway:
         log.info(
             "gateway_started",
             site=self.site.config.site,
-            devices=len(self.pollers),
+            devices=len(self._pollers),
             broker=f"{self.site.config.mqtt.host}:{self.site.config.mqtt.port}",
         )
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(p.run(), name=f"poll:{p.name}") for p in self.pollers]
-                tasks.append(group.create_task(self.publisher.run(), name="mqtt-publisher"))
-                tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
+                self._group = group
+                for poller in self.pollers:
+                    self._start(f"poll:{poller.name}", poller.run())
+                self._start("mqtt-publisher", self.publisher.run())
+                self._start("housekeeping", self._housekeeping())
+                if self.health is not None:
+                    self._start("http-endpoint", self.health.serve())
                 if self.control is not None:
-                    tasks.append(group.create_task(self.control.run(), name="control"))
+                    self._start("control", self.control.run())
+                self._start("readiness", self._announce_ready())
+                self._start("stop-watch", self._watch_stop(stop))
                 self.liveness.arm_test_hang()
-                sd_notify("READY=1")
-                await stop.wait()
+                while await self._requests.get() != "stop":
+                    await self.reload()
                 sd_notify("STOPPING=1")
-                await _cancel_all(tasks)
+                await _cancel_all(list(self._tasks.values()))
+                self._tasks.clear()
         finally:
+            self._group = None
             await self.publisher.stop()
             log.info("gateway_stopped")
 
@@ -213,4 +530,128 @@ async def serve(site: Site) -> None:
     """The ``run`` command's body."""
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await Gateway(site).run(stop)
+    gateway = Gateway(site)
+    # SIGHUP (systemctl reload: ExecReload= in the unit) re-reads the site file; see Gateway.reload.
+    with suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.request_reload)
+    await gateway.run(stop)
+
+
+class HistorianService:
+    """``heat-gateway historian`` under systemd: READY, STATUS, WATCHDOG on progress, SIGHUP.
+
+    ``READY=1`` once the broker answered and the subscription is sent (or after
+    ``BROKER_READY_WAIT_S``: the broker keeps the persistent session's messages meanwhile);
+    ``STATUS=`` broker, database and counts; ``WATCHDOG=1`` only while the historian's loop turns
+    (gateway/liveness.py). SIGHUP re-reads the site file: a valid one whose ``mqtt``, ``influxdb``
+    or ``site`` changed rebuilds the historian (what it had not acknowledged is redelivered by the
+    broker, so nothing is lost), an invalid one is refused and logged; ``READY=1`` either way.
+    """
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.liveness = Liveness()
+        self.historian = self._make(site)
+        self._requests: asyncio.Queue[str] = asyncio.Queue()
+        self.ready = False
+        self.reloads = 0
+
+    def _make(self, site: Site) -> Historian:
+        config = site.config
+        if config.influxdb is None:
+            msg = f"{site.path}: influxdb: the historian needs an influxdb section (url, org, bucket, token)"
+            raise ConfigError(msg)
+        from gateway.historian import Historian  # noqa: PLC0415 - influxdb_client only where it is used
+
+        historian = Historian(config.mqtt, config.influxdb, config.site, http=config.http)
+        self.liveness.add(historian.progress)
+        return historian
+
+    def request_reload(self) -> None:
+        """The SIGHUP handler."""
+        self._requests.put_nowait("reload")
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._requests.put_nowait("stop")
+
+    async def _housekeeping(self) -> None:
+        watchdog = watchdog_period_s()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        next_ping = started
+        status = ""
+        withheld = False
+        while True:
+            await asyncio.sleep(min(TICK_S, watchdog) if watchdog else TICK_S)
+            now = loop.time()
+            answered = self.historian.subscribed or self.historian.connection.answered
+            if not self.ready and (answered or now - started >= BROKER_READY_WAIT_S):
+                self.ready = True
+                status = self.historian.status_line()
+                sd_notify(f"READY=1\nSTATUS={status}")
+                log.info("historian_ready", waited_s=round(now - started, 2), status=status)
+            stalled = self.liveness.stalled()
+            if stalled and not withheld:
+                log.error("watchdog_withheld", stalled=[str(s) for s in stalled], watchdog=bool(watchdog))
+            elif withheld and not stalled:
+                log.info("watchdog_resumed")
+            withheld = bool(stalled)
+            if watchdog and not stalled and now >= next_ping:
+                sd_notify("WATCHDOG=1")
+                next_ping = now + watchdog
+            if self.ready:
+                line = self.historian.status_line()
+                if stalled:
+                    line += "; STALLED " + ", ".join(str(s) for s in stalled) + ": watchdog not fed"
+                if line != status:
+                    status = line
+                    sd_notify(f"STATUS={status}")
+
+    async def _reload(self, group: asyncio.TaskGroup, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        sd_notify_reloading()
+        path = self.site.path
+        log.info("reload_requested", file=str(path))
+        try:
+            new = await asyncio.to_thread(load_site, path, unused=("control",))
+            a, b = self.site.config, new.config
+            if (a.mqtt, a.influxdb, a.site) != (b.mqtt, b.influxdb, b.site):
+                historian = self._make(new)  # raises before anything is stopped
+                await _cancel_all([task])
+                self.historian = historian
+                task = group.create_task(historian.run(), name="historian")
+                log.info("reload_applied", file=str(path), historian="rebuilt")
+            else:
+                log.info("reload_applied", file=str(path), historian="kept (its sections did not change)")
+            self.site = new
+            self.reloads += 1
+        except ConfigError as exc:
+            log.error("reload_refused", file=str(path), error=str(exc), kept="the running configuration")  # noqa: TRY400 - the message is the point, not a traceback
+        except Exception as exc:
+            log.exception("reload_failed", file=str(path), error=repr(exc), kept="the running configuration")
+        sd_notify(f"READY=1\nSTATUS={self.historian.status_line()}")
+        return task
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set; the historian's own failure ends it (systemd restarts)."""
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(self.historian.run(), name="historian")
+            others = [
+                group.create_task(self._housekeeping(), name="historian-housekeeping"),
+                group.create_task(self._watch_stop(stop), name="stop-watch"),
+            ]
+            self.liveness.arm_test_hang()
+            while await self._requests.get() != "stop":
+                task = await self._reload(group, task)
+            sd_notify("STOPPING=1")
+            await _cancel_all([task, *others])
+
+
+async def serve_historian(site: Site) -> None:
+    """The ``historian`` command's body."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    service = HistorianService(site)
+    with suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.request_reload)
+    await service.run(stop)

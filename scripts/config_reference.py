@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.config.profile import ModbusProfile, ModbusSignal, OpcUaProfile, OpcUaSignal
 from gateway.config.site import InfluxDb, Logging, ModbusDevice, Mqtt, OpcUaDevice, OpcUaSecurity, SiteConfig, Tls
+from gateway.control.commands import CommandPolicy
 from gateway.control.config import ControlConfig
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -29,6 +30,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("influxdb", InfluxDb),
     ("logging", Logging),
     ("control (supervisory control; design and tuning in docs/control.md)", ControlConfig),
+    ("control.commands (operator commands over MQTT)", CommandPolicy),
     ("Modbus profile (top level)", ModbusProfile),
     ("Modbus profile: signals.NAME", ModbusSignal),
     ("OPC UA profile (top level)", OpcUaProfile),

@@ -9,8 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/../tests/interop"
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "ensure-node-opcua: node/npm not found; the OPC UA interop test will be skipped" \
-         "(apt-get install nodejs npm)"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-node-opcua: installing Debian's nodejs and npm"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -q -o DPkg::Lock::Timeout=600 update >/dev/null \
+            && apt-get -q -o DPkg::Lock::Timeout=600 install -y --no-install-recommends nodejs npm >/dev/null \
+            || echo "ensure-node-opcua: apt-get install nodejs npm failed"
+    fi
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "ensure-node-opcua: node/npm not found and not installable here (needs root and apt-get);" \
+         "the OPC UA interop test will be skipped: install nodejs and npm, then run 'make services'"
     exit 0
 fi
 

@@ -4,6 +4,7 @@
 #   victoria-metrics  the time-series server that takes InfluxDB line protocol
 #   mbpoll            an independent Modbus client, for interop tests
 #   libmodbus-dev     libmodbus, for an independent C Modbus server in interop tests
+#   gcc, pkg-config   to build that C server (tests/interop/modbus_server.c)
 #
 # Usage: scripts/ensure-services.sh [--optional]
 #   --optional  never fail: print what is missing and exit 0 (used by `make demo`)
@@ -13,9 +14,9 @@
 # may start mosquitto/victoria-metrics on install; nothing here relies on that.)
 set -euo pipefail
 
-PACKAGES=(mosquitto victoria-metrics mbpoll libmodbus-dev)
+PACKAGES=(mosquitto victoria-metrics mbpoll libmodbus-dev gcc pkg-config)
 # Executables checked after install; mosquitto lives in /usr/sbin.
-BINARIES=(mosquitto victoria-metrics mbpoll)
+BINARIES=(mosquitto victoria-metrics mbpoll gcc pkg-config)
 export PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin"
 
 optional=0

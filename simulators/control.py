@@ -12,7 +12,8 @@ lines, one command each, and answers each with a JSON line::
     {"device": "hp-plc", "slow_s": 3}                      OPC UA: answer late
     {"device": "hp-plc", "stop": true} / {"device": "hp-plc", "start": true}   restart a server
 
-e.g. ``echo '{"device": "cdu-3", "fault": "silent"}' | nc -q1 127.0.0.1 15099``.
+e.g. ``heat-gateway fault '{"device": "cdu-3", "fault": "silent"}'`` (:func:`send`; any tool
+that writes a line to a TCP socket does too).
 Answers: ``{"ok": true}`` or ``{"ok": false, "error": "..."}``.
 """
 
@@ -82,3 +83,22 @@ async def serve_control(site: SimulatedSite, port: int, host: str = "127.0.0.1")
             writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+async def send(command: str, port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one command line (JSON text) to a running simulator and return its answer.
+
+    ``OSError`` when nothing listens there, ``TimeoutError`` when it does not answer.
+    """
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(command.strip().encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+    if not line:
+        raise OSError(f"{host}:{port} closed the connection without an answer")
+    answer: dict[str, Any] = json.loads(line)
+    return answer

@@ -54,7 +54,9 @@ __all__ = [
     "with_profile_resolutions",
 ]
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+# The bundled profiles: in a checkout `simulators/profiles` is a symlink to `config/profiles`;
+# in an installed wheel it is a copy (package data), so `simulate --fast` works from either.
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 _PROFILE_OF_KIND = {"cdu": "cdu", "heat_meter": "heat-meter", "heat_pump_plc": "hp-plc", "panel_pc": "panel-pc"}
 PLANT_DT_S = 1.0
 

@@ -1,11 +1,11 @@
 """A Modbus TCP server for simulated devices, on asyncio, with fault injection.
 
 Why not pymodbus' server: it answers one request per connection at a time and costs 45-68 us
-per request (see MEASURED.md), its datastore API is being replaced in 3.x, and it cannot stop
-answering, answer slowly or hold a connection half-open on command. This server is ~300 lines
-of the Modbus application protocol (FC 1-6, 15, 16) and is also an independent
-implementation for the gateway's pymodbus client to interoperate with (``mbpoll``, built on
-libmodbus, checks it from the other side).
+per request (measured 2026-11-25, docs/library-limits.md), its datastore API is being
+replaced in 3.x, and it cannot stop answering, answer slowly or hold a connection half-open
+on command. This server is ~300 lines of the Modbus application protocol (FC 1-6, 15, 16)
+and is also an independent implementation for the gateway's pymodbus client to interoperate
+with (``mbpoll``, built on libmodbus, checks it from the other side).
 
 Each unit id behind an endpoint is a :class:`UnitImage`: four register tables filled from a
 profile and a value source (the plant model), and write hooks back into the plant. Bit

@@ -295,7 +295,7 @@ class MosquittoServer(_ServerProcess):
     """A private Mosquitto 2.0 broker on ``host:port`` with persistence in ``workdir/data``.
 
     The settings match ``deploy/mosquitto.conf`` where it matters for behaviour under load:
-    ``max_queued_messages 100000`` (the default 1000 drops a QoS 1 backlog, see MEASURED.md),
+    ``max_queued_messages 100000`` (the default 1000 drops a QoS 1 backlog, docs/library-limits.md),
     ``max_inflight_messages 100`` and ``set_tcp_nodelay true``. Anonymous clients are allowed.
     The in-memory database is saved on a graceful ``stop()``; ``kill()`` loses what was queued
     since the last autosave (``autosave_interval_s``), like a power cut.

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from gateway.config.loader import load_profile, load_site
+from gateway.publish.spool import Spool
 from gateway.service import Gateway
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,9 +218,12 @@ def signals() -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def emitted() -> tuple[set[str], set[str]]:
+def emitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[set[str], set[str]]:
     """(gateway fields, tag keys) from the lines a gateway built from the example site really emits."""
     gateway = Gateway(load_site(EXAMPLE_SITE))
+    # The publisher opens its spool at start(); open one in a temporary folder instead, so the
+    # spool's figures are among the emitted fields as they are in a running gateway.
+    gateway.publisher.spool = Spool(tmp_path_factory.mktemp("spool"), max_bytes=2**20)
     fields: set[str] = set()
     tags: set[str] = set()
     for line in gateway.stats_message().payload.decode().splitlines():
@@ -227,7 +231,7 @@ def emitted() -> tuple[set[str], set[str]]:
         assert measurement == GATEWAY
         fields |= line_fields
         tags |= set(line_tags)
-    for prefix in gateway.publisher._prefixes.values():  # the device lines' measurement and tags
+    for prefix in gateway.publisher.encoder.prefixes.values():  # the device lines' measurement and tags
         _measurement, *pairs = prefix.split(",")
         tags |= {pair.split("=", 1)[0] for pair in pairs}
     return fields, tags
@@ -535,3 +539,83 @@ def test_dashboard_provider_points_at_the_dashboards_folder() -> None:
         assert file.relative_to(GRAFANA).as_posix() in readme, f"README says where {file.name} goes"
     assert "/etc/grafana/provisioning/datasources/" in readme
     assert "/etc/grafana/provisioning/dashboards/" in readme
+
+
+# -- alert rules ----------------------------------------------------------------------------------
+
+ALERTS_FILE = GRAFANA / "provisioning" / "alerting" / "heat-gateway.yaml"
+#: what issue 10 asks to be alerted on, by rule uid
+REQUIRED_ALERTS = {
+    "hg-device-unavailable",
+    "hg-spool-growing",
+    "hg-historian-lag",
+    "hg-dh-deviation",
+    "hg-cdu-near-it-limit",
+    "hg-control-not-auto",
+}
+
+
+@pytest.fixture(scope="module")
+def alert_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    assert document["apiVersion"] == 1
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+@pytest.fixture(scope="module")
+def historian_fields() -> set[str]:
+    """The fields of the historian's own measurement, from a historian built from the example site."""
+    from gateway.historian import Historian  # noqa: PLC0415 - only these tests need it
+
+    site = load_site(EXAMPLE_SITE)
+    assert site.config.influxdb is not None
+    return set(Historian(site.config.mqtt, site.config.influxdb, site.config.site).stats_fields())
+
+
+def test_alert_rules_cover_what_an_operator_must_hear_about(alert_rules: list[dict[str, Any]]) -> None:
+    uids = [rule["uid"] for rule in alert_rules]
+    assert len(uids) == len(set(uids)), uids
+    assert set(uids) >= REQUIRED_ALERTS
+    readme = GRAFANA_README.read_text(encoding="utf-8")
+    for rule in alert_rules:
+        assert rule["title"] in readme, f"deploy/grafana/README.md: no runbook entry for alert {rule['title']!r}"
+        assert rule["annotations"]["summary"], rule["uid"]
+        assert len(rule["annotations"]["runbook"]) > 40, f"{rule['uid']}: a runbook line that says what to do"
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["uid"]
+        assert "$labels" not in json.dumps(rule), f"{rule['uid']}: Grafana expands $ in provisioning files"
+
+
+def test_alert_rules_are_well_formed(alert_rules: list[dict[str, Any]]) -> None:
+    datasource = yaml.safe_load(DATASOURCE_FILE.read_text(encoding="utf-8"))["datasources"][0]["uid"]
+    for rule in alert_rules:
+        refs = {item["refId"]: item for item in rule["data"]}
+        assert rule["condition"] in refs, rule["uid"]
+        for ref, item in refs.items():
+            assert item["model"]["refId"] == ref, rule["uid"]
+            if item["datasourceUid"] == "__expr__":
+                assert item["model"]["expression"] in refs, f"{rule['uid']}: {ref} reads a query that is not there"
+            else:
+                assert item["datasourceUid"] == datasource, f"{rule['uid']}: not the provisioned data source"
+                assert item["relativeTimeRange"]["from"] > 0, rule["uid"]
+
+
+def test_alert_queries_read_what_is_really_written(
+    alert_rules: list[dict[str, Any]],
+    signals: dict[str, set[str]],
+    emitted: tuple[set[str], set[str]],
+    historian_fields: set[str],
+) -> None:
+    gateway_fields, _tags = emitted
+    written = {**signals, GATEWAY: gateway_fields, CONTROL: control_status_fields(), "historian": historian_fields}
+    for rule in alert_rules:
+        for item in rule["data"]:
+            if item["datasourceUid"] == "__expr__":
+                continue
+            query = parse_query({"id": rule["uid"], "title": rule["title"]}, item["model"])
+            assert len(query.measurements) == 1, f"alert {rule['uid']}: one measurement"
+            assert query.fields, f"alert {rule['uid']}: name its field"
+            for field in query.fields:
+                assert field in written[query.measurement], (
+                    f"alert {rule['uid']}: {query.measurement}.{field} is not written by the gateway or historian"
+                )
+            assert 'r.site == "${SITE}"' in query.text, f"alert {rule['uid']}: one site per Grafana alert file"

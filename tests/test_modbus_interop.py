@@ -28,7 +28,7 @@ from simulators.modbus_server import ModbusEndpoint, UnitImage
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "interop" / "modbus_server.c"
-MISSING = "run `make services` (scripts/ensure-services.sh installs Debian's mbpoll and libmodbus-dev)"
+MISSING = "run `make services` (scripts/ensure-services.sh installs Debian's mbpoll, libmodbus-dev, gcc and pkg-config)"
 
 
 def _require(tool: str) -> str:

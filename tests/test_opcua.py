@@ -7,6 +7,8 @@ talks to it through :class:`gateway.drivers.opcua.OpcUaDriver`, as the gateway d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from gateway.config import load_site
 from gateway.config.loader import load_profile
 from gateway.config.profile import OpcUaProfile
 from gateway.config.site import OpcUaDevice
-from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, WriteRefused
+from gateway.drivers.base import ConnectionRefused, DeviceFault, DeviceTimeout, DeviceUnavailable, WriteRefused
 from gateway.drivers.factory import make_driver
 from gateway.drivers.opcua import OpcUaDriver, fingerprint, parse_node_id
 from gateway.drivers.opcua import subscription as subscription_module
@@ -360,8 +362,9 @@ async def test_a_read_only_user_gets_access_denied(tmp_path):
 
 
 async def test_connection_refused_and_timeouts(server, tmp_path):
-    with pytest.raises(DeviceUnavailable, match="connection refused"):
+    with pytest.raises(ConnectionRefused, match="connection refused") as caught:
         await OpcUaDriver(make_device(f"opc.tcp://127.0.0.1:{free_port()}/"), PROFILE, tmp_path).connect()
+    assert caught.value.cause == "refused"
     async with OpcUaDriver(make_device(server, timeout_s=0.3), PROFILE, tmp_path) as driver:
         server.slow_s = 1.0
         with pytest.raises(DeviceTimeout, match=r"read: no reply within 0.3 s"):
@@ -689,3 +692,107 @@ async def test_shipped_profiles_are_served_read_and_written(path, tmp_path):
                 assert spec.max is not None
                 assert await driver.write(name, spec.max) == pytest.approx(spec.max, rel=1e-6)
 
+
+# --- the run log ----------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(tmp_path: Path, endpoint: str, broker_port: int) -> AsyncIterator[list[dict[str, Any]]]:
+    """``heat-gateway run`` as a process, polling one OPC UA device as user gateway with password
+    ``guess``; yields its run log (JSON lines, as parsed so far)."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "plc.yaml").write_text(yaml.safe_dump(PROFILE.model_dump(mode="json", exclude_defaults=True)))
+    device = {
+        "name": "hp-plc",
+        "kind": "heat_pump_plc",
+        "protocol": "opcua",
+        "profile": "plc",
+        "endpoint": endpoint,
+        "username": "gateway",
+        "password": "guess",
+        "poll_period_s": 0.2,
+        "timeout_s": 1.0,
+        "backoff_max_s": 0.4,
+    }
+    site = {
+        "site": "authtest",
+        "state_dir": "state",
+        "profiles_dir": "profiles",
+        "devices": [device],
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "client_id": f"authtest-{time.time_ns()}"},
+        "logging": {"format": "json"},
+    }
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(site))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "run", "-c", str(site_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO,
+    )  # fmt: skip
+    lines: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(raw))
+
+    reader = asyncio.create_task(collect(), name="run-log")
+    try:
+        yield lines
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 15)
+        await reader
+
+
+def events(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [line for line in lines if line.get("event") == name]
+
+
+async def test_a_wrong_password_is_one_line_in_the_run_log(mosquitto, tmp_path):
+    """A refused user is said once, with device, endpoint and cause, however often the poller
+    retries; the right password then brings the device back."""
+    async with (
+        OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users={"gateway": "s3cret"}) as sim,
+        gateway_process(tmp_path, sim.endpoint, mosquitto.port) as lines,
+    ):
+        await wait_for(lambda: bool(events(lines, "device_unavailable")), timeout_s=20)
+        await asyncio.sleep(2.0)  # ten more retries at 0.2-0.4 s: none of them may log again
+        down = events(lines, "device_unavailable")
+        assert len(down) == 1, down
+        assert down[0]["device"] == "hp-plc"
+        assert down[0]["cause"] == "authentication"
+        assert f"connect to {sim.endpoint}: authentication failed for user 'gateway'" in down[0]["reason"]
+        assert "BadUserAccessDenied" in down[0]["reason"]
+        assert events(lines, "device_still_unavailable") == []
+        assert "guess" not in json.dumps(lines)  # the password itself is never logged
+        # The PLC's operator gives the gateway's user the password the site file has.
+        await sim.stop()
+        sim.users = {"gateway": "guess"}
+        await sim.start()
+        await wait_for(lambda: bool(events(lines, "device_available")), timeout_s=20)
+        assert len(events(lines, "device_unavailable")) == 1
+
+
+async def test_a_password_changed_during_an_outage_is_logged_when_it_shows(mosquitto, tmp_path):
+    """The PLC restarts with another password: the run log says the device went (session lost),
+    then once that it is still down, now for authentication."""
+    async with (
+        OpcUaDeviceServer(SERVER_PROFILE, initial=INITIAL, users={"gateway": "guess"}) as sim,
+        gateway_process(tmp_path, sim.endpoint, mosquitto.port) as lines,
+    ):
+        await wait_for(lambda: bool(events(lines, "device_available")), timeout_s=20)
+        await sim.stop()
+        sim.users = {"gateway": "changed"}
+        await sim.start()
+        await wait_for(lambda: bool(events(lines, "device_still_unavailable")), timeout_s=20)
+        await asyncio.sleep(2.0)
+        down = events(lines, "device_unavailable")
+        assert len(down) == 1
+        assert down[0]["cause"] != "authentication"
+        still = events(lines, "device_still_unavailable")
+        assert len(still) == 1, still
+        assert still[0]["cause"] == "authentication"
+        assert still[0]["was"] == down[0]["cause"]
+        assert f"connect to {sim.endpoint}: authentication failed" in still[0]["reason"]

@@ -24,6 +24,7 @@ from gateway.config.profile import OpcUaProfile
 from gateway.config.site import OpcUaDevice
 from gateway.drivers.base import DeviceFault, DeviceUnavailable
 from gateway.drivers.opcua import OpcUaDriver
+from gateway.drivers.opcua.errors import AuthenticationFailed, BadStatusOnly
 from simulators.opcua_server import free_port, write_certificate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,6 +163,12 @@ async def test_read_write_subscribe_and_browse_against_node_opcua(node_opcua, tm
                 await driver.write("setpoint_c", 70)  # the server's own range is 30-60
             assert (await driver.read()).values["setpoint_c"] == 55.5
 
+        # A device whose every node is Bad is unavailable, with the status names as the reason.
+        only_broken = PROFILE.model_copy(update={"signals": {"broken_c": PROFILE.signals["broken_c"]}})
+        async with OpcUaDriver(make_device(endpoint), only_broken, tmp_path) as driver:
+            with pytest.raises(BadStatusOnly, match=f"{endpoint}: every node answers a bad status: BadSensorFailure$"):
+                await driver.read()
+
         async with OpcUaDriver(make_device(endpoint, mode="subscribe"), PROFILE, tmp_path) as driver:
             first = (await driver.read()).values["supply_temp_c"]
 
@@ -187,7 +194,21 @@ async def test_encrypted_session_with_user_against_node_opcua(node_opcua, tmp_pa
             assert await driver.write("setpoint_c", 42) == 42.0
         assert (tmp_path / "opcua" / "trusted" / "interop-plc.der").is_file()
         wrong = make_device(endpoint, username="gateway", password="nope", security=security)
-        with pytest.raises(DeviceUnavailable, match="authentication failed for user 'gateway'"):
+        with pytest.raises(
+            AuthenticationFailed, match=f"connect to {endpoint}: authentication failed for user 'gateway'"
+        ):
             await OpcUaDriver(wrong, PROFILE, tmp_path).connect()
         with pytest.raises(DeviceUnavailable, match="the server refuses an unsecured channel"):
             await OpcUaDriver(make_device(endpoint), PROFILE, tmp_path).connect()
+
+
+async def test_a_server_that_does_not_trust_the_gateways_certificate(node_opcua, tmp_path):
+    """node-opcua with automatic acceptance off: an unknown client certificate is refused."""
+    cert, key = write_certificate(tmp_path / "client", "gateway", "urn:heat-gateway:interop-test")
+    security = {"policy": "Basic256Sha256", "mode": "SignAndEncrypt", "certificate": cert, "private_key": key}
+    async with node_server(node_opcua, tmp_path / "pki", "--secure", "--reject-unknown-clients") as endpoint:
+        device = make_device(endpoint, username="gateway", password="s3cret", security=security)
+        with pytest.raises(AuthenticationFailed) as caught:
+            await OpcUaDriver(device, PROFILE, tmp_path).connect()
+        assert caught.value.cause == "authentication"
+        assert f"connect to {endpoint}: the server refused the secure channel" in str(caught.value)

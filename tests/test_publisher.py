@@ -43,7 +43,7 @@ async def test_lines_status_and_texts(mosquitto):
     publisher.start()
     task = asyncio.create_task(publisher.run())
     try:
-        await wait_until(publisher.connected.is_set)
+        await wait_until(lambda: publisher.connected)
         outbox.put(Reading("cdu-1", 1_764_000_000_000_000_000, {"a_c": 41.5, "b": float("nan")}, bad={"c": "x"}))
         outbox.put(Reading("meter", 1_764_000_000_000_000_001, {"p_kw": 2.0}, texts={"serial": 'SN "7"'}))
         outbox.put(Reading("meter", 1_764_000_000_000_000_002, {}, texts={"serial": "only"}))

@@ -621,8 +621,8 @@ def test_the_panel_switch_is_an_operator_command():
         ({"manual_supply_temp_c": True}, False, "must be a finite number"),
         ({"manual_supply_temp_c": "70"}, False, "must be a finite number"),
         ({"setpoint": 70.0}, False, "unknown key(s) setpoint"),
-        ({}, False, "non-empty mapping"),
-        ("auto", False, "non-empty mapping"),
+        ({}, False, "must name at least one of mode"),
+        ("auto", False, "must be a JSON object, got str"),
     ],
 )
 def test_apply_command_validates_schema_and_limits(command, accepted, reason):

@@ -15,6 +15,7 @@ from gateway.drivers.modbus import (
     GATEWAY_NO_DEVICE,
     ConnectionDead,
     ModbusConnection,
+    ReplyMalformed,
     _User,  # the scan joins the connection as a user with no unit id of its own
 )
 
@@ -79,6 +80,8 @@ async def scan_units(
                 if connection is None or not connection.alive:
                     # a device may close the connection on an unknown unit id: open another
                     connection = await opened()
+                    if queue.empty():
+                        break  # the other workers took the rest while this connection opened
                 unit = queue.get_nowait()
                 results[unit] = await _probe(connection, unit, timeout_s, register)
         except ConnectionDead:
@@ -101,13 +104,13 @@ async def _probe(connection: ModbusConnection, unit: int, timeout_s: float, regi
         return client.read_holding_registers(register, count=1, device_id=unit)
 
     try:
-        response = await connection.request(unit, timeout_s, call)
+        response = (await connection.request(unit, timeout_s, call)).response
     except (TimeoutError, ModbusIOException):
         return ScanResult(unit, answers=False, detail=f"no reply within {timeout_s} s")
     except ConnectionDead as exc:
         return ScanResult(unit, answers=False, detail=f"connection closed ({exc})")
-    except ModbusException as exc:
-        return ScanResult(unit, answers=True, detail=f"a reply pymodbus cannot decode: {exc}")
+    except (ModbusException, ReplyMalformed) as exc:
+        return ScanResult(unit, answers=True, detail=f"a malformed reply: {exc}")
     if response.isError():
         code = getattr(response, "exception_code", None) or 0
         meaning = EXCEPTION_CODES.get(code, "unknown exception")

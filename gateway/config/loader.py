@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from gateway.config.credentials import CREDENTIALS_ENV, CredentialError, read_credential
 from gateway.config.profile import ModbusProfile, OpcUaProfile, Profile
 from gateway.config.roles import check_roles
 from gateway.config.secrets import remember_secrets
@@ -55,12 +57,12 @@ class Site:
 
 
 def format_path(loc: tuple[int | str, ...]) -> str:
-    """('devices', 2, 'modbus', 'port') -> 'devices[2].port' (drops pydantic's union tags)."""
+    """('devices', 2, 'modbus', 'port') -> 'devices[2].port' (drops pydantic's union tags, a profile's too)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("modbus", "opcua") and out.endswith("]"):
+        elif part in ("modbus", "opcua") and (not out or out.endswith("]")):
             continue  # the discriminated-union branch pydantic inserts; not a key in the file
         else:
             out += f".{part}" if out else str(part)
@@ -129,6 +131,14 @@ def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _So
     def replace(match: re.Match[str]) -> str:
         nonlocal used_env
         name, default = match.group(1), match.group(2)
+        try:
+            credential = read_credential(name)  # LoadCredential= (gateway/config/credentials.py)
+        except CredentialError as exc:
+            raise ConfigError(f"{path}: {key}: {exc}") from None
+        if credential is not None:
+            used_env = True
+            sources.hidden.add(credential)
+            return credential
         if name in os.environ:
             text = os.environ[name]
             try:
@@ -140,7 +150,8 @@ def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _So
             return text
         if default is not None:
             return default
-        raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
+        where = f" (nor a credential {name} in ${CREDENTIALS_ENV})" if os.environ.get(CREDENTIALS_ENV) else ""
+        raise ConfigError(f"{path}: {key}: environment variable {name} is not set{where}")
 
     replaced = _ENV.sub(replace, value)
     if used_env:
@@ -208,14 +219,25 @@ def load_profile(path: Path) -> ModbusProfile | OpcUaProfile:
         raise ConfigError(sources.mask(str(exc))) from None
 
 
-def load_site(path: Path | str) -> Site:
+#: Sections a command may do without: each has a default (omitted = not used).
+OPTIONAL_SECTIONS = frozenset({"mqtt", "influxdb", "control", "logging", "http"})
+
+
+def load_site(path: Path | str, *, unused: Collection[str] = (), device: str | None = None) -> Site:
     """Load a site file and the profiles its devices use; :class:`ConfigError` on any fault.
 
     No message names a value that came from the environment or from a secret key.
+
+    ``unused``: optional sections (:data:`OPTIONAL_SECTIONS`) the caller never looks at. One of
+    them that names an environment variable which is not set is left out, as if omitted, instead
+    of failing: ``heat-gateway read`` polls a device and needs no broker password. The checks
+    across sections (control roles, MQTT TLS files) skip an unused section too. Everything else
+    is checked as always. ``device``: the one device the caller talks to; a secret of
+    another device (its OPC UA password, say) may then name a variable that is not set.
     """
     sources = _Sources()
     try:
-        site = _load_site(Path(path), sources)
+        site = _load_site(Path(path), sources, unused, device)
     except ConfigError as exc:
         raise ConfigError(sources.mask(str(exc))) from None
     remember_secrets(_secret_values(site.config))
@@ -230,8 +252,34 @@ def _secret_values(config: SiteConfig) -> set[str]:
     return {value.get_secret_value() for value in values if value is not None} - {""}
 
 
-def _load_site(path: Path, sources: _Sources) -> Site:
-    data = _substitute(_read_yaml(path), path, (), sources)
+def _unset(text: str) -> bool:
+    """Whether a value names an environment variable that is not set and has no default."""
+    return any(m.group(2) is None and m.group(1) not in os.environ for m in _ENV.finditer(text))
+
+
+def _blank_unset_secrets(value: Any) -> None:
+    """Secrets of a device the command does not talk to: an unset variable becomes ""."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in SECRET_KEYS and isinstance(item, str) and _unset(item):
+                value[key] = ""
+            else:
+                _blank_unset_secrets(item)
+
+
+def _load_site(path: Path, sources: _Sources, unused: Collection[str] = (), only: str | None = None) -> Site:
+    raw = _read_yaml(path)
+    if isinstance(raw, dict):
+        for key in OPTIONAL_SECTIONS.intersection(unused).intersection(raw):
+            try:
+                _substitute(raw[key], path, (key,), _Sources())
+            except ConfigError:
+                del raw[key]
+        if only is not None and isinstance(raw.get("devices"), list):
+            for entry in raw["devices"]:
+                if isinstance(entry, dict) and entry.get("name") != only:
+                    _blank_unset_secrets(entry)
+    data = _substitute(raw, path, (), sources)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with site, devices, mqtt, ...")
     try:
@@ -258,7 +306,26 @@ def _load_site(path: Path, sources: _Sources) -> Site:
                 f"{profile.protocol} but the device's protocol is {device.protocol}"
             )
     site = Site(path=path, config=config, profiles=profiles)
-    problems = check_roles(site)
+    # A section the command never uses is not held against it (`read` while control is set up).
+    problems = [] if "mqtt" in unused else _missing_files(config)
+    problems += [] if "control" in unused else check_roles(site)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     return site
+
+
+def _missing_files(config: SiteConfig) -> list[str]:
+    """TLS files the MQTT client opens at start: a missing one would stop `run` with a traceback.
+
+    Checked as the client opens them (a relative path from the working directory). OPC UA
+    certificates are not checked here: a device whose certificate cannot be loaded is reported
+    unavailable with the reason, and the other devices run on.
+    """
+    tls = config.mqtt.tls
+    if tls is None:
+        return []
+    return [
+        f"mqtt.tls.{key}: no such file: {file}"
+        for key in ("ca_file", "cert_file", "key_file")
+        if (file := getattr(tls, key)) is not None and not file.is_file()
+    ]

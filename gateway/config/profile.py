@@ -54,6 +54,15 @@ class _SignalBase(_Model):
     min: float | None = Field(None, description="Lowest engineering value a write may set")
     max: float | None = Field(None, description="Highest engineering value a write may set")
     description: str = Field("", description="What the signal is, in the vendor manual's words")
+    stale_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="Publish the signal as stale (quality stale in the gateway measurement) when its value "
+        "has not changed at all for this long; omitted = never. Set it only for signals that always move "
+        "when healthy (a measured temperature, flow or power), to several times the longest a healthy value "
+        "can sit still at its resolution: a 0.01 K sensor with noise changes every poll, a 1 K one may rest "
+        "for minutes",
+    )
 
     @model_validator(mode="after")
     def _check_limits(self) -> Self:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+import structlog
+
 __all__ = ["mask", "mask_event", "remember_secrets"]
 
 _MIN_LENGTH = 3  # shorter "secrets" cannot be told apart from ordinary words and numbers
@@ -32,8 +34,14 @@ def mask(text: str) -> str:
 
 
 def mask_event(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask every string value of a log event (the exception text included)."""
+    """structlog processor: mask every string value of a log event (the exception text included).
+
+    With secrets remembered, an exception still waiting to be rendered (the console format)
+    is turned into its text here, so that its message is masked too.
+    """
     if _secrets:
+        if event.get("exc_info"):
+            event = structlog.processors.format_exc_info(_logger, _method, event)
         for key, value in event.items():
             if isinstance(value, str):
                 event[key] = mask(value)

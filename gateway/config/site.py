@@ -52,7 +52,14 @@ class _DeviceBase(_Model):
         description="Profile file name in profiles_dir, without .yaml (e.g. cdu)",
     )
     poll_period_s: float = Field(1.0, gt=0, le=3600, description="Seconds between polls, on an absolute schedule")
-    timeout_s: float = Field(1.0, gt=0, le=60, description="Seconds to wait for one reply before the poll fails")
+    timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds to wait for one reply before the poll fails. Units behind one Modbus endpoint: "
+        "3-5 x the slowest healthy reply, and below poll_period_s minus the other units' poll durations, so "
+        "that retries of a unit that is down fit in the idle time (docs/profiles.md)",
+    )
     backoff_max_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait between reconnect attempts to a device that is down"
     )
@@ -274,7 +281,13 @@ class Mqtt(_Model):
         description="Readings held between the pollers and the publisher; when full the oldest is "
         "dropped and counted so polling never waits for the broker",
     )
-    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages in flight (see MEASURED.md: keep modest)")
+    max_inflight: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="QoS 1 messages in flight; keep it modest: paho is slower with a large window "
+        "(docs/library-limits.md)",
+    )
     reconnect_max_s: int = Field(
         30,
         ge=1,
@@ -330,6 +343,24 @@ class Logging(_Model):
     )
 
 
+class Http(_Model):
+    """The opt-in local HTTP endpoint (``gateway/health.py``): ``/healthz`` and Prometheus ``/metrics``."""
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on; loopback unless a scraper on another host needs it",
+    )
+    gateway_port: int = Field(9108, ge=1, le=65535, description="Port of `heat-gateway run`'s endpoint")
+    historian_port: int = Field(9109, ge=1, le=65535, description="Port of `heat-gateway historian`'s endpoint")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        if self.gateway_port == self.historian_port:
+            raise ValueError(f"gateway_port and historian_port are both {self.gateway_port}: both services listen")
+        return self
+
+
 class SiteConfig(_Model):
     """The whole site file."""
 
@@ -339,6 +370,9 @@ class SiteConfig(_Model):
     mqtt: Mqtt = Field(default_factory=Mqtt, description="MQTT broker the metrics stream to")
     influxdb: InfluxDb | None = Field(None, description="Time-series database the historian writes to")
     logging: Logging = Field(default_factory=Logging, description="Log level and format")
+    http: Http | None = Field(
+        None, description="Local HTTP endpoint with /healthz and Prometheus /metrics; omitted = no endpoint"
+    )
     state_dir: Path = Field(
         Path("var"),
         description="Writable folder for state (MQTT spool, trusted OPC UA certificates), relative to this file; "

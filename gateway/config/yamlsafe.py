@@ -108,6 +108,8 @@ def _check_events(text: str) -> None:
             raise YamlFileError(
                 f"{_at(mark)}the file stands for more than {MAX_VALUES:,} values once its aliases (*name) "
                 "are expanded; refused (an alias bomb?)"
+                if aliases
+                else f"{_at(mark)}more than {MAX_VALUES:,} values in one file; refused (not a configuration file?)"
             )
         if parent.depth + len(stack) - 1 > MAX_DEPTH:
             raise YamlFileError(

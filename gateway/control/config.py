@@ -11,6 +11,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.control.commands import CommandPolicy
+
 __all__ = ["ControlConfig"]
 
 
@@ -248,6 +250,13 @@ class ControlConfig(BaseModel):
     deviation_alarm_delay_s: float = Field(120.0, ge=0, description="DH supply deviation alarm: on-delay")
     deviation_alarm_hysteresis_k: float = Field(
         1.0, ge=0, description="DH supply deviation alarm: clears this far below"
+    )
+
+    # -- operator commands over MQTT (gateway/control/commands.py) ------------------------------
+    commands: CommandPolicy = Field(
+        default_factory=CommandPolicy,
+        description="Operator commands on {prefix}/{site}/control/cmd/{user}: retained commands, rate limit "
+        "per sender (see control.commands)",
     )
 
     @model_validator(mode="after")

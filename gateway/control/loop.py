@@ -18,6 +18,7 @@ and are answered on ``{prefix}/{site}/control/ack`` with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -25,8 +26,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.config.loader import Site
+from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
 from gateway.control.executor import WriteExecutor, WriteRequest, WriteResult
-from gateway.control.supervisor import Supervisor, SupervisorState, supervisor_for_site, write_limits_of
+from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site, write_limits_of
 from gateway.drivers.base import Driver
 from gateway.liveness import Progress
 from gateway.logs import get_logger
@@ -36,8 +38,6 @@ from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
 
 log = get_logger(__name__)
-
-MAX_COMMAND_BYTES = 4096
 
 
 class ControlLoop:
@@ -67,6 +67,8 @@ class ControlLoop:
         self.state = SupervisorState()
         base = f"{config.mqtt.topic_prefix}/{config.site}/control"
         self.command_topic = f"{base}/cmd"
+        # the bare topic (sender unknown) and one per broker user, which the ACL guarantees
+        self.command_topics = (self.command_topic, f"{self.command_topic}/+")
         self._ack_topic = f"{base}/ack"
         self._metrics_topic = f"{base}/metrics"
         self._prefix = series_prefix("control", {"site": config.site})
@@ -78,55 +80,116 @@ class ControlLoop:
             read_before=self._present_value,
             on_result=self._publish_write,
         )
-        self._commands: asyncio.Queue[bytes] = asyncio.Queue(maxsize=100)
+        self._policy = self.supervisor.config.commands
+        self._limiter = RateLimiter(self._policy.rate_per_s, self._policy.burst)
+        self._commands: asyncio.Queue[tuple[ParsedCommand, str | None]] = asyncio.Queue(maxsize=100)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._snapshot = image.snapshot(time.time_ns())
         self.cycles = 0
         self.overruns = 0
+        self.failed_cycles = 0  # cycles that raised (each logged with its cause)
         # A completed cycle is progress; one that raised is not, so cycles that keep failing (or a
         # cycle task that hangs) stop the systemd watchdog pings and systemd restarts the service.
         # The bound covers the wait for first readings (at most 10 s) before the first cycle.
         self.progress = Progress("control", bound_s=max(15.0, 5 * self.cycle_s))
 
-    # -- commands (paho thread -> event loop) -------------------------------------------------
+    # -- commands (paho thread -> event loop -> cycle) -----------------------------------------
 
     def on_command(self, _client: Any, _userdata: Any, message: Any) -> None:
-        """paho callback: queue the payload for the next cycle (never blocks paho's thread)."""
+        """paho callback: hand the message to the event loop (never blocks paho's thread)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._queue_command, bytes(message.payload))
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway has stopped
+                self._loop.call_soon_threadsafe(
+                    self.receive, bytes(message.payload), str(message.topic), bool(message.retain)
+                )
 
-    def _queue_command(self, payload: bytes) -> None:
+    def sender_of(self, topic: str) -> str | None:
+        """The broker user a command came from: the last level of ``.../control/cmd/{user}``,
+        which the shipped ACL lets only that user publish to (None on the bare ``control/cmd``)."""
+        sender = topic.removeprefix(self.command_topic + "/")
+        return sender if sender != topic and sender and "/" not in sender else None
+
+    def receive(self, payload: bytes, topic: str, retained: bool = False) -> None:
+        """Take one command off the wire (event loop): parse, check and queue it for the next
+        cycle, or refuse it with an ack. Never raises: the command is answered either way."""
+        sender = self.sender_of(topic)
+        parsed = ParsedCommand(None)
         try:
-            self._commands.put_nowait(payload)
-        except asyncio.QueueFull:
-            self._ack({"accepted": False, "reason": "too many commands queued; try again"})
+            parsed, refusal = self._admit(payload, sender, retained=retained)
+        except Exception as exc:  # a command may fail, never the gateway: it is refused and answered
+            log.exception("control_command_failed", sender=sender, payload=payload[:200])
+            refusal = f"internal error: {type(exc).__name__}"
+        if refusal is None:
+            try:
+                self._commands.put_nowait((parsed, sender))
+            except asyncio.QueueFull:
+                refusal = f"too many commands queued ({self._commands.maxsize}); try again"
+        if refusal is not None:
+            self._answer(parsed, sender, accepted=False, reason=refusal, payload=payload)
 
-    def _ack(self, body: dict[str, Any]) -> None:
-        body.setdefault("mode", self.state.mode.value)
+    def _admit(self, payload: bytes, sender: str | None, *, retained: bool) -> tuple[ParsedCommand, str | None]:
+        """The command, and why it is refused before it reaches the cycle (None: queue it).
+
+        The rate limit comes first, so a flood costs one regular-expression search per message
+        (for the id in the ack), not a parse."""
+        allowed, report = self._limiter.take(sender or "", time.monotonic())
+        if report:
+            self._log_rate_limited(sender, report)
+        if not allowed:
+            refusal = f"rate limit: more than {self._policy.rate_per_s:g} commands/s from {sender or 'unidentified'}"
+            return ParsedCommand(salvage_id(payload)), refusal
+        parsed = parse_command(payload)
+        if retained and not self._policy.accept_retained:
+            return parsed, (
+                "retained command refused (it would be applied again at every restart): publish it without "
+                "retain, and clear the retained message with an empty retained payload"
+            )
+        return parsed, parsed.error
+
+    def _log_rate_limited(self, sender: str | None, refused: int) -> None:
+        log.warning(
+            "control_commands_rate_limited",
+            sender=sender,
+            refused=refused,  # since the last line about this sender
+            rate_per_s=self._policy.rate_per_s,
+            burst=self._policy.burst,
+        )
+
+    def _answer(
+        self, parsed: ParsedCommand, sender: str | None, *, accepted: bool, reason: str, payload: bytes = b""
+    ) -> None:
+        """Publish the ack on ``control/ack`` and log the outcome (rate-limit refusals are
+        summarised by ``control_commands_rate_limited`` instead)."""
+        body: dict[str, Any] = {"accepted": accepted, "reason": reason, "mode": self.state.mode.value}
+        if parsed.id is not None:
+            body["id"] = parsed.id
+        if sender is not None:
+            body["sender"] = sender
         self.outbox.put(Message(self._ack_topic, json.dumps(body).encode()))
+        if reason.startswith("rate limit"):
+            return
+        # Every value from a command is logged as repr: escaped, whatever bytes it holds.
+        context = {"id": parsed.id, "sender": sender, "reason": reason, "mode": self.state.mode.value}
+        if accepted:
+            log.info("control_command_applied", command=repr(dict(parsed.values))[:300], **context)
+        elif parsed.values:
+            log.warning("control_command_rejected", command=repr(dict(parsed.values))[:300], **context)
+        else:
+            log.warning("control_command_rejected", payload=repr(payload[:200]), **context)
 
     def _apply_commands(self) -> None:
+        """Apply the queued commands in order, each on its own: one that fails is answered and
+        the others and the cycle go on."""
+        for source, refused in self._limiter.overdue(time.monotonic()):
+            self._log_rate_limited(source or None, refused)
         while not self._commands.empty():
-            payload = self._commands.get_nowait()
-            command_id: object = None
-            if len(payload) > MAX_COMMAND_BYTES:
-                self._ack({"accepted": False, "reason": f"command larger than {MAX_COMMAND_BYTES} bytes"})
-                continue
+            parsed, sender = self._commands.get_nowait()
             try:
-                command = json.loads(payload)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                self._ack({"accepted": False, "reason": f"not valid JSON: {exc}"})
-                log.warning("control_command_rejected", reason="not valid JSON", payload=payload[:200])
-                continue
-            if isinstance(command, dict):
-                command_id = command.pop("id", None)
-            self.state, ack = self.supervisor.apply_command(self.state, command)
-            body: dict[str, Any] = {"accepted": ack.accepted, "reason": ack.reason}
-            if command_id is not None:
-                body["id"] = command_id
-            self._ack(body)
-            event = "control_command_applied" if ack.accepted else "control_command_rejected"
-            log.info(event, command=command, reason=ack.reason, mode=self.state.mode.value)
+                self.state, ack = self.supervisor.apply_command(self.state, parsed.values)
+            except Exception as exc:  # a command may fail, never the cycle: refused and answered
+                log.exception("control_command_failed", id=parsed.id, sender=sender)
+                ack = CommandAck(accepted=False, reason=f"internal error: {type(exc).__name__}")
+            self._answer(parsed, sender, accepted=ack.accepted, reason=ack.reason)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -179,10 +242,11 @@ class ControlLoop:
                 await asyncio.sleep(delay)
             try:
                 self.cycle(time.time_ns(), self._clock() if self._clock is not None else loop.time())
-            except Exception:
+            except Exception as exc:
                 # A bug in a controller must not stop the cycle (and with it the heartbeats the
                 # devices' watchdogs need): log it and try again next cycle.
-                log.exception("control_cycle_failed", cycle=self.cycles)
+                self.failed_cycles += 1
+                log.exception("control_cycle_failed", cycle=self.cycles, cause=f"{type(exc).__name__}: {exc}"[:300])
             else:
                 await self.progress.step()
             next_start += self.cycle_s

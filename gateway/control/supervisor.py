@@ -25,7 +25,6 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from gateway.control.blocks import (
@@ -41,6 +40,7 @@ from gateway.control.blocks import (
     select_min,
     weather_curve_supply_c,
 )
+from gateway.control.commands import Mode, check_values
 from gateway.control.config import ControlConfig
 from gateway.control.pid import ControlMode, PidConfig, PidState, pid_step
 from gateway.control.writes import Lease, SignalKey, Write, WriteBook, WriteLimits
@@ -77,16 +77,7 @@ class ProcessView(Protocol):
         ...
 
 
-class Mode(StrEnum):
-    """Who sets the DH setpoints. OFF: the gateway writes nothing at all (devices run local)."""
-
-    AUTO = "auto"
-    MANUAL = "manual"
-    OFF = "off"
-
-
 _PANEL_MODES = {0.0: Mode.OFF, 1.0: Mode.MANUAL, 2.0: Mode.AUTO}
-_COMMAND_KEYS = ("mode", "manual_supply_temp_c", "manual_heat_power_kw")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,33 +288,8 @@ class Supervisor:
         return new_state, CommandAck(accepted=True, reason=reason)
 
     def _check_command(self, command: object) -> tuple[Mode | None, float | None, float | None] | str:
-        """The command's (mode, supply, heat) or the reason it is rejected."""
-        if not isinstance(command, Mapping) or not command:
-            return "command must be a non-empty mapping"
-        unknown = [str(key) for key in command if key not in _COMMAND_KEYS]
-        if unknown:
-            return f"unknown key(s) {', '.join(unknown)}; known: {', '.join(_COMMAND_KEYS)}"
-        mode: Mode | None = None
-        if "mode" in command:
-            raw = command["mode"]
-            if not isinstance(raw, str) or raw not in Mode.__members__.values():
-                return f"mode must be auto, manual or off, got {raw!r}"
-            mode = Mode(raw)
-        values: list[float | None] = []
-        for key, (low, high) in (
-            ("manual_supply_temp_c", self._supply_range_c),
-            ("manual_heat_power_kw", self._heat_range_kw),
-        ):
-            raw = command.get(key)
-            if raw is None:
-                values.append(None)
-                continue
-            if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
-                return f"{key} must be a finite number, got {raw!r}"
-            if not low <= raw <= high:
-                return f"{key} {raw:g} is outside {low:g}..{high:g}"
-            values.append(float(raw))
-        return mode, values[0], values[1]
+        """The command's (mode, supply, heat) or the reason it is rejected (gateway/control/commands.py)."""
+        return check_values(command, self._supply_range_c, self._heat_range_kw)
 
     # -- the cycle -----------------------------------------------------------------------------
 

@@ -4,14 +4,17 @@
 
     DriverError                 anything a device did or did not do; has .device
     ├── DeviceUnavailable       cannot connect, connection lost, no reply in time
-    │   └── DeviceTimeout       no reply within the device's timeout_s
+    │   ├── DeviceTimeout       no reply within the device's timeout_s
+    │   └── ConnectionRefused   nothing listens at the address (TCP RST)
     ├── DeviceFault             the device answered with an error (Modbus exception code,
     │                           OPC UA bad status); has .address (register or node id)
     ├── MalformedReply          the reply does not fit the request
     └── WriteRefused            the gateway refused a write (not writable, outside limits,
                                 not confirmed by read-back); nothing was sent or it was undone
 
-A driver raises, it never returns ``None`` for a failed read.
+A driver raises, it never returns ``None`` for a failed read. Each class has a ``cause``, a
+short name the poller logs with ``device_unavailable`` and a dashboard can group by; a subclass
+(an authentication failure, say) may set its own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from gateway.sample import Reading
 class DriverError(Exception):
     """A device-level failure; the message names the device and what failed."""
 
+    cause = "driver_error"
+
     def __init__(self, device: str, message: str, *, address: str | None = None) -> None:
         self.device = device
         self.address = address
@@ -35,21 +40,37 @@ class DriverError(Exception):
 class DeviceUnavailable(DriverError):
     """Cannot connect, or the connection was lost."""
 
+    cause = "unavailable"
+
 
 class DeviceTimeout(DeviceUnavailable):
     """The device did not answer within its timeout."""
+
+    cause = "timeout"
+
+
+class ConnectionRefused(DeviceUnavailable):
+    """Nothing listens at the device's address: the host is up, the service is not."""
+
+    cause = "refused"
 
 
 class DeviceFault(DriverError):
     """The device answered with an error code or a bad status."""
 
+    cause = "device_fault"
+
 
 class MalformedReply(DriverError):
-    """The reply does not match the request (length, type)."""
+    """The reply does not match the request (function code, length, ids, type)."""
+
+    cause = "malformed_reply"
 
 
 class WriteRefused(DriverError):
     """A write was refused before or after it reached the device."""
+
+    cause = "write_refused"
 
 
 class ConnectionScope:

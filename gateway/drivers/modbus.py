@@ -1,19 +1,39 @@
 """Modbus TCP driver (pymodbus client) built on a frozen :class:`ReadPlan`.
 
 One driver serves one device (one unit id). Devices with the same host:port (unit ids behind
-one Modbus TCP gateway) share ONE TCP connection, a :class:`ModbusConnection` kept by a
-:class:`ConnectionHub`::
+one Modbus TCP gateway, an RTU bridge, a CDU rack) share ONE TCP connection, a
+:class:`ModbusConnection` kept by a :class:`ConnectionHub`::
 
     ModbusDriver(unit 1) --+
     ModbusDriver(unit 2) --+--> ModbusConnection(host:port) --> AsyncModbusTcpClient --> TCP
-    ModbusDriver(unit 3) --+        asyncio.Lock: one request at a time
+    ModbusDriver(unit 3) --+        turns: one request (one whole poll) at a time
                                     reference counted: closes with its last driver
 
-Why share: a gateway (and many devices) accepts only a few TCP connections, and pymodbus
-serialises requests on a connection anyway. The connection's lock, not pymodbus', decides
-who sends next, so that a device's ``timeout_s`` runs from when its request is sent, not
-from when it began to queue: a unit that never answers delays the others by at most its own
-timeout per request.
+Why share: a gateway (and many devices) accepts only a few TCP connections, and an RTU bridge
+can only carry one request at a time anyway. The connection, not pymodbus, decides who sends
+next (a *turn*), so that a device's ``timeout_s`` runs from when its request is sent, not from
+when it began to queue. A poll takes one turn for all its blocks, so the values of one reading
+are read back to back.
+
+Who gets the next turn:
+
+* units that answer (or have not failed yet) first, in the order they asked;
+* a unit that is *down* on this connection (its last request timed out, was malformed, or a
+  gateway said 10/11 "no device") only gets a turn as a *probe*, when the connection is idle
+  and no answering unit's next poll is due within the probe's ``timeout_s``: its probes fit in
+  the idle time between the answering units' polls. A probe that found no such window for two
+  of the longest poll periods (4 s at most) goes anyway, so a unit can never be starved; then
+  the next answering unit waits behind at most that one timeout.
+
+The poller backs off a down unit (fewer probes); the connection decides when each probe goes.
+
+A reading's timestamp is the wall-clock time its poll's first request was handed to the socket
+(pymodbus' send hook), never the time the poll was scheduled nor the time it got its turn.
+
+Every reply is checked byte for byte against its request (:mod:`gateway.drivers.modbus_wire`):
+function code, byte count, quantity, transaction id, unit id and a write's echo. A reply that
+does not match fails the request with :class:`MalformedReply`; a late reply to a request that
+timed out is recognised by its transaction id and dropped quietly.
 
 What tears a shared connection down, and what does not:
 
@@ -23,10 +43,9 @@ What tears a shared connection down, and what does not:
   it has timed out since the last reply of any kind: then the connection itself is dead (a
   half-open TCP connection looks exactly like this) and is closed, and the next ``connect``
   of each driver opens a fresh one;
+* a byte stream that is no longer Modbus TCP (bad protocol id or length field, a frame left
+  incomplete at the timeout) is closed: nothing read from it after that could be trusted;
 * a lost connection (reset, closed by the peer) is dead for everyone at once.
-
-A late reply to a request that timed out can never be taken for the answer to the next one:
-pymodbus drops frames whose transaction id is not the one it waits for.
 
 The driver never reconnects by itself: the poller decides when to retry, with backoff, so a
 device that is down costs nothing. pymodbus' own reconnect, retries and "close after N
@@ -37,11 +56,11 @@ keep their per-device meaning: ``close`` gives the driver's share of the connect
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import math
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +79,7 @@ from gateway.drivers.base import (
     WriteRefused,
 )
 from gateway.drivers.modbus_plan import Block, ReadPlan, build_plan
+from gateway.drivers.modbus_wire import MalformedPdu, StrictFramer, Wire
 from gateway.logs import get_logger
 from gateway.sample import Reading
 
@@ -85,29 +105,24 @@ GATEWAY_NO_DEVICE = frozenset({10, 11})
 # unanswered (it would close the shared connection after a few).
 _LIBRARY_TIMEOUT_S = 120.0
 
-
-class _LateReplyFilter(logging.Filter):
-    """Drops pymodbus' error lines about a reply to a request that already timed out.
-
-    On a shared connection that is expected and harmless (pymodbus skips the frame by its
-    transaction id), and the timeout itself was reported once, with the device. The level set
-    in :mod:`gateway.logs` may be lowered to debug, so this filter does the job there too.
-    """
-
-    EXPECTED = ("but got id=", "without a corresponding request")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(text in message for text in self.EXPECTED)
-
-
-logging.getLogger("pymodbus.logging").addFilter(_LateReplyFilter())
+# A probe must end this long before the next due poll of an answering unit (event-loop jitter).
+_PROBE_GUARD_S = 0.02
+# A poll due this long ago that has not asked for its turn is not waited for any more.
+_DUE_GRACE_S = 0.5
+# The longest a probe waits for an idle window before it goes anyway: two of the longest poll
+# periods of the answering units, but never more than this, so a down unit's poller still
+# reports progress well within the service's liveness bound (5 s + 10 x timeout_s of slack).
+_PROBE_WAIT_MAX_S = 4.0
 
 Call = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
 
 
 class ConnectionDead(Exception):
     """The shared connection is closed or was declared dead; every user must reconnect."""
+
+
+class ReplyMalformed(Exception):
+    """The reply did not match the request (:mod:`gateway.drivers.modbus_wire` says why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +132,27 @@ class _User:
     unit_id: int
     pause_after_connect_s: float
     pause_between_requests_s: float
+    timeout_s: float = 1.0
+    period_s: float = math.inf
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """A task waiting for its turn on the connection."""
+
+    future: asyncio.Future[None]
+    unit_id: int
+    probe_s: float | None  # the idle window a probe needs; None: not a probe
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply and when its request went out and it came back (wall clock, ns)."""
+
+    response: Any
+    sent_ns: int
+    received_ns: int
 
 
 class ModbusConnection:
@@ -126,12 +162,19 @@ class ModbusConnection:
         self.host = host
         self.port = port
         self.client: AsyncModbusTcpClient | None = None
-        self.lock = asyncio.Lock()  # one request (or read-modify-write) at a time
+        self.wire = Wire()
         self._open_lock = asyncio.Lock()
         self.users: dict[int, _User] = {}  # id(driver) -> what it needs
         self.dead_reason: str | None = None
         self.requests = 0
+        self.probes = 0  # turns given to units that are down
+        self.forced_probes = 0  # probes that found no idle window and went anyway
+        self.down_units: set[int] = set()  # units whose last request got no regular reply
         self._silent_units: set[int] = set()  # units that timed out since the last reply
+        self._due: dict[int, float] = {}  # unit id -> loop time its next poll is expected
+        self._waiters: list[_Waiter] = []
+        self._holder: _Waiter | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._ready_at = 0.0  # loop time before which no request may be sent (pause after connect)
         self._last_end = 0.0  # loop time the last request ended
 
@@ -164,7 +207,11 @@ class ModbusConnection:
                 retries=0,
                 reconnect_delay=0,  # the poller owns reconnects (with backoff)
                 name=f"{self.host}:{self.port}",
+                trace_packet=self.wire.trace_packet,
             )
+            # pymodbus' own framer lets wrong replies through (see modbus_wire); ctx.framer is
+            # where its transaction manager keeps it (3.8-3.16).
+            client.ctx.framer = StrictFramer(self.wire)
             client.set_max_no_responses(1_000_000)  # see _LIBRARY_TIMEOUT_S
             try:
                 async with asyncio.timeout(timeout_s):
@@ -175,8 +222,9 @@ class ModbusConnection:
                 raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
             if not ok:
                 client.close()
-                self.kill("cannot connect")
-                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}")
+                why = await _connect_error(self.host, self.port, timeout_s)
+                self.kill(f"cannot connect: {why}")
+                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {why}")
             self.client = client
             pause_s = max((user.pause_after_connect_s for user in self.users.values()), default=0.0)
             self._ready_at = asyncio.get_running_loop().time() + pause_s
@@ -195,14 +243,117 @@ class ModbusConnection:
         if self.client is not None:
             self.client.close()
 
-    async def request(self, unit_id: int, timeout_s: float, call: Call) -> Any:
-        """Send one request when the connection is free; the deadline starts when it is sent."""
-        async with self.lock:
+    # -- turns -----------------------------------------------------------------------------
+
+    def expect_poll(self, unit_id: int, period_s: float) -> None:
+        """``unit_id`` starts a poll now and the next one ``period_s`` from now: probes keep clear of it."""
+        self._due[unit_id] = asyncio.get_running_loop().time() + period_s
+
+    def forget(self, unit_id: int) -> None:
+        """``unit_id`` no longer polls here (whether it is down is kept while the connection lives)."""
+        self._due.pop(unit_id, None)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, unit_id: int) -> AsyncIterator[None]:
+        """Hold the connection for one request or one whole poll (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        probe_s = self._timeout_of(unit_id) if unit_id in self.down_units else None
+        waiter = _Waiter(loop.create_future(), unit_id, probe_s, loop.time())
+        self._waiters.append(waiter)
+        self._dispatch()
+        try:
+            await waiter.future
+        except BaseException:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif self._holder is waiter:  # granted just as it was cancelled
+                self._release()
+            raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    @property
+    def busy(self) -> bool:
+        """True while some driver holds the turn."""
+        return self._holder is not None
+
+    def _timeout_of(self, unit_id: int) -> float:
+        return max((u.timeout_s for u in self.users.values() if u.unit_id == unit_id), default=1.0)
+
+    def _release(self) -> None:
+        self._holder = None
+        self._dispatch()
+
+    def _grant(self, waiter: _Waiter) -> None:
+        self._waiters.remove(waiter)
+        self._holder = waiter
+        if waiter.probe_s is not None:
+            self.probes += 1
+        waiter.future.set_result(None)
+
+    def _probe_fits(self, window_s: float, now: float) -> bool:
+        """No answering unit's poll is due before a probe of ``window_s`` would end."""
+        end = now + window_s + _PROBE_GUARD_S
+        return all(
+            due >= end for unit, due in self._due.items() if unit not in self.down_units and due > now - _DUE_GRACE_S
+        )
+
+    def _max_probe_wait_s(self) -> float:
+        periods = [u.period_s for u in self.users.values() if u.unit_id not in self.down_units]
+        finite = [p for p in periods if math.isfinite(p)]
+        return min(2 * max(finite, default=0.0), _PROBE_WAIT_MAX_S)
+
+    def _dispatch(self) -> None:
+        """Give the free connection to the next waiter that may have it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # A waiter cancelled while waiting has not run its cleanup yet: never grant it.
+        self._waiters = [waiter for waiter in self._waiters if not waiter.future.done()]
+        if self._holder is not None or not self._waiters:
+            return
+        for waiter in self._waiters:
+            if waiter.probe_s is None:
+                self._grant(waiter)
+                return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        max_wait_s = self._max_probe_wait_s()
+        for waiter in self._waiters:
+            assert waiter.probe_s is not None
+            if self._probe_fits(waiter.probe_s, now):
+                self._grant(waiter)
+                return
+            if now - waiter.since >= max_wait_s:
+                self.forced_probes += 1
+                if self.forced_probes == 1:  # once per connection: it is a configuration matter
+                    log.warning(
+                        "modbus_probe_forced",
+                        connection=f"{self.host}:{self.port}",
+                        unit=waiter.unit_id,
+                        probe_s=waiter.probe_s,
+                        hint="no idle window as long as this unit's timeout_s between the other units' polls: "
+                        "a shorter timeout_s or longer poll periods keep retries off their slots (docs/profiles.md)",
+                    )
+                self._grant(waiter)
+                return
+        # Look again when the oldest probe must go, or when a due poll is given up on.
+        wake = min(w.since for w in self._waiters) + max_wait_s
+        wake = min([wake, *(due + _DUE_GRACE_S for due in self._due.values() if due + _DUE_GRACE_S > now)])
+        self._timer = loop.call_at(wake, self._dispatch)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def request(self, unit_id: int, timeout_s: float, call: Call) -> Reply:
+        """Send one request in its own turn; the deadline starts when it is sent."""
+        async with self.turn(unit_id):
             return await self.request_locked(unit_id, timeout_s, call)
 
-    async def request_locked(self, unit_id: int, timeout_s: float, call: Call) -> Any:
-        """:meth:`request` for a caller that holds :attr:`lock` (a read-modify-write)."""
-        assert self.lock.locked()
+    async def request_locked(self, unit_id: int, timeout_s: float, call: Call) -> Reply:
+        """:meth:`request` for a caller that holds the turn (a whole poll, a read-modify-write)."""
+        assert self._holder is not None
         client = self.client
         if not self.alive or client is None:
             raise ConnectionDead(self.dead_reason or "connection closed")
@@ -212,10 +363,17 @@ class ModbusConnection:
         if wait_s > 0:
             await asyncio.sleep(wait_s)
         self.requests += 1
+        wire = self.wire
         try:
             async with asyncio.timeout(timeout_s):
                 response = await call(client)
         except (TimeoutError, ModbusIOException):
+            wire.abandon()
+            self.down_units.add(unit_id)
+            if wire.buffered:
+                # Part of a frame arrived and the rest never did: the stream is out of step.
+                self.kill(f"incomplete frame: {wire.buffered} bytes of a reply, then nothing for {timeout_s} s")
+                raise ConnectionDead(f"{wire.buffered} bytes of an incomplete reply, then silence") from None
             self._unanswered(unit_id)
             raise
         except (ConnectionException, OSError) as exc:
@@ -224,7 +382,17 @@ class ModbusConnection:
         finally:
             self._last_end = loop.time()
         self._silent_units.clear()  # any reply, an exception code too, proves the connection works
-        return response
+        if isinstance(response, MalformedPdu):
+            self.down_units.add(unit_id)
+            if wire.framing_lost is not None:
+                self.kill(f"malformed reply: {wire.framing_lost}")
+            raise ReplyMalformed(response.reason)
+        code = getattr(response, "exception_code", 0) if response.isError() else 0
+        if code in GATEWAY_NO_DEVICE:
+            self.down_units.add(unit_id)
+        else:
+            self.down_units.discard(unit_id)
+        return Reply(response, wire.sent_ns, wire.received_ns or time.time_ns())
 
     def _unanswered(self, unit_id: int) -> None:
         """A request timed out: dead if no unit sharing the connection answers any more."""
@@ -232,6 +400,27 @@ class ModbusConnection:
         units = {user.unit_id for user in self.users.values()} | {unit_id}
         if self._silent_units >= units:
             self.kill(f"no reply from any unit ({', '.join(map(str, sorted(units)))}) since the last answer")
+
+
+async def _connect_error(host: str, port: int, timeout_s: float) -> str:
+    """Why a TCP connection to ``host:port`` fails: pymodbus only says that it did.
+
+    One more plain connect, made only after pymodbus' failed, gives the operating system's
+    reason (refused: nothing listens there; unreachable or timed out: the network or a firewall).
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer to the TCP handshake within {timeout_s} s"
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens on that port)"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "the connection failed once and worked on a second try"
 
 
 class ConnectionHub:
@@ -267,7 +456,9 @@ class ConnectionHub:
 
     def release(self, owner: object, connection: ModbusConnection) -> None:
         """``owner`` no longer uses the connection; the last user closes it."""
-        connection.users.pop(id(owner), None)
+        user = connection.users.pop(id(owner), None)
+        if user is not None and all(other.unit_id != user.unit_id for other in connection.users.values()):
+            connection.forget(user.unit_id)
         if not connection.users:
             connection.kill("no device uses it any more")
             if self.connections.get(connection.key) is connection:
@@ -315,6 +506,8 @@ class ModbusDriver(ConnectionScope):
             unit_id=self.device.unit_id,
             pause_after_connect_s=self.profile.pause_after_connect_s,
             pause_between_requests_s=self.profile.pause_between_requests_s,
+            timeout_s=self.device.timeout_s,
+            period_s=self.device.poll_period_s,
         )
         try:
             # Twice the reply timeout: a TCP handshake over a slow link may take a while.
@@ -349,7 +542,7 @@ class ModbusDriver(ConnectionScope):
         if not response.isError():
             return response
         code = getattr(response, "exception_code", None) or 0
-        meaning = EXCEPTION_CODES.get(code, "unknown exception")
+        meaning = EXCEPTION_CODES.get(code, "not a code the Modbus specification defines")
         if code in GATEWAY_NO_DEVICE:
             # The gateway answered, so the shared connection is fine: only this unit is missing.
             raise DeviceUnavailable(
@@ -359,7 +552,7 @@ class ModbusDriver(ConnectionScope):
             )
         raise DeviceFault(self.name, f"{doing}Modbus exception {code} ({meaning})", address=what)
 
-    async def _send(self, call: Call, what: str, *, locked: bool = False, doing: str = "") -> Any:
+    async def _send(self, call: Call, what: str, *, locked: bool = False, doing: str = "") -> Reply:
         """One request with this device's timeout; pymodbus/socket errors become driver errors."""
         connection = self._link()
         unit, timeout_s = self.device.unit_id, self.device.timeout_s
@@ -374,9 +567,12 @@ class ModbusDriver(ConnectionScope):
             raise DeviceTimeout(self.name, f"{doing}no reply: {exc}", address=what) from exc
         except ConnectionDead as exc:
             raise DeviceUnavailable(self.name, f"{doing}{exc}", address=what) from exc
+        except ReplyMalformed as exc:
+            raise MalformedReply(self.name, f"{doing}malformed reply: {exc}", address=what) from exc
         except ModbusException as exc:
-            raise MalformedReply(self.name, f"{doing}{exc}", address=what) from exc
-        return self._check_reply(response, what, doing)
+            raise MalformedReply(self.name, f"{doing}malformed reply: {exc}", address=what) from exc
+        self._check_reply(response.response, what, doing)
+        return response
 
     def _read_call(self, table: Table, address: int, count: int) -> Call:
         unit = self.device.unit_id
@@ -392,37 +588,54 @@ class ModbusDriver(ConnectionScope):
 
         return call
 
-    async def _read_block_data(self, block: Block, *, locked: bool = False) -> list[int]:
+    async def _read_block_reply(self, block: Block, *, locked: bool = False) -> tuple[list[int], Reply]:
         what = f"unit {self.device.unit_id} {block.describe(self.profile.addressing)}"
-        response = await self._send(self._read_call(block.table, block.start, block.count), what, locked=locked)
-        data: list[int] = [int(bit) for bit in response.bits] if block.table.is_bit else list(response.registers)
-        if len(data) < block.count:
-            raise MalformedReply(self.name, f"asked for {block.count} values, got {len(data)}", address=what)
-        return data
+        reply = await self._send(self._read_call(block.table, block.start, block.count), what, locked=locked)
+        response = reply.response
+        # The byte count was checked against the quantity (modbus_wire); bits come padded to bytes.
+        bits_or_words = response.bits if block.table.is_bit else response.registers
+        if len(bits_or_words) < block.count:  # cannot pass the byte-count check; kept as a guard
+            raise MalformedReply(self.name, f"asked for {block.count} values, got {len(bits_or_words)}", address=what)
+        return [int(value) for value in bits_or_words[: block.count]], reply
+
+    async def _read_block_data(self, block: Block, *, locked: bool = False) -> list[int]:
+        return (await self._read_block_reply(block, locked=locked))[0]
 
     async def _read_block(self, block: Block) -> dict[str, float]:
         return block.decode(await self._read_block_data(block))
 
     async def read(self) -> Reading:
-        """Read every block. A block the device refuses (exception code) marks only its signals
-        bad; a lost connection, a timeout or a gateway reporting no device (10/11) fails the
-        whole read."""
-        timestamp_ns = time.time_ns()
+        """Read every block in one turn on the connection.
+
+        A block the device refuses (exception code) marks only its signals bad; a lost
+        connection, a timeout, a malformed reply or a gateway reporting no device (10/11)
+        fails the whole read, so nothing of it is published. The reading's timestamp is the
+        wall-clock time the first request went out.
+        """
+        connection = self._link()
+        unit = self.device.unit_id
+        connection.expect_poll(unit, self.device.poll_period_s)
         values: dict[str, float] = {}
         texts: dict[str, str] = {}
         bad: dict[str, str] = {}
-        for block in self.plan.blocks:
-            try:
-                data = await self._read_block_data(block)
-            except (DeviceFault, MalformedReply) as exc:
-                reason = str(exc)
-                for name in block.names:
-                    bad[name] = reason
-                continue
-            values.update(block.decode(data))
-            if block.texts:
-                texts.update(block.decode_texts(data))
-        return Reading(device=self.name, timestamp_ns=timestamp_ns, values=values, bad=bad, texts=texts)
+        timestamp_ns = 0
+        async with connection.turn(unit):
+            for block in self.plan.blocks:
+                try:
+                    data, reply = await self._read_block_reply(block, locked=True)
+                except DeviceFault as exc:
+                    reason = str(exc)
+                    for name in block.names:
+                        bad[name] = reason
+                    timestamp_ns = timestamp_ns or connection.wire.sent_ns
+                    continue
+                timestamp_ns = timestamp_ns or reply.sent_ns
+                values.update(block.decode(data))
+                if block.texts:
+                    texts.update(block.decode_texts(data))
+        return Reading(
+            device=self.name, timestamp_ns=timestamp_ns or time.time_ns(), values=values, bad=bad, texts=texts
+        )
 
     def _writable(self, name: str) -> ModbusSignal:
         signal = self.profile.signals.get(name)
@@ -501,7 +714,7 @@ class ModbusDriver(ConnectionScope):
         assert signal.bit is not None
         connection = self._link()
         block = build_plan(self.profile, [name]).blocks[0]  # just the one register
-        async with connection.lock:
+        async with connection.turn(self.device.unit_id):
             word = (await self._read_block_data(block, locked=True))[0]
             new_word = with_register_bit(word, signal.bit, value)
             if new_word == word:

@@ -1,4 +1,4 @@
-"""InfluxDB line protocol, the payload of every metrics message.
+"""InfluxDB line protocol, the payload of every metrics message: the gateway's one encoder.
 
 ``cdu,site=dk-cph-1,device=cdu-1 tcs_supply_temp_c=41.52,heat_load_kw=1520.0 1764090000000000000``
 
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+
+from gateway.sample import Reading
 
 _TAG_ESCAPE = re.compile(r"([,= \\])")
 
@@ -27,8 +30,8 @@ def series_prefix(measurement: str, tags: dict[str, str]) -> str:
     return ",".join(parts)
 
 
-def encode_line(prefix: str, fields: dict[str, float], timestamp_ns: int) -> str | None:
-    """One line; ``None`` when no field is finite (a line needs at least one field)."""
+def encode_line(prefix: str, fields: Mapping[str, float], timestamp_ns: int) -> str | None:
+    """One line of float fields (the hot path); ``None`` when no field is finite (a line needs one)."""
     isfinite = math.isfinite
     body = ",".join(f"{name}={value!r}" for name, value in fields.items() if isfinite(value))
     if not body:
@@ -36,7 +39,39 @@ def encode_line(prefix: str, fields: dict[str, float], timestamp_ns: int) -> str
     return f"{prefix} {body} {timestamp_ns}"
 
 
-def encode_fields(fields: dict[str, float | int | bool | str]) -> str:
+def encode_point(prefix: str, fields: Mapping[str, float | int | bool | str], timestamp_ns: int) -> str | None:
+    """One line of mixed-type fields (see :func:`encode_fields`); ``None`` when no field is left."""
+    body = encode_fields(fields)
+    return f"{prefix} {body} {timestamp_ns}" if body else None
+
+
+class ReadingEncoder:
+    """Encodes a poller's :class:`Reading` as its device's metrics line (UTF-8 bytes).
+
+    Measurement = the device's kind, tags ``site`` and ``device``; good numbers as floats, good
+    texts (nameplate strings) as string fields, bad and uncertain values left out (the
+    ``gateway`` measurement reports quality).
+    """
+
+    def __init__(self, site: str, device_kinds: Mapping[str, str]) -> None:
+        self.prefixes = {
+            device: series_prefix(kind, {"site": site, "device": device}) for device, kind in device_kinds.items()
+        }
+        """``measurement,tag=value,...`` of each device's lines."""
+
+    def encode(self, reading: Reading) -> bytes | None:
+        """The line, or ``None`` when the reading has no good value to send."""
+        prefix = self.prefixes[reading.device]
+        if not reading.texts:  # the hot path: numbers only
+            line = encode_line(prefix, reading.values, reading.timestamp_ns)
+        else:
+            # floats stay floats (an int would become an integer field and clash with the series' type)
+            fields = {name: float(value) for name, value in reading.values.items()}
+            line = encode_point(prefix, {**fields, **reading.texts}, reading.timestamp_ns)
+        return line.encode() if line is not None else None
+
+
+def encode_fields(fields: Mapping[str, float | int | bool | str]) -> str:
     """Mixed-type fields: floats as-is, ints with ``i``, bools as true/false, strings quoted."""
     parts = []
     for name, value in fields.items():

@@ -1,102 +1,111 @@
 """MQTT publisher: readings out as line protocol, QoS 1, without ever holding up polling.
 
-paho runs its network loop in its own thread (``loop_start``); the asyncio side only hands
-it messages, and the :class:`Outbox` in front absorbs bursts. Topics:
-``{prefix}/{site}/{device}/metrics`` and the retained ``{prefix}/{site}/gateway/status``
-(``online``; the last will says ``offline``).
+Everything runs on the event loop (see :mod:`gateway.mqtt`): the :class:`Outbox` in front
+absorbs bursts, each drained batch is handed to paho and written to the socket at the loop's
+next turn. Topics: ``{prefix}/{site}/{device}/metrics`` and the retained
+``{prefix}/{site}/gateway/status`` (``online``; the last will says ``offline``).
 
-While the broker is away, or paho holds more than ``SPOOL_ABOVE_UNACKED`` unacknowledged
-messages (a silent link paho has not noticed yet), messages go to the durable
-:class:`~gateway.publish.spool.Spool` in ``{state_dir}/spool`` instead of paho's memory; when
-the connection drops, the messages paho still holds unacknowledged are copied there too. Once
-connected, the spool is replayed oldest first, with at most ``REPLAY_WINDOW`` unacknowledged and
-in batches that let live messages through; a segment file is deleted only when the broker has
-acknowledged every message in it. A spool left by a killed process is replayed by the next one.
-Delivery stays at least once: a message in flight when the link dropped can arrive twice (the
-same line-protocol point twice is stored once). Retained messages (status, states) are never
-spooled: they are state, and an old value replayed late would replace a newer one.
-Without the spool (``mqtt.spool: false``) paho keeps QoS 1 messages in memory (up to
-``max_queued``) until it reconnects, and a restart during an outage loses them.
+Nothing leaves the gateway's keeping before it is safe (docs/nothing-lost.md):
 
-Threads: paho calls ``on_publish`` holding its ``_out_message_mutex``, and the callbacks take
-``self._lock``; so the event loop never calls paho while it holds ``self._lock``.
+- every QoS 1 message handed to paho is tracked until its PUBACK;
+- a message unacknowledged for ``UNACKED_TO_DISK_S`` (a frozen or slow link) is copied to the
+  durable :class:`~gateway.publish.spool.Spool` in ``{state_dir}/spool`` and *held* there:
+  a ``kill -9`` then loses nothing older than about that; while the link is that slow, new
+  messages go to the spool directly instead of paho's memory;
+- while the broker is away, messages go to the spool;
+- when the connection drops, each message it had not acknowledged is made replayable exactly
+  once (copied to the spool, or its held copy released for the replay): one copy per drop,
+  however often paho reports the drop (it uses a fresh paho client per connection, so paho
+  never resends anything on its own);
+- once connected, the spool is replayed oldest first, at most ``REPLAY_WINDOW`` unacknowledged,
+  in batches that let live messages through; a segment file goes when every record in it is
+  released (acknowledged, or copied on); releases are logged to a side file so a killed process
+  does not send them again;
+- a spool that cannot be written (disk full) falls back to memory and is tried again every
+  ``SPOOL_RETRY_S``: it recovers when space returns.
+
+With a historian (its retained ``{prefix}/{site}/historian/status`` says ``online``), a metrics
+message acknowledged by the broker is still kept (on disk after ``UNACKED_TO_DISK_S``) until the
+historian lists it on ``.../historian/stored`` after writing it. Receipts come in the order the
+gateway sent the messages (the broker keeps a subscriber's order, the historian writes in that
+order), so a message still waiting when a *later* one is receipted was lost by the broker (it
+died before saving its queue) and is sent again. Without a historian online, the broker's
+PUBACK releases a message.
+
+Retained messages (status, states) are never spooled: they are state, and an old value replayed
+late would replace a newer one. Without the spool (``mqtt.spool: false``) messages wait in a
+bounded memory queue until the broker is back, and a restart during an outage loses them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import ssl
-import sys
-import threading
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.client import topic_matches_sub
 
 from gateway.config.site import Mqtt
 from gateway.logs import get_logger
-from gateway.publish.lineprotocol import encode_fields, encode_line, series_prefix
+from gateway.mqtt import MqttConnection, MqttError, Will
+from gateway.publish.lineprotocol import ReadingEncoder
 from gateway.publish.outbox import Message, Outbox
-from gateway.publish.spool import Record, Segment, Spool
+from gateway.publish.spool import Segment, Spool
 from gateway.sample import Reading
 
 log = get_logger(__name__)
 
-# Unacknowledged messages in paho above which new ones go to the spool. Twice the outbox's drain
-# batch (1,000), so a healthy link at full rate never spools; it bounds what a kill can lose while
-# paho has not yet noticed a silent link (that takes up to 1.5 x keepalive_s).
+# A message unacknowledged this long is copied to disk: the bound on what a kill -9 can lose
+# while the link is frozen (the issue asks for ~1-2 s), checked every UNACKED_CHECK_S.
+UNACKED_TO_DISK_S = 1.0
+UNACKED_CHECK_S = 0.25
+# Unacknowledged messages in paho above which new ones go to the spool: paho's memory is not
+# durable, and a healthy link at full rate (1,000 messages a batch) never has this many.
 SPOOL_ABOVE_UNACKED = 2000
 # Replayed messages unacknowledged at a time: enough to keep the broker busy (20k msg/s at a
 # 25 ms round trip), few enough that live messages queued behind them wait milliseconds.
 REPLAY_WINDOW = 500
 REPLAY_BATCH = 100  # messages per replay step; live messages go out between steps
-REPLAY_ACK_POLL_S = 0.005  # acks arrive on paho's thread: polling beats a thread hop per ack
 REPLAY_IDLE_CHECK_S = 0.5
 SPOOL_FSYNC_INTERVAL_S = 1.0
-_NEVER = sys.maxsize  # `_divert_above` when nothing may go to the spool
+SPOOL_RETRY_S = 10.0  # after a failed write (disk full): how soon the spool is tried again
+# After a connect the spool waits this long before replaying, so that the historian's retained
+# last receipt has arrived: records it lists (sent by a killed process whose last packets the
+# broker still took) are released instead of sent twice.
+REPLAY_AFTER_CONNECT_S = 0.5
+RECENT_RECEIPTS = 10_000  # receipts that matched nothing waiting, remembered for the replay
 
 
-def make_client(config: Mqtt, client_id: str, *, clean_session: bool = True, manual_ack: bool = False) -> paho.Client:
-    """A paho client set up from the site's MQTT section (TLS, credentials, backoff)."""
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=paho.MQTTv311,
-        manual_ack=manual_ack,
-    )
-    if config.username:
-        client.username_pw_set(config.username, config.password.get_secret_value() if config.password else None)
-    if config.tls is not None:
-        client.tls_set(
-            ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
-            certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
-            keyfile=str(config.tls.key_file) if config.tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.tls_insecure_set(config.tls.insecure)
-    client.reconnect_delay_set(min_delay=1, max_delay=config.reconnect_max_s)
-    return client
+@dataclass(slots=True)
+class _Awaiting:
+    """A metrics message the broker acknowledged, waiting for the historian's receipt."""
+
+    topic: str
+    key: bytes  # see receipt_key
+    payload: bytes | None  # None once it is on disk (``where``)
+    since: float
+    where: tuple[Segment, int] | None  # its record in the spool, held (not to be replayed)
+    replayed: bool  # the record was read by the replay (rewind it, not unhold it, if lost)
 
 
-def set_nodelay(client: paho.Client) -> None:
-    """paho never sets TCP_NODELAY: without it Nagle adds ~15 ms per message (MEASURED.md)."""
-    sock = client.socket()
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def receipt_key(payload: bytes) -> bytes:
+    """A metrics message's key in the historian's receipts: the timestamp ending its last line."""
+    return payload[payload.rfind(b" ") + 1 :].rstrip()
 
 
-def unacknowledged(client: paho.Client) -> list[paho.MQTTMessage]:
-    """The QoS > 0 messages paho holds that the broker has not acknowledged, oldest first.
+@dataclass(slots=True)
+class _InFlight:
+    """A QoS 1 message handed to paho on the current connection."""
 
-    paho 2.x has no public API for this; it keeps them in ``_out_messages`` under
-    ``_out_message_mutex`` (tests/test_spool.py checks that this still works).
-    """
-    with client._out_message_mutex:  # noqa: SLF001 - see the docstring
-        return [m for m in client._out_messages.values() if m.qos > 0]  # noqa: SLF001
+    topic: str
+    payload: bytes
+    sent_at: float
+    retain: bool = False
+    spooled: tuple[Segment, int] | None = None  # its held copy on disk (late acknowledgement)
+    replayed: tuple[Segment, int] | None = None  # it came from the spool (the record to release)
 
 
 class MqttPublisher:
@@ -120,122 +129,81 @@ class MqttPublisher:
         self.outbox = outbox
         self.base = f"{config.topic_prefix}/{site}"
         self.status_topic = f"{self.base}/gateway/status"
-        self._prefixes = {
-            device: series_prefix(kind, {"site": site, "device": device}) for device, kind in device_kinds.items()
-        }
+        self.encoder = ReadingEncoder(site, device_kinds)
         self._topics = {device: f"{self.base}/{device}/metrics" for device in device_kinds}
-        max_queued = config.queue_size * 10
-        self.client = make_client(config, config.client_id or f"heat-gateway-{site}")
-        self.client.will_set(self.status_topic, b"offline", qos=1, retain=True)
-        self.client.max_inflight_messages_set(config.max_inflight)
-        self.client.max_queued_messages_set(max_queued)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.connected = threading.Event()
-        self._lock = threading.Lock()
-        self._stopping = False
-        self.sent = 0
-        self.acked = 0
-        self.refused = 0
+        self.connection = MqttConnection(
+            config,
+            config.client_id or f"heat-gateway-{site}",
+            name="publisher",
+            will=Will(topic=self.status_topic, payload=b"offline"),
+        )
+        self.connection.on_connected = self._on_connected
+        self.connection.on_disconnected = self._on_disconnected
+        self.connection.on_publish = self._on_publish
+        self.connection.on_message = self._on_message
+        self._in_flight: dict[int, _InFlight] = {}  # by message id, oldest first
+        self._retained_in_flight = 0
+        self._memory: deque[tuple[str, bytes]] = deque()  # waiting without a usable spool
+        self._memory_max = config.queue_size * 10
+        self.refused = 0  # messages lost because even the memory queue was full
+        self.replayed = 0
+        self.copied_on_drop = 0
+        self.copied_late = 0
         self._subscriptions: dict[str, Any] = {}
-
+        self._metrics_prefix, self._metrics_suffix = f"{self.base}/", "/metrics"
+        self._historian_status_topic = f"{self.base}/historian/status"
+        self._stored_topic = f"{self.base}/historian/stored"
+        self._stored_recent_topic = f"{self.base}/historian/stored_recent"
+        self.historian_online = False
+        self._awaiting: dict[int, _Awaiting] = {}  # by sequence (acknowledgement order)
+        self._awaiting_keys: dict[tuple[str, bytes], deque[int]] = {}
+        self._awaiting_seq = 0
+        self.resent_lost = 0  # acknowledged by the broker, never stored: sent again
+        self._recent_receipts: dict[tuple[str, bytes], None] = {}  # stored, but not waited for here
+        self.skipped_stored = 0  # spooled records not replayed because the historian had them
+        self._connected_at = 0.0
         self._spool_dir = spool_dir if config.spool else None
         self.spool: Spool | None = None  # opened by start(): building a publisher touches no files
-        # Spool before paho's own queue would refuse; the replay window leaves live messages room.
-        self._spool_above = min(SPOOL_ABOVE_UNACKED, max_queued // 2)
+        self._spool_above = min(SPOOL_ABOVE_UNACKED, self._memory_max // 2)
         self._replay_window = max(1, min(REPLAY_WINDOW, self._spool_above // 4))
-        # The hot path's one check: a message goes to the spool when `sent - acked` exceeds this.
-        # -1 while not connected (always), _spool_above while connected, _NEVER without a spool.
-        self._divert_above = _NEVER
-        self._spool_usable = False  # opened and never failed to write
-        self._spooling = False  # an episode of spooling was logged and has not been replayed yet
-        self._replay_mids: dict[int, Segment] = {}  # replayed messages paho holds, by message id
-        self._early_acks: set[int] = set()  # acks that overtook the registration of their mid
-        self._registering = False
-        self._rescued: list[Record] = []  # copied from paho at a disconnect, not yet in the spool
-        self._replay_wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.replayed = 0
+        self._replay_in_flight = 0
+        self._spool_usable = False
+        self._spool_retry_at = 0.0
+        self._spooling_reason: str | None = None  # an episode of spooling was logged
+        self._stalled = False  # the oldest message in flight is older than UNACKED_TO_DISK_S
+        self._wake = asyncio.Event()
 
-    # paho callbacks run on paho's thread: keep them short.
-    def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if reason.is_failure:
-            log.warning("mqtt_connect_refused", broker=f"{self.config.host}:{self.config.port}", reason=str(reason))
-            return
-        set_nodelay(client)
-        self.publish_now(self.status_topic, b"online", retain=True)
-        for topic, handler in self._subscriptions.items():
-            client.subscribe(topic, qos=1)
-            client.message_callback_add(topic, handler)
-        if self._spool_usable:
-            self._divert_above = self._spool_above
-        self.connected.set()
-        self._call_on_loop(self._replay_wake.set)
-        log.info("mqtt_connected", broker=f"{self.config.host}:{self.config.port}")
+    # -- state ----------------------------------------------------------------------------------
 
-    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if self._spool_usable and not self._stopping:
-            # Spool from now on, and copy what paho holds unacknowledged: its memory would not
-            # survive a kill before the reconnect.
-            self._copy_unacknowledged(divert_all=True)
-            self._call_on_loop(self._spool_rescued)
-        if self.connected.is_set() and not self._stopping:
-            log.warning(
-                "mqtt_disconnected",
-                broker=f"{self.config.host}:{self.config.port}",
-                reason=str(reason),
-                pending=self.sent - self.acked,  # held by paho (the spool's count is the loop's to read)
-            )
-        self.connected.clear()
-
-    def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
-        with self._lock:
-            self.acked += 1
-            if self._replay_mids or self._registering:
-                segment = self._replay_mids.pop(mid, None)
-                if segment is not None:
-                    segment.acked += 1
-                elif self._registering:
-                    self._early_acks.add(mid)
-
-    def _copy_unacknowledged(self, *, divert_all: bool = False) -> None:
-        """Queue copies of what paho holds unacknowledged for the spool (any thread).
-
-        Retained messages are left out (state, not history), and so are replayed ones: they are
-        still in their segment. With ``divert_all`` every later message goes to the spool; both
-        happen under the lock, so none spooled later can get ahead of the copies.
-        """
-        with self.client._out_message_mutex, self._lock:  # noqa: SLF001 - paho's lock comes first (module doc)
-            if divert_all:
-                self._divert_above = -1
-            self._rescued += [
-                (m.topic, bytes(m.payload))
-                for m in unacknowledged(self.client)
-                if not m.retain and m.mid not in self._replay_mids
-            ]
-
-    def _call_on_loop(self, callback: Any) -> None:
-        """Run ``callback`` on the event loop soon (from paho's thread)."""
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway has stopped
-                self._loop.call_soon_threadsafe(callback)
+    @property
+    def connected(self) -> bool:
+        """The broker connection is up."""
+        return self.connection.connected
 
     @property
     def pending(self) -> int:
-        """Messages not yet acknowledged by the broker: held by paho, plus those waiting in the
-        spool (a spool left by an earlier process counts from when the replay reads it)."""
-        return self.sent - self.acked + (self.spool.waiting if self.spool is not None else 0)
+        """Messages not yet safe: in flight, in memory, waiting in the spool (a spool left by an
+        earlier process counts from when the replay reads it), waiting for the historian's
+        receipt. A message with a copy in the spool counts once."""
+        spooled = self.spool.waiting if self.spool is not None else 0
+        held = sum(1 for m in self._in_flight.values() if m.spooled is not None or m.replayed is not None)
+        awaiting = sum(1 for a in self._awaiting.values() if a.where is None)
+        return len(self._in_flight) - self._retained_in_flight - held + len(self._memory) + spooled + awaiting
+
+    def set_devices(self, device_kinds: dict[str, str]) -> None:
+        """The devices whose readings it publishes (after a reload added or removed some)."""
+        self.encoder = ReadingEncoder(self.site, device_kinds)
+        self._topics = {device: f"{self.base}/{device}/metrics" for device in device_kinds}
 
     def subscribe(self, topic: str, handler: Any) -> None:
-        """Subscribe now and after every reconnect; ``handler(client, userdata, message)`` runs on paho's thread."""
+        """Subscribe now and after every reconnect; ``handler(None, None, message)`` runs on the event loop."""
         self._subscriptions[topic] = handler
-        if self.connected.is_set():
-            self.client.subscribe(topic, qos=1)
-            self.client.message_callback_add(topic, handler)
+        if self.connected:
+            with contextlib.suppress(MqttError):  # dropped meanwhile: on_connected subscribes again
+                self.connection.subscribe(topic)
 
     def start(self) -> None:
-        """Open the spool (if any), then connect in the background; paho retries until the broker is there.
+        """Open the spool (if any); :meth:`run` connects.
 
         Raises :class:`~gateway.publish.spool.SpoolError` when the spool folder cannot be used.
         """
@@ -243,71 +211,218 @@ class MqttPublisher:
             config = self.config
             self.spool = Spool(self._spool_dir, max_bytes=config.spool_max_mb * 2**20, fsync=config.spool_fsync)
             self._spool_usable = True
-            self._divert_above = -1  # until the first connect: a spool left by a killed process is replayed then
-        self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
-        self.client.loop_start()
 
-    def publish_now(self, topic: str, payload: bytes, *, retain: bool = False) -> MQTTErrorCode:
-        """Hand one message to paho (QoS 1), bypassing the spool; from the event loop or paho's thread.
+    # -- connection callbacks (event loop) ------------------------------------------------------
 
-        Returns paho's code: ``MQTT_ERR_NO_CONN`` (held in memory until a connection) or
-        ``MQTT_ERR_QUEUE_SIZE`` (refused: paho's queue is full) are not errors here.
-        """
-        rc: MQTTErrorCode = self.client.publish(topic, payload, qos=1, retain=retain).rc
-        with self._lock:
-            if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                self.refused += 1
-            else:
-                self.sent += 1
-        return rc
+    def _on_connected(self, _session_present: bool) -> None:
+        self._stalled = False
+        self._connected_at = _now()
+        self.publish_now(self.status_topic, b"online", retain=True)
+        self.connection.subscribe(self._historian_status_topic)
+        self.connection.subscribe(self._stored_topic)
+        self.connection.subscribe(self._stored_recent_topic)
+        for topic in self._subscriptions:
+            self.connection.subscribe(topic)
+        self._wake.set()
 
-    def _send(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish from the event loop: to paho, or to the spool when paho cannot deliver it soon."""
-        if self.sent - self.acked > self._divert_above:  # the hot path's one extra check
-            if not self._to_spool(topic, payload, retain):
-                self.publish_now(topic, payload, retain=retain)
-        elif self.publish_now(topic, payload, retain=retain) and self.spool is not None:
-            # No connection (a drop paho saw before we did) or refused: keep a copy on disk too.
-            self._to_spool(topic, payload, retain)
-
-    def _to_spool(self, topic: str, payload: bytes, retain: bool) -> bool:
-        """Append one message to the spool; False when it may not or cannot go there."""
+    def _on_disconnected(self, reason: str) -> None:
+        """Each message the connection had not acknowledged becomes replayable, once."""
+        in_flight, self._in_flight = self._in_flight, {}
+        self._retained_in_flight = 0
+        self._replay_in_flight = 0
         spool = self.spool
-        if retain or spool is None or not self._spool_usable:  # retained: state, not history
-            return False
-        if self._rescued:
-            self._spool_rescued(flush=False)  # older than this message
-        try:
-            spool.append(topic, payload)
-        except OSError as error:
-            self._spool_failed(error)
-            return False
-        if not self._spooling:
-            self._spooling = True
+        copied = 0
+        for message in in_flight.values():
+            if message.retain:
+                continue  # state: the next connection says it again
+            if spool is not None and message.spooled is not None:
+                spool.unhold(*message.spooled)  # its held copy is sent by the replay
+            elif spool is not None and message.replayed is not None:
+                spool.rewind(*message.replayed)  # the replay goes back to it
+            elif self._keep(message.topic, message.payload):
+                copied += 1
+        self._flush_spool()
+        self.copied_on_drop += copied
+        if copied or in_flight:
             log.info(
-                "mqtt_spooling",
-                folder=str(spool.directory),
-                reason="broker acknowledges slowly" if self.connected.is_set() else "not connected",
+                "mqtt_unacknowledged_kept",
+                messages=copied,
+                held_in_spool=sum(1 for m in in_flight.values() if m.spooled is not None),
+                reason=reason,
+                where="spool" if self._spool_usable else "memory",
             )
-        if self.connected.is_set():
-            self._replay_wake.set()
+
+    def _on_publish(self, mid: int) -> None:
+        message = self._in_flight.pop(mid, None)
+        if message is None:
+            return
+        if message.retain:
+            self._retained_in_flight -= 1
+            return
+        if message.replayed is not None:
+            self._replay_in_flight -= 1
+        if (
+            self.historian_online
+            and message.topic.startswith(self._metrics_prefix)
+            and message.topic.endswith(self._metrics_suffix)
+        ):
+            self._await_receipt(message)
+            return
+        if self.spool is not None:
+            if message.spooled is not None:
+                self.spool.release(*message.spooled)
+            if message.replayed is not None:
+                self.spool.release(*message.replayed)
+
+    def _await_receipt(self, message: _InFlight) -> None:
+        where = message.spooled or message.replayed
+        self._awaiting_seq += 1
+        seq = self._awaiting_seq
+        payload = message.payload if where is None else None
+        key = receipt_key(message.payload)
+        self._awaiting[seq] = _Awaiting(message.topic, key, payload, _now(), where, message.replayed is not None)
+        self._awaiting_keys.setdefault((message.topic, key), deque()).append(seq)
+        if len(self._awaiting) > self._memory_max:  # a historian that stopped receipting: bound memory
+            oldest = next(iter(self._awaiting))
+            self._forget_awaiting(oldest, release=True)
+
+    def _forget_awaiting(self, seq: int, *, release: bool) -> _Awaiting:
+        entry = self._awaiting.pop(seq)
+        key = (entry.topic, entry.key)
+        if (seqs := self._awaiting_keys.get(key)) is not None and seq in seqs:
+            seqs.remove(seq)
+            if not seqs:
+                del self._awaiting_keys[key]
+        if release and entry.where is not None and self.spool is not None:
+            self.spool.release(*entry.where)
+        return entry
+
+    def _on_receipt(self, payload: bytes) -> None:
+        """The historian stored these messages: forget them; resend the older ones still waiting."""
+        newest = 0
+        for line in payload.split(b"\n"):
+            topic, _, key = line.rpartition(b" ")
+            seqs = self._awaiting_keys.get((topic.decode(errors="replace"), key))
+            if not seqs:  # not waited for: maybe sent by a killed process and still in the spool
+                recent = self._recent_receipts
+                recent[(topic.decode(errors="replace"), key)] = None
+                if len(recent) > RECENT_RECEIPTS:
+                    del recent[next(iter(recent))]
+                continue
+            seq = seqs.popleft()
+            if not seqs:
+                del self._awaiting_keys[(topic.decode(errors="replace"), key)]
+            entry = self._awaiting.pop(seq, None)
+            if entry is not None and entry.where is not None and self.spool is not None:
+                self.spool.release(*entry.where)
+            newest = max(newest, seq)
+        lost = [seq for seq in self._awaiting if seq < newest]
+        for seq in lost:
+            self._resend_lost(seq)
+        if lost:
+            self.resent_lost += len(lost)
+            log.warning(
+                "mqtt_broker_lost_messages",
+                messages=len(lost),
+                action="sent again",
+                reason="acknowledged by the broker but never stored (broker restarted before saving its queue?)",
+            )
+        self._flush_spool()
+        self._wake.set()
+
+    def _resend_lost(self, seq: int) -> None:
+        entry = self._forget_awaiting(seq, release=False)
+        if entry.where is not None and self.spool is not None:
+            if entry.replayed:
+                self.spool.rewind(*entry.where)
+            else:
+                self.spool.unhold(*entry.where)
+        elif entry.payload is not None:
+            self._keep(entry.topic, entry.payload)
+
+    def _on_historian_status(self, payload: bytes) -> None:
+        online = payload == b"online"
+        if online == self.historian_online:
+            return
+        self.historian_online = online
+        released = len(self._awaiting)
+        if not online:  # it has a persistent session: the broker keeps its messages meanwhile
+            for seq in list(self._awaiting):
+                self._forget_awaiting(seq, release=True)
+            self._flush_spool()
+        log.info(
+            "mqtt_release_mode",
+            historian="online" if online else "offline",
+            release_on="historian receipt" if online else "broker PUBACK",
+            released_now=0 if online else released,
+        )
+
+    def _on_message(self, message: Any) -> None:
+        if message.topic in (self._stored_topic, self._stored_recent_topic):
+            self._on_receipt(bytes(message.payload))
+            return
+        if message.topic == self._historian_status_topic:
+            self._on_historian_status(bytes(message.payload))
+            return
+        for topic, handler in self._subscriptions.items():
+            # a subscription may hold wildcards (the control loop's control/cmd/+)
+            if topic_matches_sub(topic, message.topic):
+                handler(None, None, message)
+
+    # -- publishing (event loop) ------------------------------------------------------------------
+
+    def publish_now(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Hand one message to paho (QoS 1), bypassing the spool; False when not connected."""
+        try:
+            mid = self.connection.publish(topic, payload, retain=retain)
+        except MqttError:
+            return False
+        self._in_flight[mid] = _InFlight(topic, payload, _now(), retain=retain)
+        if retain:
+            self._retained_in_flight += 1
         return True
 
-    def _spool_rescued(self, *, flush: bool = True) -> None:
-        """Move the copies taken from paho at a disconnect into the spool (event loop)."""
-        with self._lock:
-            rescued, self._rescued = self._rescued, []
-        if not rescued or self.spool is None or not self._spool_usable:
-            return  # (the originals are still in paho's memory)
+    def _send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish a live message: to paho, or to the spool when paho cannot deliver it soon."""
+        if retain:
+            self.publish_now(topic, payload, retain=True)  # state: the next one replaces it anyway
+            return
+        if self._stalled or len(self._in_flight) > self._spool_above or not self.connection.connected:
+            self._keep(topic, payload)
+            return
         try:
-            for topic, payload in rescued:
-                self.spool.append(topic, payload)
-            if flush:
-                self.spool.flush()
+            mid = self.connection.publish(topic, payload)
+        except MqttError:
+            self._keep(topic, payload)
+            return
+        self._in_flight[mid] = _InFlight(topic, payload, _now())
+
+    def _keep(self, topic: str, payload: bytes) -> bool:
+        """Keep a message for later: the spool, else memory; False when it had to be dropped."""
+        if self._append(topic, payload) is not None:
+            self._note_spooling()
+            return True
+        if len(self._memory) >= self._memory_max:
+            self.refused += 1
+            return False
+        self._memory.append((topic, payload))
+        return True
+
+    def _append(self, topic: str, payload: bytes) -> tuple[Segment, int] | None:
+        spool = self.spool
+        if spool is None or not self._spool_usable:
+            return None
+        try:
+            return spool.append(topic, payload)
         except OSError as error:
             self._spool_failed(error)
-            return
-        log.info("mqtt_spooled_unacknowledged", messages=len(rescued))
+            return None
+
+    def _note_spooling(self) -> None:
+        if self._spooling_reason is None:
+            self._spooling_reason = "broker acknowledges slowly" if self.connected else "not connected"
+            assert self.spool is not None
+            log.info("mqtt_spooling", folder=str(self.spool.directory), reason=self._spooling_reason)
 
     def _flush_spool(self) -> None:
         if self.spool is not None and self._spool_usable:
@@ -317,7 +432,7 @@ class MqttPublisher:
                 self._spool_failed(error)
 
     def _spool_failed(self, error: OSError) -> None:
-        """The spool cannot be written (disk full, I/O error): fall back to paho's memory for good.
+        """The spool cannot be written (disk full, I/O error): memory until SPOOL_RETRY_S has passed.
 
         What is already in closed segments is still replayed.
         """
@@ -328,13 +443,13 @@ class MqttPublisher:
                 "spool_write_failed",
                 folder=str(self.spool.directory),
                 error=str(error),
-                handed_to_paho=len(unwritten),
+                kept_in_memory=len(unwritten),
+                retry_s=SPOOL_RETRY_S,
                 fallback="messages wait in memory until the broker is back; a restart before then loses them",
             )
         self._spool_usable = False
-        self._divert_above = _NEVER
-        for topic, payload in unwritten:
-            self.publish_now(topic, payload)
+        self._spool_retry_at = _now() + SPOOL_RETRY_S
+        self._memory.extend(unwritten)
 
     async def _sync_spool(self, spool: Spool) -> None:
         try:
@@ -346,29 +461,21 @@ class MqttPublisher:
         if isinstance(item, Message):
             self._send(item.topic, item.payload, item.retain)
             return
-        line = encode_line(self._prefixes[item.device], item.values, item.timestamp_ns)
-        if item.texts:  # rare (nameplate strings): kept off the numeric fast path
-            text_fields = encode_fields(dict(item.texts))
-            line = (
-                f"{line.rsplit(' ', 1)[0]},{text_fields} {item.timestamp_ns}"
-                if line is not None
-                else f"{self._prefixes[item.device]} {text_fields} {item.timestamp_ns}"
-            )
+        line = self.encoder.encode(item)
         if line is not None:
-            self._send(self._topics[item.device], line.encode())
+            self._send(self._topics[item.device], line)
+
+    # -- tasks --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Publish until cancelled; with a spool, also replay it and fsync it."""
-        self._loop = asyncio.get_running_loop()
-        spool = self.spool
-        if spool is None:
-            await self._publish_loop()
-            return
+        """Connect, publish, replay and look after the spool until cancelled."""
         async with asyncio.TaskGroup() as group:
+            group.create_task(self.connection.run(), name="mqtt-publisher-connection")
             group.create_task(self._publish_loop(), name="mqtt-publish")
-            group.create_task(self._replay_loop(spool), name="mqtt-spool-replay")
-            if spool.fsync == "interval":
-                group.create_task(self._fsync_loop(spool), name="mqtt-spool-fsync")
+            group.create_task(self._watch_unacknowledged(), name="mqtt-unacknowledged")
+            group.create_task(self._replay_loop(), name="mqtt-replay")
+            if self.spool is not None and self.spool.fsync == "interval":
+                group.create_task(self._fsync_loop(self.spool), name="mqtt-spool-fsync")
 
     async def _publish_loop(self) -> None:
         spool = self.spool
@@ -381,6 +488,65 @@ class MqttPublisher:
                     await self._sync_spool(spool)
             await asyncio.sleep(0)  # let pollers run between large batches
 
+    async def _watch_unacknowledged(self) -> None:
+        """Copy messages unacknowledged for UNACKED_TO_DISK_S to the spool; retry a failed spool."""
+        while True:
+            await asyncio.sleep(UNACKED_CHECK_S)
+            now = _now()
+            if self.spool is not None and not self._spool_usable and now >= self._spool_retry_at:
+                self._spool_usable = True  # the next write tells; a failure comes back here
+                self._retry_spool_from_memory()
+            cutoff = now - UNACKED_TO_DISK_S
+            self._spool_awaiting(cutoff)
+            oldest = next(iter(self._in_flight.values()), None)
+            self._stalled = oldest is not None and oldest.sent_at < cutoff
+            if not self._stalled or self.spool is None:
+                continue
+            copied = 0
+            for message in self._in_flight.values():
+                if message.sent_at >= cutoff:
+                    break
+                if message.spooled is None and message.replayed is None and not message.retain:
+                    where = self._append(message.topic, message.payload)
+                    if where is None:
+                        break
+                    self.spool.hold(*where)
+                    message.spooled = where
+                    copied += 1
+            self._flush_spool()
+            if copied:
+                self.copied_late += copied
+                self._note_spooling()
+
+    def _spool_awaiting(self, cutoff: float) -> None:
+        """Messages waiting for the historian's receipt longer than UNACKED_TO_DISK_S go to disk (held)."""
+        if self.spool is None:
+            return
+        for entry in self._awaiting.values():
+            if entry.since >= cutoff:
+                break
+            if entry.where is None and entry.payload is not None:
+                where = self._append(entry.topic, entry.payload)
+                if where is None:
+                    break
+                self.spool.hold(*where)
+                entry.where, entry.payload = where, None
+        self._flush_spool()
+
+    def _retry_spool_from_memory(self) -> None:
+        """The spool is tried again: what waits in memory goes there first (in order)."""
+        assert self.spool is not None
+        moved = 0
+        while self._memory and self._spool_usable:
+            topic, payload = self._memory[0]
+            if self._append(topic, payload) is None:
+                return
+            self._memory.popleft()
+            moved += 1
+        self._flush_spool()
+        if self._spool_usable:
+            log.info("spool_writable_again", folder=str(self.spool.directory), moved_from_memory=moved)
+
     async def _fsync_loop(self, spool: Spool) -> None:
         """fsync about once a second, in a worker thread, while there is something to sync."""
         while True:
@@ -388,101 +554,112 @@ class MqttPublisher:
             if spool.needs_sync:
                 await self._sync_spool(spool)
 
-    async def _replay_loop(self, spool: Spool) -> None:
-        """Whenever connected, send the spool oldest first; delete segments the broker acknowledged."""
+    async def _replay_loop(self) -> None:
+        """Whenever connected, send what memory and the spool hold, oldest first."""
         started: float | None = None
         replayed_before = 0
         while True:
-            spool.release_done()
-            if not (self.connected.is_set() and spool.has_backlog()):
-                if started is not None and not spool.has_backlog() and not self._replay_mids:
+            spool = self.spool
+            if spool is not None:
+                spool.release_done()
+            backlog = bool(self._memory) or (spool is not None and spool.has_backlog())
+            settling = _now() - self._connected_at < REPLAY_AFTER_CONNECT_S
+            if not (self.connected and backlog and not self._stalled and not settling):
+                if started is not None and not backlog and self._replay_in_flight == 0:
                     log.info(
                         "mqtt_spool_replayed",
                         messages=self.replayed - replayed_before,
-                        seconds=round(self._now() - started, 3),
-                        dropped_when_full=spool.dropped,
+                        seconds=round(_now() - started, 3),
+                        dropped_when_full=spool.dropped if spool is not None else 0,
+                        skipped_as_stored=self.skipped_stored,
                     )
-                    started, self._spooling = None, False
-                self._replay_wake.clear()
-                if not (self.connected.is_set() and spool.has_backlog()):  # set between the test and the clear?
-                    acks_due = self._replay_mids and self.connected.is_set()  # then a segment may be done soon
-                    await self._sleep_until_woken(REPLAY_ACK_POLL_S if acks_due else REPLAY_IDLE_CHECK_S)
+                    started, self._spooling_reason = None, None
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REPLAY_IDLE_CHECK_S if started is None else UNACKED_CHECK_S):
+                        await self._wake.wait()
                 continue
             if started is None:
-                started, replayed_before = self._now(), self.replayed
-                log.info("mqtt_spool_replay_started", files=len(spool.files), bytes=spool.bytes)
-            room = self._replay_window - len(self._replay_mids)
+                started, replayed_before = _now(), self.replayed
+                log.info(
+                    "mqtt_spool_replay_started",
+                    files=len(spool.files) if spool is not None else 0,
+                    bytes=spool.bytes if spool is not None else 0,
+                    in_memory=len(self._memory),
+                )
+            room = self._replay_window - self._replay_in_flight
             if room <= 0:
-                await asyncio.sleep(REPLAY_ACK_POLL_S)
+                await asyncio.sleep(UNACKED_CHECK_S / 10)
                 continue
-            try:
-                segment, records = await spool.read(min(room, REPLAY_BATCH))
-            except OSError as error:  # closing the head flushes it
-                self._spool_failed(error)
-                continue
-            for topic, payload in records:
-                assert segment is not None
-                # paho's queue is full (its acks free room on paho's thread): retry shortly
-                while not self._replay_one(segment, topic, payload):  # noqa: ASYNC110
-                    await asyncio.sleep(REPLAY_ACK_POLL_S * 10)
+            if self._memory:
+                self._replay_memory(min(room, REPLAY_BATCH))
+            elif spool is not None:
+                try:
+                    segment, records = await spool.read(min(room, REPLAY_BATCH))
+                except OSError as error:  # closing the head flushes it
+                    self._spool_failed(error)
+                    continue
+                if segment is None or not records:
+                    await asyncio.sleep(UNACKED_CHECK_S / 10)  # held records: wait for their fate
+                    continue
+                for index, topic, payload in records:
+                    if not self._replay_one(segment, index, topic, payload):
+                        break
             await asyncio.sleep(0)  # live messages and pollers go between batches
 
-    async def _sleep_until_woken(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._replay_wake.wait()
-
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def _replay_one(self, segment: Segment, topic: str, payload: bytes) -> bool:
-        """Hand one spooled message to paho and note its mid; False when paho's queue is full."""
-        self._registering = True  # its ack may come (on paho's thread) before the mid is noted below
-        info = self.client.publish(topic, payload, qos=1)
-        with self._lock:
-            self._registering = False
-            acked_already = info.mid in self._early_acks
-            self._early_acks.clear()
-            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                self.refused += 1
-                return False
-            self.sent += 1
+    def _replay_memory(self, count: int) -> None:
+        for _ in range(min(count, len(self._memory))):
+            topic, payload = self._memory[0]
+            if not self.publish_now(topic, payload):
+                return
+            self._memory.popleft()
             self.replayed += 1
-            if acked_already:
-                segment.acked += 1
-            else:
-                self._replay_mids[info.mid] = segment
+
+    def _replay_one(self, segment: Segment, index: int, topic: str, payload: bytes) -> bool:
+        """Hand one spooled record to paho; False when the connection is gone (the record stays)."""
+        if self._recent_receipts and (topic, receipt_key(payload)) in self._recent_receipts:
+            assert self.spool is not None
+            self.spool.release(segment, index)  # the historian stored it already
+            self.skipped_stored += 1
+            return True
+        try:
+            mid = self.connection.publish(topic, payload)
+        except MqttError:
+            assert self.spool is not None
+            self.spool.rewind(segment, index)  # sent again after the reconnect
+            return False
+        self._in_flight[mid] = _InFlight(topic, payload, _now(), replayed=(segment, index))
+        self._replay_in_flight += 1
+        self.replayed += 1
         return True
 
     async def stop(self, timeout_s: float = 3.0) -> None:
-        """Publish what is queued, say ``offline``, wait for acknowledgements, disconnect.
+        """Publish what is queued, say ``offline``, wait for acknowledgements, keep the rest, disconnect.
 
-        With a spool, what paho still holds unacknowledged is copied to the spool first: paho's
-        memory ends with the process, the spool is replayed by the next one.
+        What the broker has not acknowledged by then goes to the spool (replayed by the next
+        process); the connection's own task must be cancelled already (:meth:`run`).
         """
         for item in self.outbox.take_all():
             self._publish_item(item)
-        if self.connected.is_set():
+        if self.connected:
             self.publish_now(self.status_topic, b"offline", retain=True)
-            deadline = asyncio.get_running_loop().time() + timeout_s
-            # acks arrive on paho's thread; a 20 ms poll during shutdown is simpler than a bridge
-            while self.sent - self.acked > 0 and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            deadline = _now() + timeout_s
+            while (self._in_flight or self._awaiting) and self.connected and _now() < deadline:  # noqa: ASYNC110 - acks arrive as loop callbacks
                 await asyncio.sleep(0.02)
-        unacked = self.sent - self.acked
+        if self._in_flight:
+            self._on_disconnected("gateway stopping")
+        self.connection.close()
         if self.spool is not None:
-            if self._spool_usable and self.connected.is_set() and unacked > 0:
-                # A slow broker: copy what it has not acknowledged. (After a drop, on_disconnect
-                # has copied it already; paho holds nothing new but retained states.)
-                self._copy_unacknowledged()
-            self._spool_rescued(flush=False)
+            self._flush_spool()
             try:
                 await self.spool.close()
             except OSError as error:
                 log.exception("spool_close_failed", folder=str(self.spool.directory), error=str(error))
             if self.spool.files:
                 log.info("mqtt_spool_kept", files=len(self.spool.files), bytes=self.spool.bytes)
-        elif unacked > 0:
-            log.warning("mqtt_unsent_at_stop", pending=unacked)
-        self._stopping = True
-        self.client.disconnect()
-        await asyncio.to_thread(self.client.loop_stop)
+        if self._memory:
+            log.warning("mqtt_unsent_at_stop", pending=len(self._memory))
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

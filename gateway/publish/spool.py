@@ -47,7 +47,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config.site import SpoolFsync
@@ -58,6 +58,8 @@ log = get_logger(__name__)
 FILE_MAGIC = b"HGSPOOL1"
 RECORD_MAGIC = 0x5253
 SUFFIX = ".seg"
+RELEASE_SUFFIX = ".rel"
+_INDEX = struct.Struct("<I")
 SEGMENT_BYTES = 4 * 1024 * 1024  # small enough to read in one go, large enough to keep the file count low
 MIN_SEGMENT_BYTES = 4096
 MAX_RECORD_BYTES = 268_435_455 + 65_537  # paho's largest payload plus the largest topic: anything longer is garbage
@@ -67,6 +69,8 @@ _TOPIC_LENGTH = struct.Struct("<H")
 
 Record = tuple[str, bytes]
 """One spooled message: topic and payload (always QoS 1, never retained)."""
+Indexed = tuple[int, str, bytes]
+"""A record with its index in its segment."""
 
 
 class SpoolError(OSError):
@@ -75,25 +79,38 @@ class SpoolError(OSError):
 
 @dataclass(eq=False)
 class Segment:
-    """One segment file and what the replay knows about it.
+    """One segment file and what the publisher knows about its records (by index in the file).
 
-    ``acked`` is counted on paho's thread under the publisher's lock; everything else is touched
-    on the event loop only.
+    A record is *released* once it needs no sending (the broker acknowledged it, or a copy of
+    it was made further on); releases are also appended to a side file, ``{seq}.rel`` (u32
+    indices), so a process killed with a half-released segment does not send those again. A
+    record is *held* while its original is still in flight on the live connection (it was
+    copied here because its acknowledgement was late): the replay waits at a held record. The
+    file goes when every record is released. Touched on the event loop only.
     """
 
     seq: int
     path: Path
     size: int  # bytes, including what is still buffered for the head
-    records: int = 0  # messages in the file; only meaningful when ``counted``
+    records: int = 0  # records in the file; only meaningful when ``counted``
     counted: bool = True  # False for a file left by an earlier process, until it is read
-    read: int = 0  # messages handed to the replay
-    acked: int = 0  # of those, acknowledged by the broker
-    read_done: bool = False
+    cursor: int = 0  # the replay's next index
+    released: set[int] = field(default_factory=set)
+    held: set[int] = field(default_factory=set)
+
+    @property
+    def rel_path(self) -> Path:
+        return self.path.with_suffix(RELEASE_SUFFIX)
+
+    @property
+    def read_done(self) -> bool:
+        """The replay has gone past every record."""
+        return self.counted and self.cursor >= self.records
 
     @property
     def done(self) -> bool:
-        """Every message was read and acknowledged: the file can go."""
-        return self.read_done and self.acked >= self.read
+        """Every record was released: the file can go."""
+        return self.counted and len(self.released) >= self.records
 
 
 def encode_record(topic: str, payload: bytes) -> bytes:
@@ -137,6 +154,19 @@ def decode_records(data: bytes, name: str, offset: int = 0) -> list[Record]:
     return records
 
 
+def read_releases(path: Path) -> set[int]:
+    """The record indices a release side file lists (empty when there is none)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return set()
+    except OSError as error:
+        log.warning("spool_release_file_unreadable", file=path.name, error=str(error))
+        return set()
+    whole = len(data) - len(data) % _INDEX.size  # a torn last entry is ignored: that record is sent again
+    return {index for (index,) in _INDEX.iter_unpack(data[:whole])}
+
+
 def read_segment(path: Path) -> list[Record]:
     """Every intact record of a closed segment file (run in a worker thread: it reads the whole file)."""
     try:
@@ -166,6 +196,10 @@ def count_records(path: Path) -> int:
         offset += _HEADER.size + length
         count += 1
     return count
+
+
+def _read_with_releases(segment: Segment) -> tuple[list[Record], set[int]]:
+    return read_segment(segment.path), read_releases(segment.rel_path)
 
 
 def _fsync_files(head: int | None, retired: list[int], directory: Path | None) -> None:
@@ -237,7 +271,7 @@ class Spool:
         self._directory_dirty = False
         self._sync_lock = asyncio.Lock()
         self._reading: tuple[Segment, list[Record]] | None = None
-        self._read_index = 0
+        self._releases: dict[Segment, bytearray] = {}  # new releases not yet in their side files
         self._closed = False
         self.appended = 0
         self.dropped = 0  # messages deleted unsent because the spool was full
@@ -247,8 +281,8 @@ class Spool:
 
     # -- writing (event loop) -----------------------------------------------------------------
 
-    def append(self, topic: str, payload: bytes) -> None:
-        """Add one message to the buffer; :meth:`flush` writes it to the file."""
+    def append(self, topic: str, payload: bytes) -> tuple[Segment, int]:
+        """Add one message to the buffer (:meth:`flush` writes it to the file); where it went."""
         topic_bytes = topic.encode()
         topic_length = _TOPIC_LENGTH.pack(len(topic_bytes))
         length = _TOPIC_LENGTH.size + len(topic_bytes) + len(payload)
@@ -268,11 +302,36 @@ class Spool:
         head.records += 1
         self.bytes += size
         self.appended += 1
+        return head, head.records - 1
+
+    def release(self, segment: Segment, index: int) -> None:
+        """Record ``index`` of ``segment`` needs no sending any more (written to its side file at the next flush)."""
+        if index in segment.released or segment not in self._segments:
+            return
+        segment.released.add(index)
+        segment.held.discard(index)
+        self._releases.setdefault(segment, bytearray()).extend(_INDEX.pack(index))
+
+    def hold(self, segment: Segment, index: int) -> None:
+        """The original of this record is in flight: the replay must wait for its fate."""
+        segment.held.add(index)
+
+    def rewind(self, segment: Segment, index: int) -> None:
+        """Record ``index`` was read but not delivered: the replay goes back to it (oldest first)."""
+        if segment not in self._segments or index in segment.released:
+            return
+        segment.cursor = min(segment.cursor, index)
+        if self._reading is not None and self._reading[0] is not segment and self._reading[0].seq > segment.seq:
+            self._reading = None  # back to the older segment first; the newer one keeps its cursor
+
+    def unhold(self, segment: Segment, index: int) -> None:
+        """The original's connection is gone: the replay sends the record."""
+        segment.held.discard(index)
 
     @property
     def unflushed(self) -> bool:
-        """Appended messages are still only in memory."""
-        return bool(self._buffer)
+        """Appended messages or releases are still only in memory."""
+        return bool(self._buffer) or bool(self._releases)
 
     def flush(self) -> None:
         """Hand the buffer to the kernel (one ``os.write``): from here a killed process loses nothing.
@@ -280,6 +339,7 @@ class Spool:
         On an error the file is cut back to where it was and the buffer kept, so no half record
         is left behind; the error is raised.
         """
+        self._flush_releases()
         if not self._buffer or self._fd is None:
             return
         fd = self._fd
@@ -294,6 +354,21 @@ class Spool:
         self._head_flushed += written
         self._buffer.clear()
         self._dirty = True
+
+    def _flush_releases(self) -> None:
+        """Append the new releases to their segments' side files (a lost one means one duplicate, no loss)."""
+        releases, self._releases = self._releases, {}
+        for segment, data in releases.items():
+            if segment not in self._segments:
+                continue
+            try:
+                fd = os.open(segment.rel_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                log.warning("spool_release_write_failed", segment=segment.path.name, error=str(error))
 
     def take_unwritten(self) -> list[Record]:
         """Remove and return what is buffered but not in the file (after a failed :meth:`flush`)."""
@@ -342,7 +417,11 @@ class Spool:
         """Delete the oldest segments until ``size`` more bytes fit (never the head)."""
         while self.bytes + size > self.max_bytes and len(self._segments) > 1:
             segment = self._segments[0]
-            unsent = segment.records - segment.read if segment.counted else count_records(segment.path)
+            unsent = (
+                segment.records - len(segment.released)
+                if segment.counted
+                else count_records(segment.path) - len(read_releases(segment.rel_path))
+            )
             self._remove(segment)
             self.dropped += unsent
             self.dropped_segments += 1
@@ -360,8 +439,10 @@ class Spool:
         self.bytes -= segment.size
         if self._reading is not None and self._reading[0] is segment:
             self._reading = None
+        self._releases.pop(segment, None)
         try:
             segment.path.unlink(missing_ok=True)
+            segment.rel_path.unlink(missing_ok=True)
         except OSError as error:  # it stays on disk, to be sent again (twice) by the next process
             log.warning("spool_delete_failed", segment=segment.path.name, error=str(error))
         self._directory_dirty = True
@@ -404,45 +485,53 @@ class Spool:
     # -- reading (event loop) ------------------------------------------------------------------
 
     def has_backlog(self) -> bool:
-        """Some segment holds messages the replay has not read yet."""
-        return any(not s.read_done and (s is not self._head or s.records) for s in self._segments)
+        """Some segment holds records the replay has not gone past yet."""
+        return any(not s.read_done and (s is not self._head or s.records > s.cursor) for s in self._segments)
 
     @property
     def waiting(self) -> int:
-        """Messages in the spool not yet read by the replay (a file left by an earlier process
-        counts from when it is read)."""
-        return sum(s.records - s.read for s in self._segments if s.counted)
+        """Messages in the spool not yet released (a file left by an earlier process counts
+        from when it is read)."""
+        return sum(s.records - len(s.released) for s in self._segments if s.counted)
 
     @property
     def files(self) -> list[Path]:
         """The segment files, oldest first."""
         return [segment.path for segment in self._segments]
 
-    async def read(self, limit: int) -> tuple[Segment | None, list[Record]]:
-        """Up to ``limit`` messages of the oldest segment not fully read, and that segment.
+    async def read(self, limit: int) -> tuple[Segment | None, list[Indexed]]:
+        """Up to ``limit`` records to send from the oldest segment not fully read, and that segment.
 
-        Reading the head closes it first (later appends start a new one). A file is read whole in
-        a worker thread; an empty list means nothing is waiting, or a segment ended or vanished.
+        Released records are skipped; the batch stops before a held one (the replay waits for
+        it). Reading the head closes it first (later appends start a new one). A file is read
+        whole, with its release side file, in a worker thread; an empty list means nothing is
+        to be sent now.
         """
         if self._reading is None:
             segment = next((s for s in self._segments if not s.read_done), None)
             if segment is None:
                 return None, []
             if segment is self._head:
-                if not segment.records:
+                if segment.records <= segment.cursor:
                     return None, []
                 self._close_head()
-            records = await asyncio.to_thread(read_segment, segment.path)
+            records, released = await asyncio.to_thread(_read_with_releases, segment)
             if segment not in self._segments:  # dropped by the size cap while it was being read
                 return None, []
             segment.records, segment.counted = len(records), True
-            self._reading, self._read_index = (segment, records), 0
+            segment.released |= {i for i in released if i < len(records)}
+            self._reading = (segment, records)
         segment, records = self._reading
-        batch = records[self._read_index : self._read_index + limit]
-        self._read_index += len(batch)
-        segment.read += len(batch)
-        if self._read_index >= len(records):
-            segment.read_done = True
+        batch: list[Indexed] = []
+        while segment.cursor < len(records) and len(batch) < limit:
+            index = segment.cursor
+            if index in segment.held:
+                break
+            segment.cursor += 1
+            if index not in segment.released:
+                topic, payload = records[index]
+                batch.append((index, topic, payload))
+        if segment.cursor >= len(records):
             self._reading = None
         return segment, batch
 

@@ -29,10 +29,12 @@ async function main() {
     const port = Number(process.argv[2] || 0);
     const pki = process.argv[3] || path.join(__dirname, "pki");
     const secure = process.argv.includes("--secure");
+    // --reject-unknown-clients: a client certificate nobody trusted yet is refused, as on a PLC
+    const acceptClients = !process.argv.includes("--reject-unknown-clients");
 
     const serverCertificateManager = new OPCUACertificateManager({
         rootFolder: path.join(pki, "server"),
-        automaticallyAcceptUnknownCertificate: true,
+        automaticallyAcceptUnknownCertificate: acceptClients,
     });
     const userCertificateManager = new OPCUACertificateManager({
         rootFolder: path.join(pki, "user"),

@@ -32,7 +32,7 @@ from gateway.drivers.base import (
     WriteRefused,
 )
 from gateway.drivers.opcua import trust
-from gateway.drivers.opcua.errors import BadStatusOnly, failure
+from gateway.drivers.opcua.errors import BadStatusOnly, channel_refused, failure
 from gateway.drivers.opcua.nodes import NodeRef, parse_node_id
 from gateway.drivers.opcua.status import standard_node, status_name
 from gateway.drivers.opcua.subscription import LatestValues
@@ -91,15 +91,15 @@ class OpcUaDriver(ConnectionScope):
         """subscribe: a value not confirmed by the server for this long is reported bad."""
         return self._stale_after_s
 
-    # --- errors ---------------------------------------------------------------------------------
-
     # --- connect ----------------------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Open a fresh session and prepare the reads (and the subscription).
 
-        :class:`DeviceUnavailable` when the server cannot be reached, refuses the channel or the
-        user, :class:`DeviceFault` when a namespace or node of the profile is not on the server.
+        :class:`DeviceUnavailable` when the server cannot be reached or refuses the channel,
+        :class:`~gateway.drivers.opcua.errors.AuthenticationFailed` (a subclass) when a user,
+        password or certificate is refused, :class:`DeviceFault` when a namespace or node of the
+        profile is not on the server.
         """
         await self.close()
         # A backstop: asyncua bounds each request by timeout_s; a connect is about ten of them.
@@ -147,6 +147,11 @@ class OpcUaDriver(ConnectionScope):
             raise
         except (TimeoutError, OSError, UaError) as exc:
             client.disconnect_socket()
+            raise failure(self.device, exc, f"connect to {device.endpoint}") from exc
+        except AssertionError as exc:
+            client.disconnect_socket()
+            if not channel_refused(exc):
+                raise
             raise failure(self.device, exc, f"connect to {device.endpoint}") from exc
         except BaseException:
             # asyncua closes the socket of a failed connect, but not of a cancelled one.
@@ -301,7 +306,7 @@ class OpcUaDriver(ConnectionScope):
                 address=not_variables[0],
             )
 
-    # --- subscription -----------------------------------------------------------------------------
+    # --- a bare session ---------------------------------------------------------------------------
 
     async def open_session(self) -> Client:
         """A session with no nodes prepared (the commissioning tools browse on it); :meth:`close` ends it."""
@@ -325,7 +330,7 @@ class OpcUaDriver(ConnectionScope):
         client = self._session()
         if self.device.mode is OpcUaMode.SUBSCRIBE:
             if self._subscription is None:
-                raise DeviceUnavailable(self.name, "subscription ended by the server (None)")
+                raise DeviceUnavailable(self.name, f"no subscription on {self.device.endpoint}")
             return self._subscription.reading()
         nodes = self._nodes
         results: list[ua.DataValue] = []

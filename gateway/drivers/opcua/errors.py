@@ -12,7 +12,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from gateway.config.site import OpcUaDevice, OpcUaSecurityPolicy
-from gateway.drivers.base import DeviceFault, DeviceTimeout, DeviceUnavailable, DriverError
+from gateway.drivers.base import ConnectionRefused, DeviceFault, DeviceTimeout, DeviceUnavailable, DriverError
 from gateway.drivers.opcua.status import AUTHENTICATION, CONNECTION_LOST, SECURITY, TIMED_OUT, status_name
 
 
@@ -69,8 +69,13 @@ def failure(  # noqa: PLR0911 - one return per kind of failure reads as a table
                 return DeviceUnavailable(name, message, address=address)  # configuration, not trust
             return AuthenticationFailed(name, message, address=address)
         return DeviceFault(name, f"{doing}: {status}", address=address)
+    if isinstance(exc, AssertionError) and channel_refused(exc):
+        message = _security_message(device, doing, 0, "OpenSecureChannel answered with a fault")
+        if device.security.policy is OpcUaSecurityPolicy.NONE:
+            return DeviceUnavailable(name, f"{doing}: the server refused to open a channel")
+        return AuthenticationFailed(name, message)
     if isinstance(exc, ConnectionRefusedError):
-        return DeviceUnavailable(name, f"cannot connect to {device.endpoint}: connection refused")
+        return ConnectionRefused(name, f"cannot connect to {device.endpoint}: connection refused")
     if isinstance(exc, OSError):
         what = exc.strerror or str(exc) or type(exc).__name__
         return DeviceUnavailable(name, f"{doing}: connection lost ({what})", address=address)
@@ -84,6 +89,16 @@ def failure(  # noqa: PLR0911 - one return per kind of failure reads as a table
             name, f"{doing}: the server offers no endpoint with security {sec.policy}/{sec.mode} ({exc})"
         )
     return DeviceUnavailable(name, f"{doing}: {type(exc).__name__}: {exc}", address=address)
+
+
+def channel_refused(exc: AssertionError) -> bool:
+    """Whether asyncua's OpenSecureChannel raised it: how asyncua 2.1 reports a server that
+    answers OpenSecureChannel with a fault (node-opcua does, for a client certificate it does
+    not trust) instead of a response. The status code is lost on the way."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_name == "open_secure_channel"
 
 
 _POLICY_MISMATCH = {StatusCodes.BadSecurityPolicyRejected, StatusCodes.BadSecurityModeRejected}
