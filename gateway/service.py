@@ -401,7 +401,12 @@ class Gateway:
             applied = False
         except Exception as exc:
             # a bug in building the new parts must not take down a gateway that runs fine
-            log.exception("reload_failed", file=str(path), error=repr(exc), kept="the running configuration")
+            log.exception(
+                "reload_failed",
+                file=str(path),
+                error=repr(exc),
+                kept="the running configuration (pollers of changed devices may run the new one)",
+            )
             applied = False
         else:
             self.reloads += 1
@@ -435,8 +440,19 @@ class Gateway:
         if publisher is not None:
             await self._stop("mqtt-publisher")
             await self.publisher.stop()  # flushes, says offline, closes the spool for the new one
+            try:
+                publisher.start()  # opens the spool: the new state_dir may not be writable
+            except Exception:
+                # Never run without a publisher: one with the running mqtt settings again, the
+                # control commands routed to it; the reload fails (pollers may be swapped already).
+                publisher = self._make_publisher(self.site)
+                publisher.start()
+                self.publisher = publisher
+                self._start("mqtt-publisher", publisher.run())
+                if self.control is not None:
+                    self._adopt_control(self.control)
+                raise
             self.publisher = publisher
-            publisher.start()
             self._start("mqtt-publisher", publisher.run())
         else:
             self.publisher.set_devices({d.name: d.kind for d in devices.values()})
@@ -628,7 +644,12 @@ class HistorianService:
         except ConfigError as exc:
             log.error("reload_refused", file=str(path), error=str(exc), kept="the running configuration")  # noqa: TRY400 - the message is the point, not a traceback
         except Exception as exc:
-            log.exception("reload_failed", file=str(path), error=repr(exc), kept="the running configuration")
+            log.exception(
+                "reload_failed",
+                file=str(path),
+                error=repr(exc),
+                kept="the running configuration (pollers of changed devices may run the new one)",
+            )
         sd_notify(f"READY=1\nSTATUS={self.historian.status_line()}")
         return task
 

@@ -46,6 +46,7 @@ SECRETS = {
     "HG_INFLUX_TOKEN": "@influx-T0ken-8f3a9",
     "HG_OPCUA_PASSWORD": "0777-opcua-S3cret~",
     "HG_KEY_PASSWORD": "key-pa55phrase-~",
+    "HG_INFLUX_URL_PASSWORD": "urlpass-77c1e0d",
 }
 BAD_UTF8_ENV = "HG_NOT_UTF8"
 
@@ -396,7 +397,8 @@ CASES = [
         control_site(
             devices=(*CONTROL_DEVICES[1:], "{name: cdu-9, kind: cdu, protocol: modbus, host: h, profile: vendor-cdu}")
         ),
-        "control.cdu_devices (kind cdu): device 'cdu-9' has no signal 'it_limit_c' in profile 'vendor-cdu'",
+        "control: device 'cdu-9' (role cdu): input it_limit_c: no signal 'it_limit_c' in profile 'vendor-cdu'; "
+        "map it to a profile signal or give a constant (it_limit_c: <value>)",
         profiles={"vendor-cdu": CDU_PROFILE.replace("  it_limit_c:", "  it_limit_2_c:")},
     ),
     Case(
@@ -408,7 +410,8 @@ CASES = [
                 OPCUA_PANEL,
             )
         ),
-        "control.heat_pump_plc_device: signal 'hp_supply_setpoint_c' of device 'hp-plc' is read-only",
+        "control: device 'hp-plc' (role station_plc): output hp_supply_setpoint_c: signal 'hp_supply_setpoint_c' "
+        "is read-only in profile 'ro-plc'",
         profiles={
             "ro-plc": HP_PLC_PROFILE.replace(
                 'SupplySetpoint", type: float64, unit: "degC", access: read_write, min: 50, max: 85',
@@ -562,7 +565,7 @@ def test_every_command_with_secrets_set_prints_none_of_them(tmp_path):
             ),
         ),
         extra="state_dir: state-is-a-file\n",
-    )
+    ).replace("http://127.0.0.1:8428", "http://historian:${HG_INFLUX_URL_PASSWORD}@127.0.0.1:8428")
     site = write_case(good, Case("good", text, ""))
     (good / "state-is-a-file").write_text("not a folder\n", encoding="utf-8")
     bad = write_case(tmp_path / "bad", Case("bad", site_text(mqtt="mqtt: {port: '${HG_MQTT_PASSWORD}'}"), ""))
