@@ -45,7 +45,6 @@ async def main(site_path: str, seconds: float, out: str) -> None:
                 "overruns": sum(p.stats.overruns for p in gateway.pollers),
                 "values": sum(p.stats.values for p in gateway.pollers),
                 "outbox_dropped": gateway.outbox.dropped,
-                "mqtt_sent": gateway.publisher.sent,
                 "mqtt_refused": gateway.publisher.refused,
             }
         )

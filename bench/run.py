@@ -20,6 +20,7 @@ import contextlib
 import gc
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,8 @@ class Case:
     protocol: str = "modbus"
     mode: str = "poll"  # OPC UA: poll (one batched Read per period) or subscribe
     warmup_s: float = 3.0  # connections and first polls, before the window
+    profile: str | None = None  # bench/profiles/{profile}.yaml; derived from protocol and points when None
+    speed: bool = False  # a "speed" case: sample -> broker latency, CPU per message, the bare loop beside it
 
     @property
     def key(self) -> str:
@@ -67,6 +70,10 @@ class Case:
 
 
 CASES = [
+    # The issue's speed cases: one message per device per poll, 100 uint16 registers, measured
+    # with sample -> broker latency and against a bare asyncio + pymodbus + paho loop.
+    Case("50 dev x 100 u16 @ 1 Hz", 50, 100, 1.0, profile="bench-u100", speed=True),
+    Case("10 dev x 100 u16 @ 10 Hz", 10, 100, 10.0, 1, profile="bench-u100", speed=True),
     Case("50 dev x 100 reg @ 1 Hz", 50, 100, 1.0),
     Case("50 dev x 100 reg @ 10 Hz", 50, 100, 10.0),
     Case("200 dev x 125 reg @ 4 Hz", 200, 125, 4.0, server_processes=4),
@@ -81,7 +88,16 @@ PROFILE = {"modbus": "bench-{points}", "opcua": "opcua-{points}"}
 
 
 def profile_name(case: Case) -> str:
+    if case.profile is not None:
+        return case.profile
     return PROFILE[case.protocol].format(points=case.points)
+
+
+def nodelay(client: paho.Client) -> None:
+    """The counter's own socket sends its acknowledgements at once (no delayed-ACK coupling)."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,27 +125,32 @@ class Counter:
     def __init__(self, port: int) -> None:
         self.values = 0
         self.messages = 0
+        self.latencies_ms: list[float] = []  # arrival minus the reading's timestamp, device lines only
         self.lock = threading.Lock()
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-counter")
         self.client.on_message = self.on_message
         ready = threading.Event()
-        self.client.on_connect = lambda c, *_: (c.subscribe("heat/bench/+/metrics", qos=0), ready.set())
+        self.client.on_connect = lambda c, *_: (nodelay(c), c.subscribe("heat/bench/+/metrics", qos=0), ready.set())
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         ready.wait(5)
 
     def on_message(self, _c: object, _u: object, message: paho.MQTTMessage) -> None:
+        arrived_ns = time.time_ns()
         payload = message.payload
         fields = payload.split(b" ", 2)[1]
         with self.lock:
             self.values += fields.count(b",") + 1
             self.messages += 1
+            if not message.topic.endswith("/gateway/metrics"):
+                self.latencies_ms.append((arrived_ns - int(payload.rsplit(b" ", 1)[1])) / 1e6)
 
-    def take(self) -> tuple[int, int]:
+    def take(self) -> tuple[int, int, list[float]]:
         with self.lock:
-            values, messages = self.values, self.messages
+            values, messages, latencies = self.values, self.messages, self.latencies_ms
             self.values = self.messages = 0
-        return values, messages
+            self.latencies_ms = []
+        return values, messages, latencies
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -235,21 +256,22 @@ def in_window(samples: list[list[float]], t0: float, t1: float) -> list[float]:
 
 
 def measure_gateway(
-    site: Path, farm: Farm, broker: MosquittoServer, seconds: float, workdir: Path, *, warmup_s: float, uvloop: bool
+    site: Path,
+    farm: Farm,
+    broker: MosquittoServer,
+    seconds: float,
+    workdir: Path,
+    *,
+    warmup_s: float,
+    uvloop: bool,
+    bare: bool = False,
 ) -> dict[str, Any]:
-    """Run the gateway on ``site`` in its own process; what it did in a window of ``seconds``."""
+    """Run the gateway (or, ``bare``, bench/bare_loop.py) on ``site`` in its own process; what it
+    did in a window of ``seconds``."""
     counter = Counter(broker.port)
-    out = workdir / "probe.json"
-    argv = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "probe",
-        str(site),
-        str(seconds),
-        str(out),
-        "--warmup",
-        str(warmup_s),
-    ]
+    out = workdir / ("bare.json" if bare else "probe.json")
+    command = [str(BENCH / "bare_loop.py")] if bare else [str(Path(__file__).resolve()), "probe"]
+    argv = [sys.executable, *command, str(site), str(seconds), str(out), "--warmup", str(warmup_s)]
     if uvloop:
         argv.append("--uvloop")
     gateway = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -268,7 +290,7 @@ def measure_gateway(
         t1 = time.monotonic()
         elapsed, cpu1 = t1 - t0, cpu_seconds(gateway.pid)
         server_cpu, server_max = farm.cpu_pct(elapsed)
-        values, messages = counter.take()
+        values, messages, latencies = counter.take()
         gateway.wait(timeout=60)
     finally:
         if gateway.poll() is None:  # it failed or hangs: leave nothing running
@@ -277,14 +299,19 @@ def measure_gateway(
         gateway.stdout.close()
         counter.close()
     probe = json.loads(out.read_text())
-    lateness = probe["lateness_s"]
-    durations = in_window(probe["poll_durations"], t0, t1)
-    gc_pauses = in_window(probe["gc_pauses"], t0, t1)
+    lateness = probe.get("lateness_s", [])
+    durations = in_window(probe.get("poll_durations", []), t0, t1)
+    gc_pauses = in_window(probe.get("gc_pauses", []), t0, t1)
+    cpu_s = cpu1 - cpu0
     return {
         "published_values_per_s": values / elapsed,
         "messages_per_s": messages / elapsed,
+        "cpu_us_per_message": 1e6 * cpu_s / messages if messages else float("nan"),
+        "latency_p50_ms": percentile(latencies, 0.5),
+        "latency_p99_ms": percentile(latencies, 0.99),
+        "latency_max_ms": max(latencies, default=float("nan")),
         "decoded_values_per_s": probe["values"] / seconds,
-        "notifications_per_s": sum(in_window(probe["notifications"], t0, t1)) / elapsed,
+        "notifications_per_s": sum(in_window(probe.get("notifications", []), t0, t1)) / elapsed,
         "gateway_cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
         "gateway_rss_mib": max(rss) if rss else float("nan"),
         "server_cpu_pct": server_cpu,
@@ -296,9 +323,9 @@ def measure_gateway(
         "full_gc_count": len(gc_pauses),
         "full_gc_max_ms": 1000 * max(gc_pauses, default=0.0),
         "polls": probe["polls"],
-        "overruns": probe["overruns"],
-        "failures": probe["failures"],
-        "outbox_dropped": probe["outbox_dropped"],
+        "overruns": probe.get("overruns", 0),
+        "failures": probe.get("failures", 0),
+        "outbox_dropped": probe.get("outbox_dropped", 0),
     }
 
 
@@ -309,14 +336,22 @@ def run_case(case: Case, broker: MosquittoServer, seconds: float, workdir: Path,
     try:
         site = write_site(case, base, broker, workdir)
         measured = measure_gateway(site, farm, broker, seconds, workdir, warmup_s=case.warmup_s, uvloop=uvloop)
+        bare = (
+            measure_gateway(site, farm, broker, seconds, workdir, warmup_s=case.warmup_s, uvloop=False, bare=True)
+            if case.speed
+            else None
+        )
     finally:
         reports = farm.stop()
     return {
         "case": case.name,
         "protocol": case.protocol,
         "mode": case.mode,
+        "speed": case.speed,
         "target_values_per_s": case.devices * case.points * case.rate_hz,
+        "target_messages_per_s": case.devices * case.rate_hz,
         **measured,
+        "bare_loop": bare,
         "server_reports": reports,
     }
 
@@ -453,6 +488,24 @@ def print_opcua(results: list[dict[str, Any]], seconds: float, loop: str) -> Non
     print_cpu_per_thousand(results)
 
 
+def print_speed(results: list[dict[str, Any]], seconds: float, loop: str) -> None:
+    """The issue's speed cases: heat-gateway beside the bare loop, same servers, broker, window."""
+    print(f"Speed: one message per device per poll, 100 uint16 registers, {seconds:g} s per run, loop: {loop}")
+    print(
+        f"{'case':<28}{'program':<14}{'msg/s':>8}{'CPU %':>8}{'CPU us/msg':>12}"
+        f"{'sample->broker p50 ms':>23}{'p99 ms':>9}{'max ms':>9}"
+    )
+    for r in results:
+        for program, m in (("heat-gateway", r), ("bare loop", r["bare_loop"])):
+            print(
+                f"{r['case']:<28}{program:<14}{m['messages_per_s']:>8.1f}{m['gateway_cpu_pct']:>8.2f}"
+                f"{m['cpu_us_per_message']:>12.0f}{m['latency_p50_ms']:>23.2f}{m['latency_p99_ms']:>9.2f}"
+                f"{m['latency_max_ms']:>9.2f}"
+            )
+    ratios = ", ".join(f"{r['cpu_us_per_message'] / r['bare_loop']['cpu_us_per_message']:.2f}" for r in results)
+    print(f"heat-gateway CPU per message / bare loop's: {ratios}")
+
+
 def print_cpu_per_thousand(results: list[dict[str, Any]]) -> None:
     pauses = ", ".join(f"{r['full_gc_count']} x {r['full_gc_max_ms']:.1f} ms" for r in results)
     print(f"full garbage collections in the gateway (count x longest): {pauses}")
@@ -493,7 +546,11 @@ def main() -> int:
             results.append(run_case(case, broker, args.seconds, workdir, uvloop=args.uvloop))
             print(f"done: {case.protocol} {case.name}", file=sys.stderr, flush=True)
     loop = "uvloop" if args.uvloop else "asyncio"
-    modbus = [r for r in results if r["protocol"] == "modbus"]
+    speed = [r for r in results if r["speed"]]
+    modbus = [r for r in results if r["protocol"] == "modbus" and not r["speed"]]
+    if speed:
+        print_speed(speed, args.seconds, loop)
+        print()
     opcua = [r for r in results if r["protocol"] == "opcua"]
     if modbus:
         print_modbus(modbus, args.seconds, loop)

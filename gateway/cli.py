@@ -82,6 +82,8 @@ def _writes(site: Site) -> dict[str, list[str]]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a site file and print what it would do."""
+    if getattr(args, "control", False):
+        return cmd_check_control(args)
     site = _site(args.config)
     from gateway.drivers.modbus_plan import build_plan  # noqa: PLC0415
 
@@ -145,7 +147,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  writes: CONTROL IS ON: the control loop may write to {len(writes)} device(s), these signals:")
         for name, signals in writes.items():
             print(f"      {name}: {', '.join(signals)}")
+    if config.control is not None:
+        from gateway.control.roles import describe_role_map, role_map_of_site  # noqa: PLC0415
+
+        print("  control roles (what the supervisor reads and writes; nothing else is written):")
+        for line in describe_role_map(role_map_of_site(config, site.profiles)):
+            print(f"    {line}")
     return EXIT_OK
+
+
+def cmd_check_control(args: argparse.Namespace) -> int:
+    """``check --control``: role inputs read live, and what the supervisor would write; nothing written."""
+    site = _site(args.config)
+    if site.config.control is None:
+        raise ConfigError(f"{site.path}: control: --control needs a control section (roles) to commission")
+    _setup_logging(site, "warning")
+    from gateway.commissioning.control import commission_control, format_commissioning  # noqa: PLC0415
+
+    report = asyncio.run(commission_control(site))
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for line in format_commissioning(report):
+            print(mask(line))
+    return EXIT_RUNTIME if report.unreachable else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -384,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check", "validate a site file; print the devices, the read plan and what it writes")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also read every control-role input from the live devices once and list what the supervisor "
+        "would write in auto mode (writes nothing)",
+    )
     p.set_defaults(func=cmd_check)
     p = add("run", "run the gateway (pollers, control, MQTT) until SIGTERM")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -67,6 +67,8 @@ def _newest_timestamp_ns(payload: bytes) -> int | None:
     """The timestamp of a message's last line (lines of one message are written in time order)."""
     tail = payload.rstrip().rsplit(b" ", 1)[-1]
     return int(tail) if tail.isdigit() else None
+
+
 IDLE_BEAT_S = 5.0  # an idle historian still shows its loop turns this often (systemd watchdog)
 
 

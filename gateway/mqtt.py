@@ -167,6 +167,7 @@ class MqttConnection:
         self._connack: asyncio.Future[tuple[bool, str | None]] | None = None
         self._closed: asyncio.Event = asyncio.Event()
         self._reported: tuple[str, str] | None = None  # (state, reason) last logged
+        self._flush_due = False
         self.connects = 0
         self.generation = 0  # counts connections made: a received message's id is only valid in its own
 
@@ -328,7 +329,23 @@ class MqttConnection:
             self._loop.add_writer(sock, self._writable, client)
 
     def _on_register_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._call_on_loop(self._add_writer, client, sock)
+        loop = self._loop
+        assert loop is not None
+        if _on_loop(loop) and not self._flush_due:
+            # Packets were queued on the loop (a publish, an ack): write them all at the end of
+            # this turn with one loop_write, instead of a selector registration per message.
+            self._flush_due = True
+            loop.call_soon(self._flush, client, sock)
+        elif not _on_loop(loop):
+            self._call_on_loop(self._add_writer, client, sock)
+
+    def _flush(self, client: paho.Client, sock: Any) -> None:
+        self._flush_due = False
+        if client is not self._client:
+            return
+        client.loop_write()
+        if client.want_write():  # the socket's buffer is full: let the selector say when it drains
+            self._add_writer(client, sock)
 
     def _add_writer(self, client: paho.Client, sock: Any) -> None:
         assert self._loop is not None
@@ -402,15 +419,19 @@ class MqttConnection:
     def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         assert loop is not None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if _on_loop(loop):
             callback(*args)
         else:  # the connecting worker thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: the gateway stopped
                 loop.call_soon_threadsafe(callback, *args)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """This thread runs ``loop`` (not the worker thread that connects)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _describe(error: BaseException) -> str:

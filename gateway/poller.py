@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.backoff import Backoff
-from gateway.drivers.base import DeviceUnavailable, Driver, DriverError
+from gateway.drivers.base import DeviceUnavailable, Driver, DriverError, MalformedReply
 from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
@@ -192,9 +192,10 @@ class DevicePoller:
             reading = await self.driver.read()
         except DriverError as exc:
             self.stats.failures += 1
-            if isinstance(exc, DeviceUnavailable):
-                # Timeouts and lost connections: start over on a fresh connection, so a late
-                # reply to this request can never be taken for the answer to the next one.
+            if isinstance(exc, DeviceUnavailable | MalformedReply):
+                # Timeouts, lost connections, replies that do not fit: start over on a fresh
+                # connection, so a late or stray reply can never be taken for the answer to the
+                # next request (and the next failure has the same cause, not "not connected").
                 self._connected = False
                 await self.driver.close()
             self._went_down(str(exc), cause_of(exc))

@@ -34,7 +34,9 @@ from typing import Any
 
 from gateway.config.loader import load_profile
 from gateway.control.config import ControlConfig
+from gateway.control.roles import ControlledDevice, RoleMap, build_role_map
 from gateway.control.supervisor import Supervisor, SupervisorState
+from gateway.control.writes import HEARTBEAT_REASON
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
 from simulators.plant import Plant
@@ -46,6 +48,7 @@ __all__ = [
     "Summary",
     "Window",
     "format_summary",
+    "plant_role_map",
     "plant_write_limits",
     "run_scenario",
     "run_scenario_cli",
@@ -130,6 +133,17 @@ def plant_write_limits(plant: Plant, profile_dir: Path = PROFILE_DIR) -> dict[tu
     return limits
 
 
+def plant_role_map(plant: Plant, config: ControlConfig, profile_dir: Path = PROFILE_DIR) -> RoleMap:
+    """The plant's devices in their roles, with the shipped profiles (the bundled names bind by default)."""
+    profiles = {name: load_profile(profile_dir / f"{name}.yaml") for name in set(_PROFILE_OF_KIND.values())}
+    devices = {}
+    for device in plant.device_names():
+        name = _PROFILE_OF_KIND[plant.device_kind(device)]
+        devices[device] = ControlledDevice(device, name, profiles[name])
+    cdus = [device for device in plant.device_names() if plant.device_kind(device) == "cdu"]
+    return build_role_map(config, devices, cdus=config.cdu_devices or cdus)
+
+
 def _windows(scenario: Scenario) -> list[Window]:
     faults = PLANT_EVENTS | HARNESS_EVENTS | BOTH_EVENTS
     return [
@@ -162,7 +176,7 @@ def run_scenario(
     devices = plant.device_names()
     cdu_names = [device for device in devices if plant.device_kind(device) == "cdu"]
     cdu_set = set(cdu_names)
-    supervisor = Supervisor(config, limits, cdu_devices=cdu_names)
+    supervisor = Supervisor(config, plant_role_map(plant, config))
     windows = _windows(scenario)
     silent_windows = [w for w in windows if w.kind == "device_silent"]
     crash_windows = [w for w in windows if w.kind == "gateway_crash"]
@@ -177,6 +191,7 @@ def run_scenario(
         "writes_rejected": 0,
         "writes_failed_device_silent": 0,
         "heartbeats": 0,
+        "setpoint_writes": 0,
         "writes_by_signal": {},
         "writes_by_reason": {},
     }
@@ -225,9 +240,10 @@ def run_scenario(
                 if not low <= write.value <= high:
                     counts["writes_out_of_limits"] += 1
                     continue
-                if write.signal == "heartbeat":
+                if write.reason == HEARTBEAT_REASON:
                     counts["heartbeats"] += 1
                 else:
+                    counts["setpoint_writes"] += 1
                     key = f"{'cdu-*' if write.device in cdu_set else write.device}.{write.signal}"
                     by_signal[key] = by_signal.get(key, 0) + 1
                     by_reason[write.reason] = by_reason.get(write.reason, 0) + 1

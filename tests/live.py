@@ -45,6 +45,7 @@ class Collector:
 
     def __init__(self, port: int, topic: str = "heat/e2e/#", *, persistent: bool = False) -> None:
         self.messages: list[tuple[float, str, bytes]] = []
+        self.redelivered: list[str] = []
         self.lock = threading.Lock()
         self.client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -63,6 +64,8 @@ class Collector:
     def _on_message(self, _c, _u, message) -> None:
         with self.lock:
             self.messages.append((time.monotonic(), message.topic, bytes(message.payload)))
+            if message.dup:  # the broker sent it to us again (our own ack was lost), not the gateway
+                self.redelivered.append(message.topic)
 
     def fields(self, device: str) -> dict[str, float]:
         """Fields of the newest metrics line of a device."""

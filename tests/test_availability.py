@@ -175,5 +175,5 @@ async def test_a_refused_connection_is_logged_once_as_refused(monkeypatch):
             assert await poller.poll_once() is None
     down = [e for e in logs if e["event"] == "device_unavailable"]
     assert len(down) == 1
-    assert down[0]["cause"] == "unavailable"
+    assert down[0]["cause"] == "refused"
     assert f"cannot connect to 127.0.0.1:{port}: connection refused" in down[0]["reason"]

@@ -39,7 +39,7 @@ async def _until(predicate, what: str, timeout_s: float = 20.0) -> None:
 async def test_failing_cycles_are_logged_run_on_and_report_no_progress() -> None:
     site = load_site(REPO / "config" / "site.example.yaml")
     real = supervisor_for_site(site)
-    supervisor = FaultySupervisor(real.config, real.limits, cdu_devices=real.cdus)
+    supervisor = FaultySupervisor(real.config, real.roles)
     loop = ControlLoop(site, ProcessImage(), {}, Outbox(1000), supervisor=supervisor, cycle_real_s=0.02)
     with capture_logs() as logs:
         task = asyncio.create_task(loop._run_cycles())

@@ -90,8 +90,9 @@ async def test_a_stopped_device_does_not_slow_the_others(tmp_path, mosquitto, vi
 
             await endpoint.start()  # same port
             await wait_for(
-                lambda: gateway.image.snapshot(time.time_ns()).sample("cdu-2", "tcs_supply_temp_c").quality
-                is Quality.GOOD,
+                lambda: (
+                    gateway.image.snapshot(time.time_ns()).sample("cdu-2", "tcs_supply_temp_c").quality is Quality.GOOD
+                ),
                 5,
                 "cdu-2 back",
             )

@@ -397,7 +397,8 @@ CASES = [
         control_site(
             devices=(*CONTROL_DEVICES[1:], "{name: cdu-9, kind: cdu, protocol: modbus, host: h, profile: vendor-cdu}")
         ),
-        "control.cdu_devices (kind cdu): device 'cdu-9' has no signal 'it_limit_c' in profile 'vendor-cdu'",
+        "control: device 'cdu-9' (role cdu): input it_limit_c: no signal 'it_limit_c' in profile 'vendor-cdu'; "
+        "map it to a profile signal or give a constant (it_limit_c: <value>)",
         profiles={"vendor-cdu": CDU_PROFILE.replace("  it_limit_c:", "  it_limit_2_c:")},
     ),
     Case(
@@ -409,7 +410,8 @@ CASES = [
                 OPCUA_PANEL,
             )
         ),
-        "control.heat_pump_plc_device: signal 'hp_supply_setpoint_c' of device 'hp-plc' is read-only",
+        "control: device 'hp-plc' (role station_plc): output hp_supply_setpoint_c: signal 'hp_supply_setpoint_c' "
+        "is read-only in profile 'ro-plc'",
         profiles={
             "ro-plc": HP_PLC_PROFILE.replace(
                 'SupplySetpoint", type: float64, unit: "degC", access: read_write, min: 50, max: 85',

@@ -220,6 +220,8 @@ async def test_malformed_replies_publish_nothing_and_are_logged_once_each(monkey
         assert len(lines) == 1, f"{name}: logged {len(lines)} times: {lines}"
         assert reason in lines[0]["reason"], f"{name}: {lines[0]['reason']!r}"
         assert lines[0]["at_start"] is True
+        again = [e for e in logs if e["event"] == "device_still_unavailable" and e["device"] == device_name]
+        assert again == [], f"{name}: {again}"
         sample = image.snapshot(time.time_ns()).sample(device_name, "clock_ms")
         assert sample.reason, name
     # a correct reply split over four TCP segments is reassembled and accepted

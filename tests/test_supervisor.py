@@ -17,6 +17,7 @@ import pytest
 from gateway.config.loader import load_profile, load_site
 from gateway.control.blocks import weather_curve_supply_c
 from gateway.control.config import ControlConfig
+from gateway.control.roles import ControlledDevice, RoleMap, build_role_map
 from gateway.control.supervisor import (
     Mode,
     StepResult,
@@ -33,17 +34,16 @@ CDUS = ("cdu-1", "cdu-2")
 DEVICES = {"cdu-1": "cdu", "cdu-2": "cdu", "hp-plc": "hp-plc", "panel-pc": "panel-pc", "heat-meter": "heat-meter"}
 
 
-def write_limits() -> dict[tuple[str, str], tuple[float, float]]:
-    """(device, signal) -> (min, max) from the shipped profiles, as the live service builds them."""
-    limits = {}
-    for device, profile_name in DEVICES.items():
-        for signal, spec in load_profile(PROFILES / f"{profile_name}.yaml").signals.items():
-            if spec.access.value == "read_write":
-                limits[(device, signal)] = (spec.min, spec.max)
-    return limits
+PROFILE_OF = {name: load_profile(PROFILES / f"{name}.yaml") for name in set(DEVICES.values())}
 
 
-LIMITS = write_limits()
+def role_map(cfg: ControlConfig) -> RoleMap:
+    """The devices in their roles with the shipped profiles, as the live service binds them."""
+    devices = {name: ControlledDevice(name, profile, PROFILE_OF[profile]) for name, profile in DEVICES.items()}
+    return build_role_map(cfg, devices, cdus=CDUS)
+
+
+LIMITS = role_map(ControlConfig()).write_limits()
 
 
 class View:
@@ -131,7 +131,8 @@ def config(**changes: object) -> ControlConfig:
 
 
 def supervisor(**changes: object) -> Supervisor:
-    return Supervisor(config(**changes), LIMITS, cdu_devices=CDUS)
+    cfg = config(**changes)
+    return Supervisor(cfg, role_map(cfg))
 
 
 class Loop:
@@ -186,23 +187,34 @@ def test_mode_off_writes_nothing_not_even_heartbeats():
         assert result.status["writes"] == 0
 
 
-def test_heartbeat_every_cycle_to_every_device_that_has_one():
-    loop = Loop()
-    beats: dict[str, list[float]] = {}
-    for now_s in (0.0, 1.0, 2.0, 3.0, 13.0):
-        result = loop.at(now_s)
-        for write in result.writes:
-            if write.signal == "heartbeat":
-                beats.setdefault(write.device, []).append(write.value)
-    assert set(beats) == {"cdu-1", "cdu-2", "hp-plc", "panel-pc"}  # the meter has no heartbeat
+def heartbeats(loop: Loop, times: list[float]) -> dict[str, list[tuple[float, float]]]:
+    beats: dict[str, list[tuple[float, float]]] = {}
+    for now_s in times:
+        for write in loop.at(now_s).writes:
+            if write.reason == "heartbeat":
+                beats.setdefault(write.device, []).append((now_s, write.value))
+    return beats
+
+
+def test_heartbeats_at_each_devices_declared_period():
+    # CDUs and PLC: watchdog 60 s, no period declared -> a third of it; the panel declares 10 s.
+    beats = heartbeats(Loop(), [float(t) for t in range(61)])
+    assert set(beats) == {"cdu-1", "cdu-2", "hp-plc", "panel-pc"}  # the meter declares no heartbeat
+    for device in ("cdu-1", "cdu-2", "hp-plc"):
+        assert [t for t, _ in beats[device]] == [0.0, 20.0, 40.0, 60.0], device
+    assert [t for t, _ in beats["panel-pc"]] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
     for values in beats.values():
-        assert len(values) == 5
-        assert all(b != a for a, b in itertools.pairwise(values))  # a changing counter
+        assert all(b != a for (_, a), (_, b) in itertools.pairwise(values))  # a changing counter
+
+
+def test_the_site_overrides_the_heartbeat_period():
+    beats = heartbeats(Loop(supervisor(heartbeat_period_s=1.0)), [0.0, 1.0, 2.0, 3.0, 13.0])
+    assert all(len(values) == 5 for values in beats.values())
 
 
 def test_heartbeat_counter_wraps_within_the_profile_limits():
-    loop = Loop()
-    loop.state = SupervisorState(heartbeat=65534)
+    loop = Loop(supervisor(heartbeat_period_s=1.0))
+    loop.view.set("hp-plc", heartbeat=65534.0)  # a restart continues from the device's value
     values = [written(loop.at(float(t)), "hp-plc", "heartbeat").value for t in range(3)]  # type: ignore[union-attr]
     assert values == [65535.0, 0.0, 1.0]
 
@@ -211,7 +223,7 @@ def test_heartbeat_counter_wraps_within_the_profile_limits():
 
 
 def test_stale_cdu_goes_back_to_local_gets_no_heartbeat_and_heat_is_shed():
-    loop = Loop()
+    loop = Loop(supervisor(heartbeat_period_s=1.0, write_refresh_s=60.0))
     loop.run(0.0, 10.0)
     ceiling_before = loop.result.status["cdu_ceiling_c"]  # type: ignore[union-attr]
     loop.view.stale.add("cdu-2")
@@ -256,7 +268,8 @@ def test_stale_meter_freezes_the_order_loop_and_drops_the_trim():
         assert status["dh_trim_k"] == 0.0  # the PLC's own supply control, no trim
         assert "safe_state:meter_stale" in str(status["overrides"])
     assert value(loop.view, "hp-plc", "hp_supply_setpoint_c") == pytest.approx(72.0)
-    assert value(loop.view, "hp-plc", "heat_power_limit_kw") == pytest.approx(12000.0 + trim_kw, abs=10.0)
+    # within the limit's deadband (50 kW: the write economy)
+    assert value(loop.view, "hp-plc", "heat_power_limit_kw") == pytest.approx(12000.0 + trim_kw, abs=50.0)
 
 
 def test_a_frozen_meter_reading_counts_as_stale():
@@ -271,7 +284,7 @@ def test_a_frozen_meter_reading_counts_as_stale():
 
 
 def test_stale_plc_gets_no_writes_at_all():
-    loop = Loop()
+    loop = Loop(supervisor(heartbeat_period_s=1.0))
     loop.at(0.0)
     loop.view.stale.add("hp-plc")
     for now_s in (1.0, 2.0, 70.0, 200.0):
@@ -344,7 +357,7 @@ def test_dh_over_temperature_override_wins_the_min_select():
     loop.view.set("hp-plc", dh_supply_temp_c=88.0)
     result = loop.at(6.0)
     setpoint = written(result, "hp-plc", "hp_supply_setpoint_c")
-    limit = written(result, "hp-plc", "heat_power_limit_kw")
+    limit = written(loop.at(7.0), "hp-plc", "heat_power_limit_kw")  # ramping down: one deadband (50 kW) later
     assert setpoint is not None
     assert setpoint.reason == "override:dh_over_temperature"
     assert setpoint.value < 72.0
@@ -458,12 +471,15 @@ def test_setpoints_are_clamped_to_the_profile_and_ramped():
     previous_c = value(loop.view, "hp-plc", "hp_supply_setpoint_c")
     table = [1.0, 2.0, 3.0, 33.0, 34.0, 400.0]  # includes 30 s and 366 s jumps
     last_s = 0.0
+    allowed_k = 0.01
     for now_s in table:
         loop.at(now_s)
         setpoint_c = value(loop.view, "hp-plc", "hp_supply_setpoint_c")
-        allowed_k = 6.0 / 60.0 * min(now_s - last_s, 10.0) + 0.01  # 6 K/min, at most 10 cycles of catch-up
-        assert setpoint_c - previous_c <= allowed_k, now_s
+        allowed_k += 6.0 / 60.0 * min(now_s - last_s, 10.0)  # 6 K/min, at most 10 cycles of catch-up
+        assert setpoint_c - previous_c <= allowed_k, now_s  # since the last write (min interval 5 s)
         assert setpoint_c <= 85.0
+        if setpoint_c != previous_c:
+            allowed_k = 0.01
         previous_c, last_s = setpoint_c, now_s
     loop.run(401.0, 600.0)
     assert value(loop.view, "hp-plc", "hp_supply_setpoint_c") == 85.0
@@ -495,17 +511,24 @@ def test_no_write_is_ever_outside_the_profile_limits():
             assert math.isfinite(write.value)
 
 
-def test_an_unchanged_setpoint_is_a_lease_refreshed_after_its_period():
-    loop = Loop(supervisor(write_refresh_s=60.0))
+def test_an_unchanged_setpoint_is_a_lease_refreshed_after_its_period_one_output_a_minute():
+    loop = Loop(supervisor(write_refresh_s=300.0))
     loop.run(0.0, 5.0)
-    table = [  # (now_s, hp_supply_setpoint_c written?)
-        (6.0, False),
-        (30.0, False),
-        (65.0, True),  # lease refresh
-        (66.0, False),
-    ]
-    for now_s, expected in table:
-        assert (written(loop.at(now_s), "hp-plc", "hp_supply_setpoint_c") is not None) == expected, now_s
+    refreshed: dict[str, list[float]] = {}
+    for now_s in range(6, 700):
+        for write in loop.at(float(now_s)).writes:
+            if write.device == "hp-plc" and write.reason != "heartbeat":
+                refreshed.setdefault(write.signal, []).append(float(now_s))
+    times = sorted(t for ts in refreshed.values() for t in ts)
+    assert set(refreshed) == {
+        "hp_enable",
+        "hp_supply_setpoint_c",
+        "heat_power_limit_kw",
+        "dry_cooler_enable",
+        "dry_cooler_setpoint_c",
+    }
+    assert times[0] >= 300.0  # nothing before the refresh period: the values did not change
+    assert all(b - a >= 60.0 for a, b in itertools.pairwise(times))  # outputs take turns, one a minute
 
 
 def test_a_device_that_fell_back_is_taken_over_again_bumplessly():
@@ -620,11 +643,16 @@ def test_supervisor_for_the_example_site():
     assert write_limits_of(site)[("cdu-1", "tcs_supply_setpoint_c")] == (25.0, 45.0)
     assert write_limits_of(site)[("hp-plc", "heat_power_limit_kw")] == (0.0, 25000.0)
     assert ("heat-meter", "heartbeat") not in write_limits_of(site)
+    # Only role outputs and declared heartbeats: the panel's writable operator nodes are not ours.
+    assert ("panel-pc", "operator_mode") not in write_limits_of(site)
+    assert ("hp-plc", "alarm_reset") not in write_limits_of(site)
+    assert ("cdu-1", "watchdog_timeout_s") not in write_limits_of(site)
 
 
 def test_supervisor_needs_cdus():
+    devices = {name: ControlledDevice(name, profile, PROFILE_OF[profile]) for name, profile in DEVICES.items()}
     with pytest.raises(ValueError, match="no CDUs"):
-        Supervisor(ControlConfig(), LIMITS)
+        build_role_map(ControlConfig(), devices, cdus=())
 
 
 def test_config_rejects_unknown_keys_and_inconsistent_values():

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.config.credentials import CREDENTIALS_ENV, CredentialError, read_credential
-from gateway.config.profile import ModbusProfile, OpcUaProfile, Profile
+from gateway.config.profile import SIGNAL_NAME, ModbusProfile, OpcUaProfile, Profile
 from gateway.config.roles import check_roles
 from gateway.config.secrets import remember_secrets
-from gateway.config.site import SECRET_KEYS, Device, OpcUaDevice, SiteConfig
+from gateway.config.site import NAME, PROFILE_NAME, SECRET_KEYS, TOPIC_PREFIX, Device, OpcUaDevice, SiteConfig
 from gateway.config.yamlsafe import YamlFileError, read_yaml
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -162,6 +162,16 @@ def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _So
     return replaced
 
 
+_PATTERN_HELP = {
+    NAME: "lower-case letters, digits, - and _, starting with a letter or digit (it becomes one MQTT topic "
+    "level: no /, +, #, $, spaces or NUL)",
+    PROFILE_NAME: "a file name in profiles_dir without .yaml (letters, digits, ., - and _; no folder)",
+    TOPIC_PREFIX: "topic levels separated by single /, without + or #, and not starting with $",
+    SIGNAL_NAME: "snake_case starting with a lower-case letter, unit last (supply_temp_c)",
+}
+"""What a name pattern means, in words: a regular expression is no help at 3 a.m."""
+
+
 def _describe(error: dict[str, Any], *, hide: str | None) -> str:
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
@@ -170,6 +180,10 @@ def _describe(error: dict[str, Any], *, hide: str | None) -> str:
         message = "required key is missing"
     elif error["type"] == "value_error":
         message = message.removeprefix("Value error, ")
+    elif error["type"] == "string_pattern_mismatch":
+        pattern = str(error.get("ctx", {}).get("pattern", ""))
+        if pattern in _PATTERN_HELP:
+            message = f"String should match pattern: {_PATTERN_HELP[pattern]}"
     got = error.get("input")
     if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict | list):
         return message
@@ -197,8 +211,15 @@ def validation_message(path: Path, exc: ValidationError, prefix: str = "", sourc
         elif sources is not None and key in sources.env_paths:
             hide = "value from the environment, not shown"
         full = f"{prefix}{key}" if key else prefix.rstrip(".") or "(top level)"
-        lines.append(f"{path}: {full}: {_describe(dict(error), hide=hide)}")
+        message = _describe(dict(error), hide=hide)
+        if full == "(top level)" and _STARTS_WITH_KEY.match(message):
+            lines.append(f"{path}: {message}")  # a whole-file check that names its key itself
+        else:
+            lines.append(f"{path}: {full}: {message}")
     return "\n".join(lines)
+
+
+_STARTS_WITH_KEY = re.compile(r"^[a-z_]+(\[\d+\])?(\.[A-Za-z0-9_]+)*[:\s]")
 
 
 def _load_profile(path: Path, sources: _Sources) -> ModbusProfile | OpcUaProfile:

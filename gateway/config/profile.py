@@ -7,6 +7,7 @@ raw * scale + offset.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -150,6 +151,82 @@ class ModbusSignal(_SignalBase):
         return self.bit is not None
 
 
+class HeartbeatMode(StrEnum):
+    """How the gateway's heartbeat changes from one write to the next."""
+
+    COUNTER = "counter"
+    TOGGLE = "toggle"
+    ECHO = "echo"
+
+
+class Watchdog(_Model):
+    """The device's BMS watchdog and the heartbeat that keeps it armed (``watchdog:`` in a profile).
+
+    Nothing is written as a heartbeat unless the profile declares it here: a signal called
+    ``heartbeat`` is only a name.
+    """
+
+    heartbeat: str = Field(pattern=SIGNAL_NAME, description="The writable signal the gateway writes as its heartbeat")
+    mode: HeartbeatMode = Field(
+        description="counter: a value that changes every write (wraps within the signal's min..max); "
+        "toggle: min and max alternately; echo: the value last read from echo_of, written back"
+    )
+    echo_of: str | None = Field(
+        None, pattern=SIGNAL_NAME, description="echo: the signal the device changes and expects written back"
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="Seconds without a new heartbeat after which the device drops what the gateway wrote "
+        "and runs on its local values (as configured on the device); null = the device has no watchdog "
+        "(the heartbeat is only shown)",
+    )
+    timeout_signal: str | None = Field(
+        None,
+        pattern=SIGNAL_NAME,
+        description="The signal that reports the device's watchdog timeout, compared with timeout_s by "
+        "`heat-gateway check --control`",
+    )
+    period_s: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="Seconds between heartbeat writes the vendor recommends; the site's control section may "
+        "override it. Default: as rare as the timeout allows (see docs/control.md)",
+    )
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> Self:
+        if self.mode is HeartbeatMode.ECHO and self.echo_of is None:
+            raise ValueError("mode echo needs echo_of: the signal whose value is written back")
+        if self.mode is not HeartbeatMode.ECHO and self.echo_of is not None:
+            raise ValueError(f"echo_of is for mode echo, not {self.mode}")
+        return self
+
+
+def check_watchdog(watchdog: Watchdog | None, signals: Mapping[str, _SignalBase]) -> None:
+    """The watchdog's signals exist, the heartbeat is writable and a counter has room to count."""
+    if watchdog is None:
+        return
+    heartbeat = signals.get(watchdog.heartbeat)
+    if heartbeat is None:
+        raise ValueError(f"watchdog.heartbeat: no signal {watchdog.heartbeat!r} in signals")
+    if heartbeat.access is not Access.READ_WRITE:
+        raise ValueError(f"watchdog.heartbeat: signal {watchdog.heartbeat!r} is read-only (access must be read_write)")
+    assert heartbeat.min is not None
+    assert heartbeat.max is not None
+    if watchdog.mode is not HeartbeatMode.ECHO and heartbeat.max - heartbeat.min < 1:
+        raise ValueError(
+            f"watchdog.heartbeat: a {watchdog.mode} needs two values: {watchdog.heartbeat!r} allows only "
+            f"{heartbeat.min:g}..{heartbeat.max:g}"
+        )
+    for key in ("echo_of", "timeout_signal"):
+        name = getattr(watchdog, key)
+        if name is not None and name not in signals:
+            raise ValueError(f"watchdog.{key}: no signal {name!r} in signals")
+
+
 class ModbusProfile(_Model):
     """Register map of one Modbus device model, and the quirks of its Modbus implementation."""
 
@@ -206,9 +283,13 @@ class ModbusProfile(_Model):
     signals: dict[Annotated[str, Field(pattern=SIGNAL_NAME)], ModbusSignal] = Field(
         description="Signal name (snake_case, unit suffix) -> where and how to read it"
     )
+    watchdog: Watchdog | None = Field(
+        None, description="The device's BMS watchdog and heartbeat (heartbeat, mode, echo_of, timeout_s, period_s)"
+    )
 
     @model_validator(mode="after")
     def _check_map(self) -> Self:
+        check_watchdog(self.watchdog, self.signals)
         spans: dict[Table, list[tuple[int, int, str, int | None]]] = {}
         for name, signal in self.signals.items():
             start = signal.address - self.addressing
@@ -280,6 +361,14 @@ class OpcUaProfile(_Model):
     model: str = Field(description="Vendor and model this node list is for")
     namespace_uri: str | None = Field(None, description="The device's application namespace URI")
     signals: dict[Annotated[str, Field(pattern=SIGNAL_NAME)], OpcUaSignal] = Field(description="Signal name -> node")
+    watchdog: Watchdog | None = Field(
+        None, description="The device's BMS watchdog and heartbeat (heartbeat, mode, echo_of, timeout_s, period_s)"
+    )
+
+    @model_validator(mode="after")
+    def _check_watchdog(self) -> Self:
+        check_watchdog(self.watchdog, self.signals)
+        return self
 
 
 Profile = Annotated[ModbusProfile | OpcUaProfile, Field(discriminator="protocol")]

@@ -1,10 +1,10 @@
 """The control section's roles checked against the devices: what `check` refuses before `run` would.
 
-The supervisor finds its inputs by (device, signal); a role naming a device that does not
-exist, is disabled, is of another kind, or whose profile lacks a signal the role reads or
-writes would leave that role stale for ever (or, with no CDU at all, stop the service at
-start). Each contract below lists what a role needs today; the role-contract work (signal
-mappings, constants, optional inputs) extends :data:`CONTRACTS` and :func:`check_roles`.
+Here: which device has which role, and that it exists, is enabled, is of the role's kind and
+has one role only. What each role reads and writes, and how the site binds those to the
+device's profile signals (a signal, a constant or absent) and its declared heartbeat, is the
+role contract in :mod:`gateway.control.roles` (the one place the signals are listed); its
+problems are added once every role device is fine.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.config.profile import Access
 from gateway.config.site import Device
 
 if TYPE_CHECKING:
@@ -32,35 +31,13 @@ class RoleContract:
     """The ``control:`` key that names the device (a list of names for the CDUs)."""
     kind: str | None
     """The device kind the role expects; None = ``control.cdu_kind``."""
-    reads: tuple[str, ...]
-    """Signals without which the role is stale every cycle."""
-    writes: tuple[str, ...]
-    """Signals the role writes: the profile must have them ``access: read_write`` (with min and max)."""
 
 
 CONTRACTS = (
-    RoleContract(
-        role="heat meter",
-        key="heat_meter_device",
-        kind="heat_meter",
-        reads=("flow_temp_c", "heat_power_kw", "return_temp_c"),
-        writes=(),
-    ),
-    RoleContract(
-        role="heat-pump PLC",
-        key="heat_pump_plc_device",
-        kind="heat_pump_plc",
-        reads=("dh_supply_temp_c",),
-        writes=("hp_supply_setpoint_c", "heat_power_limit_kw"),
-    ),
-    RoleContract(role="panel", key="panel_device", kind="panel_pc", reads=("utility_link_ok",), writes=()),
-    RoleContract(
-        role="CDU",
-        key="cdu_devices",
-        kind=None,
-        reads=("tcs_supply_temp_c", "control_mode", "tcs_supply_setpoint_c", "valve_feedback_pct", "it_limit_c"),
-        writes=("tcs_supply_setpoint_c",),
-    ),
+    RoleContract(role="heat meter", key="heat_meter_device", kind="heat_meter"),
+    RoleContract(role="heat-pump PLC", key="heat_pump_plc_device", kind="heat_pump_plc"),
+    RoleContract(role="panel", key="panel_device", kind="panel_pc"),
+    RoleContract(role="CDU", key="cdu_devices", kind=None),
 )
 
 
@@ -78,38 +55,15 @@ def _role_devices(control: ControlConfig, contract: RoleContract, site: Site) ->
     ]
 
 
-def _check_device(site: Site, key: str, device: Device, contract: RoleContract, kind: str) -> list[str]:
+def _check_device(key: str, device: Device, contract: RoleContract, kind: str) -> list[str]:
     name = device.name
     if not device.enabled:
         return [
             f"{key}: device {name!r} is disabled (enabled: false) but the control loop needs it as the {contract.role}"
         ]
-    problems = []
     if device.kind != kind:
-        problems.append(
-            f"{key}: device {name!r} is of kind {device.kind!r}; the {contract.role} role needs kind {kind!r}"
-        )
-    signals = site.profile_of(device).signals
-    problems += [
-        f"{key}: device {name!r} has no signal {signal!r} in profile {device.profile!r}; "
-        f"the {contract.role} role reads it"
-        for signal in contract.reads
-        if signal not in signals
-    ]
-    for signal in contract.writes:
-        found = signals.get(signal)
-        if found is None:
-            if signal not in contract.reads:
-                problems.append(
-                    f"{key}: device {name!r} has no signal {signal!r} in profile {device.profile!r}; "
-                    f"the {contract.role} role writes it"
-                )
-        elif found.access is not Access.READ_WRITE:
-            problems.append(
-                f"{key}: signal {signal!r} of device {name!r} is read-only in profile {device.profile!r}; "
-                f"the {contract.role} role writes it (access: read_write, with min and max)"
-            )
-    return problems
+        return [f"{key}: device {name!r} is of kind {device.kind!r}; the {contract.role} role needs kind {kind!r}"]
+    return []
 
 
 def check_roles(site: Site) -> list[str]:
@@ -137,5 +91,14 @@ def check_roles(site: Site) -> list[str]:
                 problems.append(f"{key}: device {name!r} already has a role ({taken[name]}); one role per device")
                 continue
             taken[name] = key
-            problems += _check_device(site, key, device, contract, contract.kind or control.cdu_kind)
-    return problems
+            problems += _check_device(key, device, contract, contract.kind or control.cdu_kind)
+    if problems:
+        return problems
+    # Every role device is there: now each one's signals and heartbeat against its role's contract.
+    from gateway.control.roles import RoleError, role_map_of_site  # noqa: PLC0415 - control builds on config
+
+    try:
+        role_map_of_site(site.config, site.profiles)
+    except RoleError as exc:
+        return str(exc).splitlines()
+    return []

@@ -296,10 +296,11 @@ class Mqtt(_Model):
     )
     spool: bool = Field(
         default=True,
-        description="While the broker is unreachable (or slow to acknowledge), keep messages in a spool on "
-        "disk, {state_dir}/spool, and send them oldest first once it is back, between live messages; "
-        "a segment file is deleted when the broker has acknowledged all of it. Survives a restart or a "
-        "killed process. false: messages wait in memory only and a restart during an outage loses them",
+        description="Keep on disk, in {state_dir}/spool, every message the broker has not acknowledged within "
+        "1 s (or, while a historian is online, that the historian has not reported stored within 1 s), and "
+        "everything while the broker is unreachable; send it oldest first once the broker is back, between live "
+        "messages; a segment file is deleted when all of it is safe. Survives a restart or a killed process "
+        "(docs/nothing-lost.md). false: messages wait in memory only and a restart during an outage loses them",
     )
     spool_max_mb: int = Field(
         512,

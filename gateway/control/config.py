@@ -13,7 +13,50 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.control.commands import CommandPolicy
 
-__all__ = ["ControlConfig"]
+__all__ = ["ABSENT", "ControlConfig", "ControlDevice", "OutputWrites"]
+
+ABSENT = "absent"
+"""``control.devices.<device>.signals.<role signal>: absent``: the device does not have it."""
+
+
+class OutputWrites(BaseModel):
+    """Write economy of one role output on one device (``control.devices.<device>.writes.<output>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deadband: float | None = Field(
+        None,
+        ge=0,
+        description="A new value is written only when it differs from the last written by at least this "
+        "(engineering units); default the signal's resolution (a Modbus register's scale, else the role's)",
+    )
+    min_interval_s: float | None = Field(
+        None,
+        ge=0,
+        description="Least seconds between two writes of a changed value; overrides and safe states are "
+        "written at once; default the role's (docs/control.md, Roles)",
+    )
+
+
+class ControlDevice(BaseModel):
+    """How one device fulfils its role (``control.devices.<device>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signals: dict[str, str | float] = Field(
+        default_factory=dict,
+        description="Role signal -> the profile signal that provides it, a constant (it_limit_c: 45) or "
+        "'absent'; a role signal not listed is the profile signal of the same name",
+    )
+    heartbeat_period_s: float | None = Field(
+        None, gt=0, description="Seconds between heartbeat writes to this device; overrides every other default"
+    )
+    write_budget_per_h: float | None = Field(
+        None, gt=0, description="Setpoint writes per hour this device should get at most; control.write_budget_per_h"
+    )
+    writes: dict[str, OutputWrites] = Field(
+        default_factory=dict, description="Role output -> deadband and min_interval_s for this device"
+    )
 
 
 class ControlConfig(BaseModel):
@@ -36,6 +79,12 @@ class ControlConfig(BaseModel):
         description="Device names of the CDUs the loop supervises; empty = every device of kind cdu_kind",
     )
     cdu_kind: str = Field("cdu", description="Device kind that marks a CDU when cdu_devices is empty")
+    devices: dict[str, ControlDevice] = Field(
+        default_factory=dict,
+        description="Per device in a role: signals (role signal -> profile signal, constant or absent), "
+        "heartbeat_period_s, write_budget_per_h, writes (deadband, min_interval_s per output); see "
+        "docs/control.md, Roles",
+    )
 
     # -- input quality -------------------------------------------------------------------------
     input_max_age_s: float = Field(
@@ -225,11 +274,23 @@ class ControlConfig(BaseModel):
         description="A change of the panel's operator_mode switch (0 off, 1 manual, 2 auto) "
         "is taken as an operator command",
     )
-    heartbeat_period_s: float = Field(
-        1.0, gt=0, description="Seconds between heartbeat writes to every device that has a writable heartbeat"
+    heartbeat_period_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds between heartbeat writes to every device with a declared heartbeat; null = the "
+        "profile's period, else a third of the device's watchdog timeout",
     )
     write_refresh_s: float = Field(
-        60.0, gt=0, description="An unchanged setpoint is written again after this long (writes are leases)"
+        600.0,
+        gt=0,
+        description="An unchanged setpoint is written again after this long; the heartbeat keeps the device's "
+        "lease, so this only repairs a value lost without the read-back showing it",
+    )
+    write_budget_per_h: float = Field(
+        600.0,
+        gt=0,
+        description="Setpoint writes per hour a device should get at most (EEPROM wear); a cycle that would "
+        "exceed it is logged as a warning (writes are not held back: IT safety first). Heartbeats not counted",
     )
     readback_grace_s: float = Field(
         5.0, ge=0, description="A read-back that differs from the last write this long after it makes the write repeat"
@@ -257,6 +318,6 @@ class ControlConfig(BaseModel):
             raise ValueError("weather_curve_min_c must not exceed weather_curve_max_c")
         if self.deviation_alarm_hysteresis_k > self.deviation_alarm_k:
             raise ValueError("deviation_alarm_hysteresis_k must not exceed deviation_alarm_k")
-        if self.heartbeat_period_s < self.cycle_s:
+        if self.heartbeat_period_s is not None and self.heartbeat_period_s < self.cycle_s:
             raise ValueError("heartbeat_period_s must be at least cycle_s (one heartbeat per cycle at most)")
         return self

@@ -28,7 +28,7 @@ from typing import Any
 from gateway.config.loader import Site
 from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
 from gateway.control.executor import WriteExecutor, WriteRequest, WriteResult
-from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site, write_limits_of
+from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site
 from gateway.drivers.base import Driver
 from gateway.liveness import Progress
 from gateway.logs import get_logger
@@ -38,6 +38,8 @@ from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
 
 log = get_logger(__name__)
+
+BUDGET_WARNING_INTERVAL_S = 60.0
 
 
 class ControlLoop:
@@ -72,7 +74,8 @@ class ControlLoop:
         self._ack_topic = f"{base}/ack"
         self._metrics_topic = f"{base}/metrics"
         self._prefix = series_prefix("control", {"site": config.site})
-        limits = write_limits_of(site)
+        # Exactly what the supervisor may write: bound role outputs and declared heartbeats.
+        limits = self.supervisor.limits
         writable_devices = {device for device, _ in limits}
         self.executor = WriteExecutor(
             {name: driver for name, driver in drivers.items() if name in writable_devices},
@@ -87,6 +90,7 @@ class ControlLoop:
         self._snapshot = image.snapshot(time.time_ns())
         self.cycles = 0
         self.overruns = 0
+        self._budget_warned: dict[str, float] = {}
         self.failed_cycles = 0  # cycles that raised (each logged with its cause)
         # A completed cycle is progress; one that raised is not, so cycles that keep failing (or a
         # cycle task that hangs) stop the systemd watchdog pings and systemd restarts the service.
@@ -96,10 +100,15 @@ class ControlLoop:
     # -- commands (paho thread -> event loop -> cycle) -----------------------------------------
 
     def on_command(self, _client: Any, _userdata: Any, message: Any) -> None:
-        """paho callback: hand the message to the event loop (never blocks paho's thread)."""
-        if self._loop is not None:
+        """MQTT callback: hand the message to the event loop, for :meth:`receive` (never blocks the
+        caller; works from paho's thread and from the loop, before :meth:`run` too)."""
+        loop = self._loop
+        if loop is None:
+            with contextlib.suppress(RuntimeError):  # not on a loop: nowhere to queue it yet
+                loop = asyncio.get_running_loop()
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway has stopped
-                self._loop.call_soon_threadsafe(
+                loop.call_soon_threadsafe(
                     self.receive, bytes(message.payload), str(message.topic), bool(message.retain)
                 )
 
@@ -226,12 +235,29 @@ class ControlLoop:
         self._snapshot = self.image.snapshot(now_ns)
         result = self.supervisor.step(self._snapshot, self.state, now_s)
         self.state = result.state
+        overdrawn = result.status.get("write_budget_exceeded")
+        if overdrawn:
+            self._warn_budget(str(overdrawn).split(","), now_s)
         for write in result.writes:
             self.executor.submit(WriteRequest(write.device, write.signal, write.value, write.reason))
         fields = encode_fields(dict(result.status))
         if fields:
             self.outbox.put(Message(self._metrics_topic, f"{self._prefix} {fields} {now_ns}".encode()))
         self.cycles += 1
+
+    def _warn_budget(self, devices: list[str], now_s: float) -> None:
+        """A device written more often than its budget allows: once a minute per device."""
+        for device in devices:
+            last = self._budget_warned.get(device)
+            if last is None or now_s - last >= BUDGET_WARNING_INTERVAL_S:
+                self._budget_warned[device] = now_s
+                role = self.supervisor.roles.devices.get(device)
+                log.warning(
+                    "write_budget_exceeded",
+                    device=device,
+                    budget_per_h=role.write_budget_per_h if role is not None else None,
+                    setpoint_writes_total=self.state.setpoint_writes_total,
+                )
 
     async def _run_cycles(self) -> None:
         loop = asyncio.get_running_loop()

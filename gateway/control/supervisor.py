@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.config.profile import HeartbeatMode
 from gateway.control.blocks import (
     AlarmState,
     DelayedAlarm,
@@ -43,7 +44,8 @@ from gateway.control.blocks import (
 from gateway.control.commands import Mode, check_values
 from gateway.control.config import ControlConfig
 from gateway.control.pid import ControlMode, PidConfig, PidState, pid_step
-from gateway.control.writes import Lease, SignalKey, Write, WriteBook, WriteLimits
+from gateway.control.roles import RoleMap, role_map_of_site
+from gateway.control.writes import HEARTBEAT_REASON, Lease, SignalKey, Write, WriteBook, WriteLimits, spend_budget
 
 if TYPE_CHECKING:
     from gateway.config.loader import Site
@@ -57,13 +59,11 @@ __all__ = [
     "SupervisorState",
     "Write",
     "WriteLimits",
-    "cdu_devices_of",
     "supervisor_for_site",
     "write_limits_of",
 ]
 
 WATER_CP_KJ_KGK = 4.18
-_HEARTBEAT = "heartbeat"
 _INTERLOCK_DH_TOO_HOT = 2  # hp-plc interlock_status bit: DH water entering the condensers too hot
 _MIN_DELIVERY_DT_K = 5.0  # below this meter dT the DH side is not really delivering
 _SOURCE_NAMES = {OrderSource.UTILITY: "utility", OrderSource.HELD: "held", OrderSource.FALLBACK: "weather_curve"}
@@ -120,8 +120,12 @@ class SupervisorState:
     """Rate limit of every written setpoint."""
     leases: Mapping[SignalKey, Lease] = field(default_factory=dict)
     """Last value written to every signal and when."""
-    heartbeat: int = 0
-    last_heartbeat_s: float | None = None
+    heartbeats: Mapping[str, Lease] = field(default_factory=dict)
+    """Per device: the heartbeat value last written and when."""
+    budgets: Mapping[str, Lease] = field(default_factory=dict)
+    """Per device: setpoint writes left in its budget (token bucket) and when."""
+    setpoint_writes_total: int = 0
+    heartbeat_writes_total: int = 0
     hp_enable: OnOffState = field(default_factory=OnOffState)
     deviation_alarm: AlarmState = field(default_factory=AlarmState)
     stuck: Mapping[SignalKey, tuple[float, float]] = field(default_factory=dict)
@@ -167,20 +171,22 @@ class _Cdu:
 class Supervisor:
     """The supervisory controller. Pure: all state is passed in and returned.
 
-    ``limits`` are the writable signals' (min, max) from the device profiles, keyed
-    (device, signal): only those signals are ever written, never outside those limits.
-    ``cdu_devices`` names the CDUs when the config's ``cdu_devices`` is empty.
+    ``roles`` (:mod:`gateway.control.roles`) says which device has which role, where each role
+    input is read and which profile signal each role output is: only those outputs and the
+    declared heartbeats are ever written, never outside the profile's limits.
     """
 
-    def __init__(self, config: ControlConfig, limits: WriteLimits, *, cdu_devices: Sequence[str] = ()) -> None:
+    def __init__(self, config: ControlConfig, roles: RoleMap) -> None:
         self.config = cfg = config
-        self.limits = dict(limits)
-        self.cdus = tuple(config.cdu_devices or cdu_devices)
+        self.roles = roles
+        self.outputs = roles.output_specs()
+        self.limits: WriteLimits = roles.write_limits()
+        self.cdus = roles.cdus
         if not self.cdus:
-            raise ValueError("Supervisor: no CDUs (set control.cdu_devices or pass cdu_devices)")
-        self._meter = cfg.heat_meter_device
-        self._plc = cfg.heat_pump_plc_device
-        self._panel = cfg.panel_device
+            raise ValueError("Supervisor: no CDUs (set control.cdu_devices or give devices the kind cdu)")
+        self._meter = roles.heat_meter
+        self._plc = roles.station_plc
+        self._panel = roles.panel
         self._dh_trim_pid = PidConfig(
             kp=cfg.dh_trim_kp_k_per_k,
             ti_s=cfg.dh_trim_ti_s,
@@ -226,18 +232,26 @@ class Supervisor:
                 max_dt_s=max_dt_s,
             ),
         }
-        self._heartbeat_devices = sorted(device for device, signal in self.limits if signal == _HEARTBEAT)
-        self._roles = {self._meter, self._plc, self._panel, *self.cdus}
+        self._heartbeats = {name: role.heartbeat for name, role in roles.devices.items() if role.heartbeat}
+        self._budgets = {name: role.write_budget_per_h for name, role in roles.devices.items() if role.outputs}
+        # The trims integrate only while the written value is their own output: "their own"
+        # within what the write economy lets through (deadband, resolution).
+        self._supply_tolerance_k = self._tolerance((self._plc, "hp_supply_setpoint_c"), 0.02)
+        self._limit_tolerance_kw = self._tolerance((self._plc, "heat_power_limit_kw"), 20.0)
         self._supply_range_c = self._range(
             (self._plc, "hp_supply_setpoint_c"), cfg.dh_min_supply_temp_c, cfg.dh_max_supply_temp_c
         )
         self._heat_range_kw = self._range((self._plc, "heat_power_limit_kw"), 0.0, math.inf)
 
     def _range(self, key: SignalKey, low: float, high: float) -> tuple[float, float]:
-        profile = self.limits.get(key)
-        if profile is None:
+        spec = self.outputs.get(key)
+        if spec is None:
             return (low, high)
-        return (max(low, profile[0]), min(high, profile[1]))
+        return (max(low, spec.low), min(high, spec.high))
+
+    def _tolerance(self, key: SignalKey, least: float) -> float:
+        spec = self.outputs.get(key)
+        return least if spec is None else max(least, spec.deadband + spec.resolution)
 
     # -- operator commands ---------------------------------------------------------------------
 
@@ -284,14 +298,14 @@ class Supervisor:
         """Run one control cycle at ``now_s`` (seconds, monotonic) on a frozen view."""
         cfg = self.config
         max_age_s = cfg.input_max_age_s
-        good = view.good
+        good = self.roles.reader(view.good, max_age_s)
         stuck = dict(state.stuck)
         overrides: list[str] = []
         status: dict[str, float | str | bool] = {}
 
         def watched(device: str, signal: str) -> float | None:
             """A reading that must also keep moving (a frozen transmitter is stale too)."""
-            value = good(device, signal, max_age_s)
+            value = good(device, signal)
             key = (device, signal)
             if value is None or cfg.stuck_after_s <= 0.0:
                 stuck.pop(key, None)
@@ -302,13 +316,13 @@ class Supervisor:
                 return value
             return None if now_s - seen[1] >= cfg.stuck_after_s else value
 
-        state = self._panel_commands(view, state)
+        state = self._panel_commands(good, state)
 
         # -- inputs ------------------------------------------------------------------------------
         meter, plc, panel = self._meter, self._plc, self._panel
         meter_supply_c = watched(meter, "flow_temp_c")
         meter_power_kw = watched(meter, "heat_power_kw")
-        meter_return_c = good(meter, "return_temp_c", max_age_s)
+        meter_return_c = good(meter, "return_temp_c")
         meter_ok = meter_supply_c is not None and meter_power_kw is not None and meter_return_c is not None
         meter_filtered: tuple[TimedValue, TimedValue] | None = None
         meter_supply_raw_c = meter_supply_c  # the over-temperature override acts on the raw value
@@ -318,30 +332,30 @@ class Supervisor:
             power = _low_pass(before[1] if before else None, meter_power_kw, now_s, cfg.meter_filter_s)
             meter_filtered = (supply, power)
             meter_supply_c, meter_power_kw = supply.value, power.value
-        station_supply_c = good(plc, "dh_supply_temp_c", max_age_s)
+        station_supply_c = good(plc, "dh_supply_temp_c")
         plc_ok = station_supply_c is not None
-        plc_return_c = good(plc, "dh_return_temp_c", max_age_s)
-        dh_pump_tripped = good(plc, "dh_pump_tripped", max_age_s)
-        interlock = good(plc, "interlock_status", max_age_s)
-        source_in_c = good(plc, "hp_source_inlet_temp_c", max_age_s)
-        running = good(plc, "hp_running_count", max_age_s)
-        hx_heat_kw = good(plc, "hx_heat_kw", max_age_s)
-        link_ok = good(panel, "utility_link_ok", max_age_s)
+        plc_return_c = good(plc, "dh_return_temp_c")
+        dh_pump_tripped = good(plc, "dh_pump_tripped")
+        interlock = good(plc, "interlock_status")
+        source_in_c = good(plc, "hp_source_inlet_temp_c")
+        running = good(plc, "hp_running_count")
+        hx_heat_kw = good(plc, "hx_heat_kw")
+        link_ok = good(panel, "utility_link_ok")
         panel_ok = link_ok is not None
-        order_mw = good(panel, "utility_heat_order_mw", max_age_s)
-        requirement_in_c = good(panel, "utility_supply_temp_c", max_age_s)
-        order_age_s = good(panel, "utility_order_age_s", max_age_s)
-        fws_supply_c = good(plc, "fws_supply_temp_c", max_age_s)
+        order_mw = good(panel, "utility_heat_order_mw")
+        requirement_in_c = good(panel, "utility_supply_temp_c")
+        order_age_s = good(panel, "utility_order_age_s")
+        fws_supply_c = good(plc, "fws_supply_temp_c")
         if fws_supply_c is None:
-            fws_supply_c = good(panel, "fws_supply_temp_c", max_age_s)
-        outdoor_c = good(panel, "outdoor_temp_c", max_age_s)
+            fws_supply_c = good(panel, "fws_supply_temp_c")
+        outdoor_c = good(panel, "outdoor_temp_c")
         if outdoor_c is None:
-            outdoor_c = good(plc, "outdoor_temp_c", max_age_s)
+            outdoor_c = good(plc, "outdoor_temp_c")
         outdoor = state.outdoor
         if outdoor_c is not None:
             outdoor = _low_pass(outdoor, outdoor_c, now_s, cfg.outdoor_filter_s)
         outdoor_c = outdoor.value if outdoor is not None else cfg.fallback_outdoor_temp_c
-        cdus = [self._read_cdu(view, name, watched) for name in self.cdus]
+        cdus = [self._read_cdu(good, name, watched) for name in self.cdus]
         stale_cdus = [cdu.name for cdu in cdus if not cdu.fresh]
         stale = [*stale_cdus]
         if not meter_ok:
@@ -414,7 +428,7 @@ class Supervisor:
             overrides.append("override:dh_cannot_take_heat")
 
         book = WriteBook(
-            self.limits,
+            self.outputs,
             self._ramps,
             ramps=state.ramps,
             leases=state.leases,
@@ -597,12 +611,6 @@ class Supervisor:
         dc_choice = select_min(dc_candidates)
 
         # -- writes ---------------------------------------------------------------------------------
-        heartbeat = state.heartbeat
-        last_heartbeat_s = state.last_heartbeat_s
-        beat = last_heartbeat_s is None or now_s - last_heartbeat_s >= cfg.heartbeat_period_s - 1e-9
-        if beat:
-            heartbeat += 1
-            last_heartbeat_s = now_s
         fresh_devices = {cdu.name for cdu in fresh_cdus}
         if plc_ok:
             fresh_devices.add(plc)
@@ -610,15 +618,13 @@ class Supervisor:
             fresh_devices.add(panel)
         if meter_ok:
             fresh_devices.add(meter)
-        if beat:
-            for device in self._heartbeat_devices:
-                # A device we cannot see gets no heartbeat: its watchdog must take over.
-                if device in fresh_devices or device not in self._roles:
-                    low, high = self.limits[(device, _HEARTBEAT)]
-                    book.pulse(device, _HEARTBEAT, low + heartbeat % int(high - low + 1), "heartbeat")
+        heartbeats = self._beat(book, view, state.heartbeats, fresh_devices, now_s)
 
         for cdu in cdus:
             self._write_cdu(book, cdu, ceiling.value, cdu_reason)
+        if abs(ceiling.value - ceiling_target_c) > 0.01:
+            # The common ceiling is itself the CDU setpoints' ramp (raise 0.5 K/min, back off 3 K/min).
+            book.ramping.update(cdu.name for cdu in fresh_cdus)
 
         applied_supply_c = supply_setpoint_c
         applied_limit_kw = limit_choice.value
@@ -628,7 +634,7 @@ class Supervisor:
                 if not book.can_write(plc, signal):
                     return value
                 if present is None:
-                    present = good(plc, signal, max_age_s)
+                    present = good(plc, signal)
                 return book.propose(plc, signal, value, reason, present=present)
 
             propose("hp_enable", 1.0 if hp_enable.on else 0.0, "heat_order" if hp_enable.on else "no_heat_wanted")
@@ -689,16 +695,27 @@ class Supervisor:
                 "alarm_dh_deviation": deviation_alarm.active,
                 "alarm_utility_link": not link_up,
                 "alarm_stale_data": bool(stale),
-                "heartbeat": heartbeat,
                 "writes": len(book.writes),
+                "setpoint_writes": len(book.writes) - book.heartbeats,
+                "heartbeat_writes": book.heartbeats,
+                "ramping_devices": ",".join(sorted(book.ramping)),
             }
         )
         for cdu in cdus:
             lease = book.leases.get((cdu.name, "tcs_supply_setpoint_c"))
             status[f"{cdu.name}.tcs_supply_setpoint_c"] = lease.value if lease is not None else math.nan
 
+        spent: dict[str, int] = {}
+        for write in book.writes:
+            if write.reason != HEARTBEAT_REASON:
+                spent[write.device] = spent.get(write.device, 0) + 1
+        budgets, overdrawn = spend_budget(state.budgets, spent, self._budgets, now_s)
+        status["write_budget_exceeded"] = ",".join(overdrawn)
         new_state = dataclasses.replace(
             state,
+            budgets=budgets,
+            setpoint_writes_total=state.setpoint_writes_total + len(book.writes) - book.heartbeats,
+            heartbeat_writes_total=state.heartbeat_writes_total + book.heartbeats,
             dh_trim=dh_trim,
             dh_applied_trim_k=applied_supply_c - requirement_c - feedforward_k,
             last_requirement_c=requirement_c,
@@ -711,8 +728,7 @@ class Supervisor:
             last_backoff_s=last_backoff_s,
             ramps=book.ramps,
             leases=book.leases,
-            heartbeat=heartbeat,
-            last_heartbeat_s=last_heartbeat_s,
+            heartbeats=heartbeats,
             hp_enable=hp_enable,
             deviation_alarm=deviation_alarm,
             stuck=stuck,
@@ -729,24 +745,23 @@ class Supervisor:
                 dh_trim=PidState(),
                 order_trim=PidState(),
                 cdu_ceiling=None,
-                last_heartbeat_s=None,
+                heartbeats={},
             )
-            status["writes"] = 0
+            status["writes"] = status["setpoint_writes"] = status["heartbeat_writes"] = 0
             return StepResult(writes=[], state=new_state, status=status)
         return StepResult(writes=book.writes, state=new_state, status=status)
 
     # -- pieces ----------------------------------------------------------------------------------
 
-    def _panel_commands(self, view: ProcessView, state: SupervisorState) -> SupervisorState:
+    def _panel_commands(self, good: _Read, state: SupervisorState) -> SupervisorState:
         """The panel's operator switch: a change (or the first sight) is an operator command."""
         if not self.config.follow_panel_operator_mode:
             return state
-        age_s = self.config.input_max_age_s
-        switch = view.good(self._panel, "operator_mode", age_s)
+        switch = good(self._panel, "operator_mode")
         if switch is None:
             return state
-        supply_c = view.good(self._panel, "manual_supply_temp_c", age_s)
-        heat_mw = view.good(self._panel, "manual_heat_power_mw", age_s)
+        supply_c = good(self._panel, "manual_supply_temp_c")
+        heat_mw = good(self._panel, "manual_heat_power_mw")
         seen = (switch, supply_c, heat_mw)
         if seen == state.panel_seen:
             return state
@@ -768,19 +783,20 @@ class Supervisor:
         new_state, ack = self.apply_command(state, command)
         return new_state if ack.accepted else state
 
-    def _read_cdu(self, view: ProcessView, name: str, watched: _Watched) -> _Cdu:
-        age_s = self.config.input_max_age_s
-        good = view.good
+    def _read_cdu(self, good: _Read, name: str, watched: _Watched) -> _Cdu:
+        role = self.roles.devices[name]
         supply_c = watched(name, "tcs_supply_temp_c")
-        supply_2_c = good(name, "tcs_supply_temp_2_c", age_s)
-        mode = good(name, "control_mode", age_s)
-        setpoint_c = good(name, "tcs_supply_setpoint_c", age_s)
-        local_c = good(name, "local_setpoint_c", age_s)
-        valve_pct = good(name, "valve_feedback_pct", age_s)
-        it_limit_c = good(name, "it_limit_c", age_s)
+        supply_2_c = good(name, "tcs_supply_temp_2_c")
+        setpoint_c = good(name, "tcs_supply_setpoint_c")
+        it_limit_c = good(name, "it_limit_c")
+        # A signal the site marked absent is None by design, not stale: the role says what the
+        # control does without it (a CDU without a mode register acts on the written setpoint).
+        mode = good(name, "control_mode") if role.has("control_mode") else 1.0
+        valve_pct = good(name, "valve_feedback_pct") if role.has("valve_feedback_pct") else math.nan
+        local_c = good(name, "local_setpoint_c")
         if supply_c is None or mode is None or setpoint_c is None or valve_pct is None or it_limit_c is None:
             return _Cdu(name=name, fresh=False)
-        if mode != 1.0 and local_c is None:
+        if mode != 1.0 and local_c is None and role.has("local_setpoint_c"):
             return _Cdu(name=name, fresh=False)
         active_c = setpoint_c if mode == 1.0 or local_c is None else local_c
         hottest_c = supply_c if supply_2_c is None else max(supply_c, supply_2_c)
@@ -793,6 +809,44 @@ class Supervisor:
             valve_pct=valve_pct,
             it_limit_c=it_limit_c,
         )
+
+    def _beat(
+        self,
+        book: WriteBook,
+        view: ProcessView,
+        sent: Mapping[str, Lease],
+        fresh: set[str],
+        now_s: float,
+    ) -> dict[str, Lease]:
+        """Declared heartbeats, each at its device's period, only to devices fresh in their role.
+
+        A device we cannot see gets no heartbeat: its watchdog must take over (and return it to
+        its local values), since nothing the gateway decides for it is based on data any more.
+        """
+        beats = dict(sent)
+        max_age_s = self.config.input_max_age_s
+        for device, beat in self._heartbeats.items():
+            if device not in fresh:
+                continue
+            last = beats.get(device)
+            if last is not None and now_s - last.time_s < beat.period_s - 1e-9:
+                continue
+            if beat.mode is HeartbeatMode.ECHO:
+                assert beat.echo_of is not None
+                value = view.good(device, beat.echo_of, max_age_s)
+                if value is None:
+                    continue  # nothing fresh to echo: the watchdog sees no answer
+            else:
+                previous = last.value if last is not None else view.good(device, beat.signal, max_age_s)
+                if beat.mode is HeartbeatMode.TOGGLE:
+                    value = beat.low if previous == beat.high else beat.high
+                else:
+                    span = int(beat.high - beat.low) + 1
+                    base = previous if previous is not None and math.isfinite(previous) else beat.low
+                    value = beat.low + (int(base - beat.low) + 1) % span
+            book.pulse(device, beat.signal, value, beat.low, beat.high)
+            beats[device] = Lease(value, now_s)
+        return beats
 
     def _write_cdu(self, book: WriteBook, cdu: _Cdu, ceiling_c: float, reason: str) -> None:
         name = cdu.name
@@ -834,7 +888,7 @@ class Supervisor:
             measurement=meter_supply_c,
             now_s=now_s,
             hold=not settled,
-            applied_tolerance=0.02,
+            applied_tolerance=self._supply_tolerance_k,
         )
 
     def _order_trim(
@@ -865,7 +919,7 @@ class Supervisor:
             measurement=delivered_kw,
             now_s=now_s,
             hold=hold,
-            applied_tolerance=20.0,
+            applied_tolerance=self._limit_tolerance_kw,
         )
 
     def _trim(
@@ -930,6 +984,10 @@ class _Watched(Protocol):
     def __call__(self, device: str, signal: str) -> float | None: ...
 
 
+_Read = Callable[[str, str], float | None]
+"""``read(device, role_signal)``: a role input by the site's binding (None: stale, bad or absent)."""
+
+
 def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
     """First-order low-pass, exact for any step; starts at the first value, restarts after a gap."""
     if previous is None or time_constant_s <= 0.0:
@@ -946,23 +1004,12 @@ def _reason(chosen: str, normal: str) -> str:
 
 
 def write_limits_of(site: Site) -> dict[SignalKey, tuple[float, float]]:
-    """(device, signal) -> (min, max) of every writable signal of the site's enabled devices."""
-    limits: dict[SignalKey, tuple[float, float]] = {}
-    for device in site.config.devices:
-        if not device.enabled:
-            continue
-        for name, signal in site.profile_of(device).signals.items():
-            if signal.access.value == "read_write" and signal.min is not None and signal.max is not None:
-                limits[(device.name, name)] = (signal.min, signal.max)
-    return limits
-
-
-def cdu_devices_of(site: Site, kind: str = "cdu") -> list[str]:
-    """Names of the site's enabled devices of a kind, in file order."""
-    return [device.name for device in site.config.devices if device.enabled and device.kind == kind]
+    """(device, profile signal) -> (min, max) of everything the supervisor may write: the bound
+    role outputs and the declared heartbeats, nothing else (a name alone gives no control meaning)."""
+    return role_map_of_site(site.config, site.profiles).write_limits()
 
 
 def supervisor_for_site(site: Site, config: ControlConfig | None = None) -> Supervisor:
-    """A supervisor for a loaded site: its ``control:`` section (or defaults), limits and CDUs."""
+    """A supervisor for a loaded site: its ``control:`` section (or defaults), roles and profiles."""
     config = config or site.config.control or ControlConfig()
-    return Supervisor(config, write_limits_of(site), cdu_devices=cdu_devices_of(site, config.cdu_kind))
+    return Supervisor(config, role_map_of_site(site.config.model_copy(update={"control": config}), site.profiles))

@@ -1,20 +1,23 @@
-"""Setpoints out: clamped to the profile's limits, rate-limited, written as leases.
+"""Setpoints out: clamped to the profile's limits, rate-limited, economical, written as leases.
 
-Every value the supervisor wants on a device passes :meth:`WriteBook.propose` once per cycle:
+Every value the supervisor wants on a device passes :meth:`WriteBook.propose` once per cycle,
+keyed by (device, role output); the :class:`OutputSpec` says which profile signal that is on
+the device (``gateway.control.roles`` binds them) and how it is written:
 
-1. clamp to the writable signal's ``min``/``max`` from the device profile (the executor checks
-   again; this makes sure it never has to refuse);
-2. rate-limit with the signal's ramp, starting from the device's present value the first
-   time (bumpless take-over after a start, a restart or a watchdog fallback);
-3. round to the signal's resolution, taken from its unit suffix (``_c``/``_k`` 0.01,
-   ``_kw`` 10, ``_pct`` 0.1), so a ramp that has arrived produces no more writes;
-4. emit a :class:`Write` only when the value differs from the last one written, the lease is
-   older than the refresh period, or the device's read-back shows it no longer holds what
-   was written (it fell back to a local value). Everything written expires on the device
-   when the gateway stops (the heartbeat watchdog), so a write is a lease, never a latch.
+1. clamp to the signal's ``min``/``max`` from the device profile (the executor checks again;
+   this makes sure it never has to refuse);
+2. rate-limit with the output's ramp, starting from the device's present value the first time
+   (bumpless take-over after a start, a restart or a watchdog fallback);
+3. round to the signal's resolution (a Modbus register's scale, else the role's), so a ramp that
+   has arrived produces no more writes;
+4. emit a :class:`Write` only when the value moved by at least the output's deadband since the
+   last write and its minimum interval has passed (overrides and safe states go at once), when
+   the device's read-back shows it no longer holds what was written (it fell back to a local
+   value), or as a slow refresh. The device's watchdog, kept armed by the heartbeat, is what
+   makes a write a lease: everything written expires when the gateway stops.
 
-The book is mutable but lives for one cycle only: the supervisor copies the previous
-cycle's ramps and leases into it and stores the result in its new (frozen) state.
+The book is mutable but lives for one cycle only: the supervisor copies the previous cycle's
+ramps and leases into it and stores the result in its new (frozen) state.
 """
 
 from __future__ import annotations
@@ -25,13 +28,35 @@ from dataclasses import dataclass
 
 from gateway.control.blocks import RampLimiter, RampState
 
-__all__ = ["Lease", "SignalKey", "Write", "WriteBook", "WriteLimits", "resolution_of"]
+__all__ = ["HEARTBEAT_REASON", "Lease", "OutputSpec", "SignalKey", "Write", "WriteBook", "WriteLimits", "spend_budget"]
+
+HEARTBEAT_REASON = "heartbeat"
+"""The reason of every heartbeat write (counted apart from setpoint writes)."""
+_URGENT = ("override:", "safe_state:")
+REFRESH_SPACING_S = 60.0
+"""Least time between a lease refresh and any other setpoint write to the same device."""
 
 SignalKey = tuple[str, str]
-"""(device, signal)."""
+"""(device, role output), or (device, profile signal) for the executor's limits."""
 
 WriteLimits = Mapping[SignalKey, tuple[float, float]]
-"""Writable signals and their (min, max) from the device profiles; the executor uses the same."""
+"""(device, profile signal) -> (min, max): what the executor lets through."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """How one role output is written on one device."""
+
+    signal: str
+    """The profile signal it is bound to (what goes into the :class:`Write`)."""
+    low: float
+    high: float
+    resolution: float
+    """Smallest step the device stores; 0 = exact (modes, enables)."""
+    deadband: float
+    """Least change worth a write (default: the resolution)."""
+    min_interval_s: float
+    """Least time between writes of a changed value (not for overrides and safe states)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,30 +77,27 @@ class Lease:
     time_s: float
 
 
-_RESOLUTION_BY_SUFFIX = (("_c", 0.01), ("_k", 0.01), ("_kw", 10.0), ("_pct", 0.1))
-
-
-_RESOLUTION_CACHE: dict[str, float] = {}
-
-
-def resolution_of(signal: str) -> float:
-    """Smallest step worth writing, from the unit suffix of the name; 0 = exact (enums, counters)."""
-    resolution = _RESOLUTION_CACHE.get(signal)
-    if resolution is None:
-        resolution = next((step for suffix, step in _RESOLUTION_BY_SUFFIX if signal.endswith(suffix)), 0.0)
-        _RESOLUTION_CACHE[signal] = resolution
-    return resolution
-
-
 class WriteBook:
     """One cycle's writes, with the ramps and leases carried from the previous cycle."""
 
-    __slots__ = ("_limits", "_ramps_by_signal", "grace_s", "leases", "now_s", "ramps", "refresh_s", "writes")
+    __slots__ = (
+        "_last_write_s",
+        "_outputs",
+        "_ramps_by_output",
+        "grace_s",
+        "heartbeats",
+        "leases",
+        "now_s",
+        "ramping",
+        "ramps",
+        "refresh_s",
+        "writes",
+    )
 
     def __init__(
         self,
-        limits: WriteLimits,
-        ramps_by_signal: Mapping[str, RampLimiter],
+        outputs: Mapping[SignalKey, OutputSpec],
+        ramps_by_output: Mapping[str, RampLimiter],
         *,
         ramps: Mapping[SignalKey, RampState],
         leases: Mapping[SignalKey, Lease],
@@ -83,42 +105,49 @@ class WriteBook:
         refresh_s: float,
         grace_s: float,
     ) -> None:
-        self._limits = limits
-        self._ramps_by_signal = ramps_by_signal
+        self._outputs = outputs
+        self._ramps_by_output = ramps_by_output
         self.ramps: dict[SignalKey, RampState] = dict(ramps)
         self.leases: dict[SignalKey, Lease] = dict(leases)
         self.now_s = now_s
         self.refresh_s = refresh_s
         self.grace_s = grace_s
         self.writes: list[Write] = []
+        self.heartbeats = 0
+        self.ramping: set[str] = set()
+        """Devices with a setpoint still on its way (rate limit) this cycle."""
+        self._last_write_s: dict[str, float] = {}
+        for (device, _), lease in self.leases.items():
+            self._last_write_s[device] = max(lease.time_s, self._last_write_s.get(device, -math.inf))
 
-    def can_write(self, device: str, signal: str) -> bool:
-        """True when the device's profile has this signal as writable."""
-        return (device, signal) in self._limits
+    def can_write(self, device: str, output: str) -> bool:
+        """True when the device's role binds this output to a writable signal."""
+        return (device, output) in self._outputs
 
-    def propose(self, device: str, signal: str, target: float, reason: str, *, present: float | None = None) -> float:
-        """Offer a value for a signal; returns what the device is (being) given.
+    def propose(self, device: str, output: str, target: float, reason: str, *, present: float | None = None) -> float:
+        """Offer a value for a role output; returns what the device holds (or is being given).
 
         ``present`` is the value the device acts on now (its read-back, or for a CDU in local
         mode its local setpoint): the ramp starts there, and a present value that no longer
         matches the last write (after ``grace_s``) makes the write repeat at once.
-        Raises KeyError for a signal that is not writable (check `can_write` first).
+        Raises KeyError for an output that is not bound (check `can_write` first).
         """
-        key = (device, signal)
-        low, high = self._limits[key]
+        key = (device, output)
+        spec = self._outputs[key]
+        low, high = spec.low, spec.high
         if not math.isfinite(target):
-            raise ValueError(f"{device}.{signal}: target {target} is not finite ({reason})")
+            raise ValueError(f"{device}.{spec.signal}: target {target} is not finite ({reason})")
         value = min(max(target, low), high)
         now_s = self.now_s
         lease = self.leases.get(key)
-        resolution = resolution_of(signal)
+        resolution = spec.resolution
         reverted = (
             present is not None
             and lease is not None
             and now_s - lease.time_s >= self.grace_s
             and abs(present - lease.value) > max(1.5 * resolution, 1e-9)
         )
-        limiter = self._ramps_by_signal.get(signal)
+        limiter = self._ramps_by_output.get(output)
         if limiter is not None:
             state = self.ramps.get(key)
             if state is None or reverted:
@@ -126,17 +155,64 @@ class WriteBook:
                 state = RampState(value=start, time_s=now_s)
             state = limiter.step(state, target=value, now_s=now_s)
             self.ramps[key] = state
+            if abs(state.value - value) > resolution:
+                self.ramping.add(device)
             value = state.value
+        wanted = value
         if resolution > 0.0:
             value = min(max(round(value / resolution) * resolution, low), high)
             # round() leaves binary noise (40.010000000000005); keep the decimals the resolution has.
             value = round(value, 6)
-        if lease is None or value != lease.value or now_s - lease.time_s >= self.refresh_s or reverted:
+        if lease is None or reverted:
+            write = True
+        elif value != lease.value and abs(wanted - lease.value) >= spec.deadband - 1e-9:
+            # Judged on the value before rounding: a target hovering between two steps of the
+            # resolution must move a whole deadband before it is written again (no dithering).
+            # A change worth writing; not more often than the output's interval unless the
+            # reason is an override or a safe state (IT first: those never wait).
+            write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or reason.startswith(_URGENT)
+        else:
+            # A slow refresh, and at most one a minute per device (with a refresh period of
+            # several minutes the outputs take turns), so an unchanged device sees at most one
+            # setpoint write a minute.
+            write = (
+                now_s - lease.time_s >= self.refresh_s
+                and now_s - self._last_write_s.get(device, -math.inf) >= REFRESH_SPACING_S
+            )
+        if write:
             self.leases[key] = Lease(value, now_s)
-            self.writes.append(Write(device, signal, value, reason))
-        return value
+            self._last_write_s[device] = now_s
+            self.writes.append(Write(device, spec.signal, value, reason))
+            return value
+        assert lease is not None
+        return lease.value
 
-    def pulse(self, device: str, signal: str, value: float, reason: str) -> None:
-        """Write a value every time (heartbeats), clamped to the limits, with no ramp or lease."""
-        low, high = self._limits[(device, signal)]
-        self.writes.append(Write(device, signal, min(max(value, low), high), reason))
+    def pulse(self, device: str, signal: str, value: float, low: float, high: float) -> None:
+        """A heartbeat: written every time, clamped to its limits, with no ramp or lease."""
+        self.heartbeats += 1
+        self.writes.append(Write(device, signal, min(max(value, low), high), HEARTBEAT_REASON))
+
+
+def spend_budget(
+    budgets: Mapping[str, Lease],
+    spent: Mapping[str, int],
+    per_hour: Mapping[str, float],
+    now_s: float,
+) -> tuple[dict[str, Lease], list[str]]:
+    """Token bucket of setpoint writes per device: (new buckets, devices this cycle overdrew).
+
+    A device earns ``per_hour / 3600`` writes a second up to ten minutes' worth; a cycle that
+    writes more than it has left overdraws (the caller warns; the writes still go: IT first).
+    The bucket is a :class:`Lease` (tokens left, when).
+    """
+    new = dict(budgets)
+    overdrawn: list[str] = []
+    for device, rate_h in per_hour.items():
+        capacity = rate_h / 6.0
+        bucket = new.get(device)
+        tokens = capacity if bucket is None else min(capacity, bucket.value + (now_s - bucket.time_s) * rate_h / 3600.0)
+        used = spent.get(device, 0)
+        if used > tokens:
+            overdrawn.append(device)
+        new[device] = Lease(max(tokens - used, 0.0), now_s)
+    return new, overdrawn

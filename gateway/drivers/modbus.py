@@ -71,6 +71,7 @@ from gateway.codec import CodecError, DataType, encode_value, with_register_bit
 from gateway.config.profile import Access, ModbusProfile, ModbusSignal, Table, WriteOutOfRange
 from gateway.config.site import ModbusDevice
 from gateway.drivers.base import (
+    ConnectionRefused,
     ConnectionScope,
     DeviceFault,
     DeviceTimeout,
@@ -119,6 +120,10 @@ Call = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
 
 class ConnectionDead(Exception):
     """The shared connection is closed or was declared dead; every user must reconnect."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused  # nothing listens there (the host is up, the service is not)
 
 
 class ReplyMalformed(Exception):
@@ -224,7 +229,8 @@ class ModbusConnection:
                 client.close()
                 why = await _connect_error(self.host, self.port, timeout_s)
                 self.kill(f"cannot connect: {why}")
-                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {why}")
+                refused = why.startswith(_REFUSED)
+                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {why}", refused=refused)
             self.client = client
             pause_s = max((user.pause_after_connect_s for user in self.users.values()), default=0.0)
             self._ready_at = asyncio.get_running_loop().time() + pause_s
@@ -372,8 +378,9 @@ class ModbusConnection:
             self.down_units.add(unit_id)
             if wire.buffered:
                 # Part of a frame arrived and the rest never did: the stream is out of step.
-                self.kill(f"incomplete frame: {wire.buffered} bytes of a reply, then nothing for {timeout_s} s")
-                raise ConnectionDead(f"{wire.buffered} bytes of an incomplete reply, then silence") from None
+                what = f"incomplete reply: {wire.buffered} bytes of a frame, then nothing for {timeout_s} s"
+                self.kill(what)
+                raise ReplyMalformed(what) from None
             self._unanswered(unit_id)
             raise
         except (ConnectionException, OSError) as exc:
@@ -402,6 +409,9 @@ class ModbusConnection:
             self.kill(f"no reply from any unit ({', '.join(map(str, sorted(units)))}) since the last answer")
 
 
+_REFUSED = "connection refused"
+
+
 async def _connect_error(host: str, port: int, timeout_s: float) -> str:
     """Why a TCP connection to ``host:port`` fails: pymodbus only says that it did.
 
@@ -414,7 +424,7 @@ async def _connect_error(host: str, port: int, timeout_s: float) -> str:
     except TimeoutError:
         return f"no answer to the TCP handshake within {timeout_s} s"
     except ConnectionRefusedError:
-        return "connection refused (nothing listens on that port)"
+        return f"{_REFUSED} (nothing listens on that port)"
     except OSError as exc:
         return exc.strerror or str(exc) or type(exc).__name__
     writer.close()
@@ -515,7 +525,8 @@ class ModbusDriver(ConnectionScope):
                 self, self.device.host, self.device.port, user, self.device.timeout_s * 2
             )
         except ConnectionDead as exc:
-            raise DeviceUnavailable(self.name, f"{exc} (unit {self.device.unit_id})") from exc
+            error = ConnectionRefused if exc.refused else DeviceUnavailable
+            raise error(self.name, f"{exc} (unit {self.device.unit_id})") from exc
         self._hub = hub
 
     async def close(self) -> None:

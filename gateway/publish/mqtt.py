@@ -89,6 +89,7 @@ class _Awaiting:
     since: float
     where: tuple[Segment, int] | None  # its record in the spool, held (not to be replayed)
     replayed: bool  # the record was read by the replay (rewind it, not unhold it, if lost)
+    acked: bool = True  # False: in flight when its connection dropped (the broker may or may not have it)
 
 
 def receipt_key(payload: bytes) -> bytes:
@@ -235,6 +236,12 @@ class MqttPublisher:
         for message in in_flight.values():
             if message.retain:
                 continue  # state: the next connection says it again
+            if self._is_stored_by_historian(message.topic):
+                # The broker may have it (its PUBACK lost with the connection): the historian's
+                # receipts tell. Listed: forgotten; a later message listed first: sent again.
+                self._await_receipt(message, acked=False)
+                copied += 1
+                continue
             if spool is not None and message.spooled is not None:
                 spool.unhold(*message.spooled)  # its held copy is sent by the replay
             elif spool is not None and message.replayed is not None:
@@ -261,11 +268,7 @@ class MqttPublisher:
             return
         if message.replayed is not None:
             self._replay_in_flight -= 1
-        if (
-            self.historian_online
-            and message.topic.startswith(self._metrics_prefix)
-            and message.topic.endswith(self._metrics_suffix)
-        ):
+        if self._is_stored_by_historian(message.topic):
             self._await_receipt(message)
             return
         if self.spool is not None:
@@ -274,13 +277,18 @@ class MqttPublisher:
             if message.replayed is not None:
                 self.spool.release(*message.replayed)
 
-    def _await_receipt(self, message: _InFlight) -> None:
+    def _is_stored_by_historian(self, topic: str) -> bool:
+        return self.historian_online and topic.startswith(self._metrics_prefix) and topic.endswith(self._metrics_suffix)
+
+    def _await_receipt(self, message: _InFlight, *, acked: bool = True) -> None:
         where = message.spooled or message.replayed
         self._awaiting_seq += 1
         seq = self._awaiting_seq
         payload = message.payload if where is None else None
         key = receipt_key(message.payload)
-        self._awaiting[seq] = _Awaiting(message.topic, key, payload, _now(), where, message.replayed is not None)
+        self._awaiting[seq] = _Awaiting(
+            message.topic, key, payload, _now(), where, message.replayed is not None, acked=acked
+        )
         self._awaiting_keys.setdefault((message.topic, key), deque()).append(seq)
         if len(self._awaiting) > self._memory_max:  # a historian that stopped receipting: bound memory
             oldest = next(iter(self._awaiting))
@@ -347,8 +355,11 @@ class MqttPublisher:
         self.historian_online = online
         released = len(self._awaiting)
         if not online:  # it has a persistent session: the broker keeps its messages meanwhile
-            for seq in list(self._awaiting):
-                self._forget_awaiting(seq, release=True)
+            for seq, entry in list(self._awaiting.items()):
+                if entry.acked:
+                    self._forget_awaiting(seq, release=True)
+                else:  # never acknowledged: the broker may not have it
+                    self._resend_lost(seq)
             self._flush_spool()
         log.info(
             "mqtt_release_mode",
@@ -648,6 +659,9 @@ class MqttPublisher:
                 await asyncio.sleep(0.02)
         if self._in_flight:
             self._on_disconnected("gateway stopping")
+        for seq, entry in list(self._awaiting.items()):
+            if not entry.acked and entry.where is None:  # the broker may not have it: the spool keeps it
+                self._resend_lost(seq)
         self.connection.close()
         if self.spool is not None:
             self._flush_spool()
