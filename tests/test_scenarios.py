@@ -71,6 +71,19 @@ def test_reference_day_meets_the_targets(summaries):
     assert metrics["heat_error_samples"] > 0.8 * 86400 * 0.8  # the targets are judged on most of the day
 
 
+def test_reference_day_writes_economically(summaries):
+    counts = summaries["reference-day"]["counts"]
+    # Heartbeats apart from setpoints; both far below one per device and second (1.26 million).
+    assert counts["heartbeats"] + counts["setpoint_writes"] == counts["writes_total"]
+    assert counts["heartbeats"] <= 15 * 86400 / 10
+    assert counts["setpoint_writes"] <= 10_000
+    # Steady state: at most one setpoint write per device and minute outside ramps; a lease
+    # refresh and a change may meet in the same minute now and then (4 of 1,440 measured).
+    busy = counts["busy_minutes_outside_ramps"]
+    assert not any(device.startswith("cdu-") for device in busy), busy
+    assert sum(busy.values()) <= 10, busy
+
+
 def test_gateway_crash_hands_every_device_to_its_watchdog_in_time(summaries):
     crash = summaries["gateway-crash"]["metrics"]["gateway_crash"][0]
     assert crash["crash_s"] == 1800.0
