@@ -221,6 +221,8 @@ def run_scenario(
     by_signal: dict[str, int] = counts["writes_by_signal"]
     by_reason: dict[str, int] = counts["writes_by_reason"]
     rejected: list[str] = []
+    per_minute: dict[tuple[str, int], int] = {}
+    ramp_minutes: set[tuple[str, int]] = set()
     crash_log: list[dict[str, Any]] = []
     cycle_times_s: list[float] = []
     next_control_s = 0.0
@@ -257,6 +259,10 @@ def run_scenario(
             cycle_times_s.append(time.perf_counter() - tick)
             state = result.state
             status = result.status
+            minute = int(time_s // 60.0)
+            for device in str(status.get("ramping_devices", "")).split(","):
+                if device:
+                    ramp_minutes.add((device, minute))
             for write in result.writes:
                 counts["writes_total"] += 1
                 low, high = limits[(write.device, write.signal)]
@@ -267,6 +273,7 @@ def run_scenario(
                     counts["heartbeats"] += 1
                 else:
                     counts["setpoint_writes"] += 1
+                    per_minute[(write.device, minute)] = per_minute.get((write.device, minute), 0) + 1
                     key = f"{'cdu-*' if write.device in cdu_set else write.device}.{write.signal}"
                     by_signal[key] = by_signal.get(key, 0) + 1
                     by_reason[write.reason] = by_reason.get(write.reason, 0) + 1
@@ -288,6 +295,14 @@ def run_scenario(
     finished = time.perf_counter()
 
     counts["rejected_examples"] = rejected[:10]
+    # Write economy: minutes in which a device got more than one setpoint write while none of its
+    # setpoints was ramping (steady state: at most the occasional lease refresh).
+    busy: dict[str, int] = {}
+    for (device, minute), n in per_minute.items():
+        if n > 1 and (device, minute) not in ramp_minutes:
+            busy[device] = busy.get(device, 0) + 1
+    counts["busy_minutes_outside_ramps"] = busy
+    counts["max_setpoint_writes_per_minute"] = max(per_minute.values(), default=0)
     cycles = sorted(cycle_times_s)
     timings = {
         "wall_s": round(finished - started, 3),
@@ -410,6 +425,12 @@ def format_summary(summary: Summary) -> str:
             f"  hottest rack loop {f('tcs_max_c')} °C, seconds above the IT limit {f('tcs_over_limit_s', 0)}; "
             f"writes {summary.counts['writes_total']} ({summary.counts['writes_out_of_limits']} outside profile "
             f"limits, {summary.counts['writes_rejected']} rejected)"
+        ),
+        (
+            f"  writes: {summary.counts['setpoint_writes']} setpoint, {summary.counts['heartbeats']} heartbeat; "
+            f"minutes with more than one setpoint write to a device outside ramps: "
+            f"{sum(summary.counts['busy_minutes_outside_ramps'].values())} "
+            f"{summary.counts['busy_minutes_outside_ramps'] or ''}".rstrip()
         ),
     ]
     lines.extend(

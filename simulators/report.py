@@ -603,7 +603,9 @@ def plot_run(summary: Summary, trace: Trace, windows: Sequence[Window], config: 
         f"DH supply dev RMS {m.get('dh_supply_dev_rms_k')} K, max {m.get('dh_supply_dev_max_k')} K "
         f"(settled {m.get('dh_supply_dev_max_settled_k')} K); heat error mean {m.get('heat_error_mean_pct')} %, "
         f"worst hour {m.get('heat_hourly_error_max_pct')} %; rack loop above IT limit {m.get('tcs_over_limit_s')} s; "
-        f"writes outside limits {summary.counts['writes_out_of_limits']} — {'PASSED' if summary.passed else 'FAILED'}",
+        f"writes outside limits {summary.counts['writes_out_of_limits']}; setpoint writes "
+        f"{summary.counts['setpoint_writes']}, heartbeats {summary.counts['heartbeats']} — "
+        f"{'PASSED' if summary.passed else 'FAILED'}",
         fontsize=11,
     )
     for ax in axes:

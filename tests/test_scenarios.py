@@ -109,6 +109,19 @@ def test_a_scenario_fails_on_its_own_criteria(tmp_path):
     assert summary.checks["no_such_metric"] == {"value": None, "target": "<= 1", "ok": False}
 
 
+def test_reference_day_writes_economically(summaries):
+    counts = summaries["reference-day"]["counts"]
+    # Heartbeats apart from setpoints; both far below one per device and second (1.26 million).
+    assert counts["heartbeats"] + counts["setpoint_writes"] == counts["writes_total"]
+    assert counts["heartbeats"] <= 15 * 86400 / 10
+    assert counts["setpoint_writes"] <= 10_000
+    # Steady state: at most one setpoint write per device and minute outside ramps; a lease
+    # refresh and a change may meet in the same minute now and then (4 of 1,440 measured).
+    busy = counts["busy_minutes_outside_ramps"]
+    assert not any(device.startswith("cdu-") for device in busy), busy
+    assert sum(busy.values()) <= 10, busy
+
+
 def test_gateway_crash_hands_every_device_to_its_watchdog_in_time(summaries):
     crash = summaries["gateway-crash"]["metrics"]["gateway_crash"][0]
     assert crash["crash_s"] == 1800.0
