@@ -39,7 +39,8 @@ from gateway.control.supervisor import Supervisor, SupervisorState
 from gateway.control.writes import HEARTBEAT_REASON
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
-from simulators.plant import Plant
+from simulators.plant import Plant, PlantConfig
+from simulators.plant.sensors import is_temperature
 from simulators.report import Trace, evaluate, write_report
 from simulators.scenario import BOTH_EVENTS, HARNESS_EVENTS, PLANT_EVENTS, Scenario, load_scenario
 
@@ -53,6 +54,7 @@ __all__ = [
     "run_scenario",
     "run_scenario_cli",
     "run_scenarios",
+    "with_profile_resolutions",
 ]
 
 # The bundled profiles: in a checkout `simulators/profiles` is a symlink to `config/profiles`;
@@ -133,6 +135,27 @@ def plant_write_limits(plant: Plant, profile_dir: Path = PROFILE_DIR) -> dict[tu
     return limits
 
 
+def with_profile_resolutions(config: PlantConfig, profile_dir: Path = PROFILE_DIR) -> PlantConfig:
+    """The plant config with every temperature read in its register's steps (int16 x 0.01 -> 0.01 K).
+
+    The real path quantises by encoding; the model-level run does it here so both see the same
+    readings. A coarser ``sensors.resolution`` entry in the scenario wins.
+    """
+    kinds = {f"cdu-{i}": "cdu" for i in range(1, config.cdu.count + 1)}
+    kinds |= {"heat-meter": "heat-meter", "hp-plc": "hp-plc", "panel-pc": "panel-pc"}
+    profiles = {name: load_profile(profile_dir / f"{name}.yaml") for name in set(kinds.values())}
+    resolution = dict(config.sensors.resolution)
+    for device, name in kinds.items():
+        for signal, spec in profiles[name].signals.items():
+            kind = getattr(spec, "type", None)
+            step = abs(getattr(spec, "scale", 0.0))
+            if is_temperature(signal) and kind is not None and str(kind.value).startswith(("int", "uint")):
+                key = f"{device}.{signal}"
+                resolution[key] = max(resolution.get(key, 0.0), step)
+    sensors = config.sensors.model_copy(update={"resolution": resolution})
+    return config.model_copy(update={"sensors": sensors})
+
+
 def plant_role_map(plant: Plant, config: ControlConfig, profile_dir: Path = PROFILE_DIR) -> RoleMap:
     """The plant's devices in their roles, with the shipped profiles (the bundled names bind by default)."""
     profiles = {name: load_profile(profile_dir / f"{name}.yaml") for name in set(_PROFILE_OF_KIND.values())}
@@ -170,7 +193,7 @@ def run_scenario(
     started = time.perf_counter()
     scenario = load_scenario(name_or_path)
     seed = scenario.seed if seed is None else seed
-    plant = Plant(scenario.plant_config(), seed=seed)
+    plant = Plant(with_profile_resolutions(scenario.plant_config()), seed=seed)
     config = control or ControlConfig()
     limits = plant_write_limits(plant)
     devices = plant.device_names()

@@ -272,15 +272,48 @@ def test_stale_meter_freezes_the_order_loop_and_drops_the_trim():
     assert value(loop.view, "hp-plc", "heat_power_limit_kw") == pytest.approx(12000.0 + trim_kw, abs=50.0)
 
 
-def test_a_frozen_meter_reading_counts_as_stale():
+def test_a_noisy_reading_that_stops_moving_counts_as_stale():
+    # The meter's float readings flicker every read (noise); frozen, they are stale after 120 s.
     loop = Loop(supervisor(stuck_after_s=120.0))
-    table = [(0.0, False), (60.0, False), (119.0, False), (120.0, True), (300.0, True)]
+    rng = random.Random(3)
+    for now_s in range(60):
+        loop.view.set("heat-meter", flow_temp_c=72.0 + rng.gauss(0.0, 0.02), heat_power_kw=12000.0 + rng.gauss(0, 20))
+        assert "heat-meter" not in str(loop.at(float(now_s)).status["stale_devices"])
+    table = [(60.0, False), (120.0, False), (178.0, False), (179.0, True), (300.0, True)]  # frozen at 59 s
     for now_s, stale in table:
         status = loop.at(now_s).status
         assert ("heat-meter" in str(status["stale_devices"])) == stale, now_s
-    assert "cdu-1" in str(loop.result.status["stale_devices"])  # type: ignore[union-attr] # CDU supplies too
     loop.view.set("heat-meter", flow_temp_c=72.01, heat_power_kw=12001.0)  # moves again
     assert "heat-meter" not in str(loop.at(301.0).status["stale_devices"])
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "witness_moves_k", "stale_at_end"),
+    [
+        # (0.1 K steps, one at a time: a quantised quiet sensor), witness still: live, for hours.
+        ("coarse sensor on a steady process", [43.0, 43.1, 43.0, 43.1, 43.0], 0.0, False),
+        ("coarse sensor, witness moved 0.3 K", [43.0, 43.1, 43.0], 0.3, False),
+        ("coarse sensor, witness moved 1.0 K", [43.0, 43.1, 43.0], 1.0, True),
+        ("never changed, witness still", [43.0], 0.0, False),
+        ("never changed, witness moved 1.0 K", [43.0], 1.0, True),
+        ("noisy sensor (steps of 0.01-0.05 K), frozen", [43.0, 43.01, 43.05, 43.02, 43.06, 43.03], 0.0, True),
+    ],
+)
+def test_frozen_detection_knows_resolution_and_noise(name, steps, witness_moves_k, stale_at_end):
+    loop = Loop(supervisor(stuck_after_s=120.0))
+    now_s = 0.0
+    for value_c in steps:
+        loop.view.set("cdu-1", tcs_supply_temp_c=value_c)
+        loop.at(now_s)
+        now_s += 1.0
+    loop.view.pinned.add("cdu-1")
+    loop.view.set("cdu-1", tcs_supply_temp_2_c=steps[-1] + witness_moves_k)
+    stale = False
+    for later_s in range(int(now_s), 4 * 3600, 30):
+        stale = "cdu-1" in str(loop.at(float(later_s)).status["stale_devices"])
+        if stale:
+            break
+    assert stale == stale_at_end, name
 
 
 def test_stale_plc_gets_no_writes_at_all():
