@@ -39,7 +39,8 @@ from gateway.control.supervisor import Supervisor, SupervisorState
 from gateway.control.writes import HEARTBEAT_REASON
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
-from simulators.plant import Plant
+from simulators.plant import Plant, PlantConfig
+from simulators.plant.sensors import is_temperature
 from simulators.report import Trace, evaluate, write_report
 from simulators.scenario import BOTH_EVENTS, HARNESS_EVENTS, PLANT_EVENTS, Scenario, load_scenario
 
@@ -53,6 +54,7 @@ __all__ = [
     "run_scenario",
     "run_scenario_cli",
     "run_scenarios",
+    "with_profile_resolutions",
 ]
 
 # The bundled profiles: in a checkout `simulators/profiles` is a symlink to `config/profiles`;
@@ -133,6 +135,27 @@ def plant_write_limits(plant: Plant, profile_dir: Path = PROFILE_DIR) -> dict[tu
     return limits
 
 
+def with_profile_resolutions(config: PlantConfig, profile_dir: Path = PROFILE_DIR) -> PlantConfig:
+    """The plant config with every temperature read in its register's steps (int16 x 0.01 -> 0.01 K).
+
+    The real path quantises by encoding; the model-level run does it here so both see the same
+    readings. A coarser ``sensors.resolution`` entry in the scenario wins.
+    """
+    kinds = {f"cdu-{i}": "cdu" for i in range(1, config.cdu.count + 1)}
+    kinds |= {"heat-meter": "heat-meter", "hp-plc": "hp-plc", "panel-pc": "panel-pc"}
+    profiles = {name: load_profile(profile_dir / f"{name}.yaml") for name in set(kinds.values())}
+    resolution = dict(config.sensors.resolution)
+    for device, name in kinds.items():
+        for signal, spec in profiles[name].signals.items():
+            kind = getattr(spec, "type", None)
+            step = abs(getattr(spec, "scale", 0.0))
+            if is_temperature(signal) and kind is not None and str(kind.value).startswith(("int", "uint")):
+                key = f"{device}.{signal}"
+                resolution[key] = max(resolution.get(key, 0.0), step)
+    sensors = config.sensors.model_copy(update={"resolution": resolution})
+    return config.model_copy(update={"sensors": sensors})
+
+
 def plant_role_map(plant: Plant, config: ControlConfig, profile_dir: Path = PROFILE_DIR) -> RoleMap:
     """The plant's devices in their roles, with the shipped profiles (the bundled names bind by default)."""
     profiles = {name: load_profile(profile_dir / f"{name}.yaml") for name in set(_PROFILE_OF_KIND.values())}
@@ -170,7 +193,7 @@ def run_scenario(
     started = time.perf_counter()
     scenario = load_scenario(name_or_path)
     seed = scenario.seed if seed is None else seed
-    plant = Plant(scenario.plant_config(), seed=seed)
+    plant = Plant(with_profile_resolutions(scenario.plant_config()), seed=seed)
     config = control or ControlConfig()
     limits = plant_write_limits(plant)
     devices = plant.device_names()
@@ -198,6 +221,8 @@ def run_scenario(
     by_signal: dict[str, int] = counts["writes_by_signal"]
     by_reason: dict[str, int] = counts["writes_by_reason"]
     rejected: list[str] = []
+    per_minute: dict[tuple[str, int], int] = {}
+    ramp_minutes: set[tuple[str, int]] = set()
     crash_log: list[dict[str, Any]] = []
     cycle_times_s: list[float] = []
     next_control_s = 0.0
@@ -234,6 +259,10 @@ def run_scenario(
             cycle_times_s.append(time.perf_counter() - tick)
             state = result.state
             status = result.status
+            minute = int(time_s // 60.0)
+            for device in str(status.get("ramping_devices", "")).split(","):
+                if device:
+                    ramp_minutes.add((device, minute))
             for write in result.writes:
                 counts["writes_total"] += 1
                 low, high = limits[(write.device, write.signal)]
@@ -244,6 +273,7 @@ def run_scenario(
                     counts["heartbeats"] += 1
                 else:
                     counts["setpoint_writes"] += 1
+                    per_minute[(write.device, minute)] = per_minute.get((write.device, minute), 0) + 1
                     key = f"{'cdu-*' if write.device in cdu_set else write.device}.{write.signal}"
                     by_signal[key] = by_signal.get(key, 0) + 1
                     by_reason[write.reason] = by_reason.get(write.reason, 0) + 1
@@ -265,6 +295,14 @@ def run_scenario(
     finished = time.perf_counter()
 
     counts["rejected_examples"] = rejected[:10]
+    # Write economy: minutes in which a device got more than one setpoint write while none of its
+    # setpoints was ramping (steady state: at most the occasional lease refresh).
+    busy: dict[str, int] = {}
+    for (device, minute), n in per_minute.items():
+        if n > 1 and (device, minute) not in ramp_minutes:
+            busy[device] = busy.get(device, 0) + 1
+    counts["busy_minutes_outside_ramps"] = busy
+    counts["max_setpoint_writes_per_minute"] = max(per_minute.values(), default=0)
     cycles = sorted(cycle_times_s)
     timings = {
         "wall_s": round(finished - started, 3),
@@ -387,6 +425,12 @@ def format_summary(summary: Summary) -> str:
             f"  hottest rack loop {f('tcs_max_c')} °C, seconds above the IT limit {f('tcs_over_limit_s', 0)}; "
             f"writes {summary.counts['writes_total']} ({summary.counts['writes_out_of_limits']} outside profile "
             f"limits, {summary.counts['writes_rejected']} rejected)"
+        ),
+        (
+            f"  writes: {summary.counts['setpoint_writes']} setpoint, {summary.counts['heartbeats']} heartbeat; "
+            f"minutes with more than one setpoint write to a device outside ramps: "
+            f"{sum(summary.counts['busy_minutes_outside_ramps'].values())} "
+            f"{summary.counts['busy_minutes_outside_ramps'] or ''}".rstrip()
         ),
     ]
     lines.extend(

@@ -59,6 +59,7 @@ __all__ = [
     "HARNESS_EVENTS",
     "PLANT_EVENTS",
     "SCENARIO_DIR",
+    "Criterion",
     "Scenario",
     "ScenarioError",
     "ScenarioEvent",
@@ -226,6 +227,35 @@ class _Schedule:
         self.values.append(value)
 
 
+class Criterion(BaseModel):
+    """A pass criterion on one metric of the report: ``min`` and/or ``max`` (inclusive)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: float | None = Field(None, description="The metric must be at least this")
+    max: float | None = Field(None, description="The metric must be at most this")
+    why: str | None = Field(None, description="Where the figure comes from (for people reading the file)")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.min is None and self.max is None:
+            raise ValueError("a criterion needs min, max or both")
+        return self
+
+    @property
+    def target(self) -> str:
+        """``>= 0.99``, ``<= 0.3`` or ``0.1 .. 0.3``."""
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g} .. {self.max:g}"
+        return f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
+
+    def met(self, value: object) -> bool:
+        """True when ``value`` is a number within the bounds (a missing metric never meets one)."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
 class Scenario(BaseModel):
     """A validated scenario; build one with :func:`load_scenario` or :meth:`from_yaml`."""
 
@@ -237,6 +267,11 @@ class Scenario(BaseModel):
     seed: int = Field(0, description="Seed of the plant's sensor noise")
     plant: PlantConfig = Field(default_factory=PlantConfig, description="PlantConfig overrides")
     events: list[ScenarioEvent] = Field(default_factory=list, description="Timed entries")
+    criteria: dict[str, Criterion] = Field(
+        default_factory=dict,
+        description="Pass criteria: report metric -> {min, max}; the safety checks (0 s above the IT "
+        "limit, 0 writes outside limits or refused) apply to every scenario on top",
+    )
 
     _schedules: dict[tuple[str, str | None], _Schedule] = PrivateAttr(default_factory=dict)
     _actions: list[_Action] = PrivateAttr(default_factory=list)

@@ -136,10 +136,20 @@ def test_proportional_saturated_flag():
 
 
 def test_setpoint_weight_scales_only_the_setpoint_in_p():
-    # P = kp * (b * sp - y) = 2 * (0.5 * 60 - 20) = 20; with b = 1 it would be 80.
+    # A fresh state starts as if the loop had been at this setpoint (P = kp * e = 80); a later
+    # setpoint step moves P by kp * b * step = 2 * 0.5 * 10 = 10, not kp * 10 = 20.
     config = PidConfig(kp=2.0, setpoint_weight=0.5, out_min=-100.0, out_max=100.0)
-    results, _ = run_cycles(config, [(0.0, 60.0, 20.0)])
-    assert results[0].output == pytest.approx(20.0, abs=TOLERANCE)
+    results, _ = run_cycles(config, [(0.0, 60.0, 20.0), (1.0, 70.0, 20.0), (2.0, 70.0, 30.0)])
+    assert [r.output for r in results] == pytest.approx([80.0, 90.0, 70.0], abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("action", [Action.REVERSE, Action.DIRECT])
+def test_a_fresh_state_at_zero_error_outputs_zero_whatever_the_setpoint_weight(weight, action):
+    # A DH trim (b = 0) on a 72 °C supply used to start at -kp x 72 K, clamped to -2 K.
+    config = PidConfig(kp=0.2, ti_s=60.0, setpoint_weight=weight, out_min=-2.0, out_max=2.0, action=action)
+    results, _ = run_cycles(config, [(0.0, 72.0, 72.0), (1.0, 72.0, 72.0), (10.0, 72.0, 72.0)])
+    assert [r.output for r in results] == pytest.approx([0.0, 0.0, 0.0], abs=TOLERANCE)
 
 
 def test_setpoint_weight_softens_setpoint_step_but_integral_sees_full_error():

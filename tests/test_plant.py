@@ -22,6 +22,7 @@ from simulators.plant import (
     weather_curve_supply_temp_c,
 )
 from simulators.plant.physics import MixedVolume
+from simulators.plant.sensors import SensorLayer, SensorSpec
 
 PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 CDUS = [f"cdu-{i}" for i in range(1, 13)]
@@ -143,7 +144,8 @@ def test_external_setpoint_only_acts_in_external_mode() -> None:
 
 
 def test_cdu_pi_holds_setpoint_in_steady_state() -> None:
-    plant = Plant(seed=1)
+    # No sensor damping here: repeated reads at one instant show the bare noise.
+    plant = Plant(PlantConfig.model_validate({"sensors": {"temp_lag_s": 0.0}}), seed=1)
     worst = 0.0
     for _ in range(1800):
         plant.step(1.0)
@@ -380,7 +382,9 @@ def test_heat_follows_the_power_limit_and_setpoint() -> None:
     assert values["dh_supply_temp_c"] == pytest.approx(74.0, abs=0.3)
     meter = plant.read("heat-meter")
     assert meter["heat_power_kw"] == pytest.approx(14000, rel=0.03)
-    assert meter["flow_temp_c"] == pytest.approx(74.0, abs=0.3)
+    # The PLC holds its own (0.3 K high) sensor at 74 °C: the water, and the meter, are colder.
+    bias_k = plant.config.heat_pumps.supply_sensor_bias_k
+    assert meter["flow_temp_c"] == pytest.approx(74.0 - bias_k, abs=0.2)
     assert meter["return_temp_c"] == pytest.approx(40.0, abs=0.1)
     assert meter["flow_m3h"] == pytest.approx(values["dh_flow_m3h"], rel=0.02)
     assert 1.0 < values["hx_heat_kw"] < values["dh_heat_kw"]  # the exchanger preheats
@@ -463,7 +467,9 @@ def test_energy_balance_closes() -> None:
     assert energy["it_liquid"] == pytest.approx((18.0 * 20 + 21.0 * 50 + 13.0 * 50) / 60 * 0.85, rel=1e-9)
     assert abs(into - out) < 0.01 * energy["it_liquid"]  # a few % would do; it closes to ~1e-6
     assert abs(energy["error"]) < 1e-5 * energy["it_liquid"]
-    assert energy["hp_heat"] + energy["hx"] == pytest.approx(energy["dh_station"], rel=1e-6)
+    assert energy["hp_heat"] + energy["hx"] == pytest.approx(
+        energy["dh_station"] + energy["condenser_storage_change"], rel=1e-6
+    )
     # The meter sees the same heat, minus what the pipe to it still holds.
     assert energy["heat_meter"] == pytest.approx(energy["dh_station"], rel=0.02)
     assert plant.read("heat-meter")["heat_energy_mwh"] == pytest.approx(1000.0 + energy["heat_meter"], abs=1e-9)
@@ -682,3 +688,46 @@ def test_mixed_volume_survives_a_vanishing_flow():
     outlet = volume.flow(10.0, 20.0, 1.0)
     assert 20.0 < volume.temp_c < 60.0
     assert volume.temp_c < outlet < 60.0
+
+
+# -- what the sensors add ----------------------------------------------------------------------
+
+
+def test_sensor_layer_adds_bias_drift_lag_resolution_and_holds_for_the_update_period() -> None:
+    layer = SensorLayer(
+        {
+            "dev.biased_temp_c": SensorSpec(bias=1.0, drift_per_day=0.5),
+            "dev.coarse_temp_c": SensorSpec(resolution=0.1),
+            "dev.slow_temp_c": SensorSpec(lag_s=10.0),
+            "dev.perfect_temp_c": SensorSpec(),
+        },
+        {"meter": 10.0},
+    )
+    values = layer.apply("dev", {"biased_temp_c": 70.0, "coarse_temp_c": 70.04, "slow_temp_c": 40.0}, 43200.0)
+    assert values["biased_temp_c"] == pytest.approx(71.25)  # 1.0 + 0.5 K/day x half a day
+    assert values["coarse_temp_c"] == pytest.approx(70.0)
+    assert values["slow_temp_c"] == pytest.approx(40.0)  # the first read starts the lag
+    later = layer.apply("dev", {"biased_temp_c": 70.0, "coarse_temp_c": 70.06, "slow_temp_c": 50.0}, 43210.0)
+    assert later["coarse_temp_c"] == pytest.approx(70.1)
+    assert later["slow_temp_c"] == pytest.approx(40.0 + 10.0 * (1.0 - math.exp(-1.0)))  # one time constant
+    first = layer.apply("meter", {"flow_temp_c": 70.0}, 0.0)
+    assert layer.apply("meter", {"flow_temp_c": 71.0}, 9.9) == first  # repeats until its next update
+    assert layer.apply("meter", {"flow_temp_c": 71.0}, 10.0) == {"flow_temp_c": 71.0}
+
+
+def test_the_plc_holds_its_own_sensor_at_setpoint_so_a_biased_sensor_leaves_the_water_off() -> None:
+    config = PlantConfig.model_validate({"heat_pumps": {"supply_sensor_bias_k": 1.0}})
+    plant = Plant(config, seed=2)
+    plant.write("hp-plc", "hp_supply_setpoint_c", 72.0)
+    plant.step(1800.0)
+    setpoint = plant.station.hp_supply_setpoint_c
+    assert truth(plant, "dh.station_supply_temp_c") == pytest.approx(setpoint - 1.0, abs=0.15)
+    reads = [plant.read("hp-plc")["dh_supply_temp_c"] for _ in range(20)]
+    assert statistics.mean(reads) == pytest.approx(setpoint, abs=0.15)  # the PLC sees its setpoint
+    assert truth(plant, "dh.meter_flow_temp_c") == pytest.approx(setpoint - 1.0, abs=0.2)  # the meter does not
+
+
+def test_a_sensor_entry_for_an_unknown_signal_names_it() -> None:
+    config = PlantConfig.model_validate({"sensors": {"bias": {"heat-meter.no_such_temp_c": 1.0}}})
+    with pytest.raises(KeyError, match=r"sensors.bias: 'heat-meter.no_such_temp_c'"):
+        Plant(config)

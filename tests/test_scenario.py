@@ -22,7 +22,20 @@ from simulators.scenario import (
     load_scenario,
 )
 
-SHIPPED = ["device-silent", "dh-refuses-heat", "gateway-crash", "heat-pump-trip", "reference-day", "utility-link-lost"]
+SHIPPED = [
+    "coarse-sensors",
+    "cold-snap",
+    "device-silent",
+    "dh-refuses-heat",
+    "gateway-crash",
+    "heat-pump-trip",
+    "heat-pump-trip-rising",
+    "it-load-step",
+    "meter-offset",
+    "reference-day",
+    "utility-link-40min",
+    "utility-link-lost",
+]
 
 
 def scenario(text: str) -> Scenario:
@@ -38,8 +51,9 @@ def test_every_shipped_scenario_loads() -> None:
         loaded = load_scenario(SCENARIO_DIR / f"{name}.yaml")
         assert loaded.name == name
         assert loaded.description
-        if name == "reference-day":
-            assert loaded.duration_s == 86400
+        assert loaded.criteria, f"{name} states no pass criteria"
+        if name in ("reference-day", "coarse-sensors"):
+            assert loaded.duration_s == 86400  # a whole day
         else:
             assert 3600 <= loaded.duration_s <= 4 * 3600  # fault scenarios are short
     assert load_builtin("heat-pump-trip").name == "heat-pump-trip"
@@ -277,3 +291,32 @@ def test_gateway_crash_is_a_harness_event_only() -> None:
     runner = ScenarioRunner(loaded)
     runner.run(5.0, until_s=2400)
     assert not [event for event in runner.plant.event_log if "crash" in event.kind]
+
+
+# -- pass criteria -------------------------------------------------------------------------
+
+
+def test_criteria_are_bounds_on_report_metrics() -> None:
+    text = """
+name: judged
+duration_s: 60
+criteria:
+  dh_supply_dev_rms_k: {max: 0.3, why: "issue 11"}
+  heat_within_2pct_share: {min: 0.99}
+  tcs_max_c: {min: 30, max: 44}
+"""
+    criteria = Scenario.from_yaml(text).criteria
+    assert [c.target for c in criteria.values()] == ["<= 0.3", ">= 0.99", "30 .. 44"]
+    rms = criteria["dh_supply_dev_rms_k"]
+    assert rms.met(0.3)
+    assert not rms.met(0.31)
+    assert not rms.met(None)  # a metric the run did not produce never passes
+    assert not rms.met(math.nan)
+    assert not rms.met(True)  # a bool is no figure
+    assert criteria["tcs_max_c"].met(43.0)
+    assert not criteria["tcs_max_c"].met(29.0)
+
+
+def test_a_criterion_without_bounds_names_its_key() -> None:
+    with pytest.raises(ScenarioError, match=r"criteria\.dh_supply_dev_rms_k.*min, max or both"):
+        Scenario.from_yaml("name: x\nduration_s: 60\ncriteria:\n  dh_supply_dev_rms_k: {why: nothing}\n")

@@ -1,7 +1,8 @@
 """Every shipped scenario in closed loop (plant + supervisor), judged by its JSON summary.
 
-The six scenarios run once per session in two worker processes (the reference day beside all
-the short ones: ~35 s wall on two cores); every test below reads the summary JSON they wrote.
+Every shipped scenario runs once per session in two worker processes (the two 24 h days side
+by side, the short ones after them); every test below reads the summary JSON they wrote. Each
+scenario file states its own pass criteria; the safety checks apply to all.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from typing import Any
 import pytest
 
 from simulators.harness import run_scenario, run_scenario_cli, run_scenarios
-from simulators.scenario import builtin_scenarios
+from simulators.scenario import SCENARIO_DIR, builtin_scenarios, load_scenario
 
 SHIPPED = builtin_scenarios()
+
+# Two simulated days and ten shorter runs: ~1 min of CPU per worker on an idle machine, many
+# times that on a loaded one; the per-test default (300 s) is for tests that wait on sockets.
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +33,31 @@ def summaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
 
 def test_every_shipped_scenario_ran(summaries):
     assert set(summaries) == {
+        "coarse-sensors",
+        "cold-snap",
         "device-silent",
         "dh-refuses-heat",
         "gateway-crash",
         "heat-pump-trip",
+        "heat-pump-trip-rising",
+        "it-load-step",
+        "meter-offset",
         "reference-day",
+        "utility-link-40min",
         "utility-link-lost",
     }
     for name, summary in summaries.items():
         assert summary["passed"], (name, {k: v for k, v in summary["checks"].items() if not v["ok"]})
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_scenario_is_judged_by_its_own_criteria(summaries, name):
+    criteria = load_scenario(name).criteria
+    assert criteria, f"{name} states no pass criteria"
+    checks = summaries[name]["checks"]
+    for metric, criterion in criteria.items():
+        assert checks[metric]["target"] == criterion.target
+        assert checks[metric]["ok"], (name, metric, checks[metric])
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -59,16 +80,46 @@ def test_facility_water_stays_below_its_limit(summaries, name):
     assert summaries[name]["metrics"]["fws_supply_max_c"] < 38.0
 
 
-def test_reference_day_meets_the_targets(summaries):
+def test_reference_day_meets_the_targets_on_the_harder_plant(summaries):
     metrics = summaries["reference-day"]["metrics"]
-    assert metrics["dh_supply_dev_rms_k"] <= 0.5
-    assert metrics["dh_supply_dev_max_settled_k"] <= 2.0
-    # Including the first minutes after each requirement step: the largest step is 3 K and
-    # the new temperature needs the DH pipe's transport time to reach the meter.
-    assert metrics["dh_supply_dev_max_k"] <= 3.1
+    assert metrics["dh_supply_dev_rms_k"] < 0.3
+    assert metrics["dh_supply_dev_max_settled_k"] < 2.0  # per second, steps judged by settling instead
+    assert metrics["step_settling_max_s"] < 360.0
     assert metrics["heat_within_2pct_share"] >= 0.99
-    assert metrics["heat_hourly_error_max_pct"] <= 2.0
+    assert metrics["tcs_over_limit_s"] == 0
     assert metrics["heat_error_samples"] > 0.8 * 86400 * 0.8  # the targets are judged on most of the day
+    assert len(metrics["requirement_steps"]) >= 4  # 72 -> 75 -> 72 -> 70 -> 73 -> 71 °C
+
+
+def test_the_report_says_what_it_leaves_out_and_why(summaries):
+    why = summaries["reference-day"]["metrics"]["excluded_why"]
+    assert any(key.startswith("per_second") for key in why)
+    assert any(key.startswith("settled") for key in why)
+
+
+def test_a_scenario_fails_on_its_own_criteria(tmp_path):
+    text = (SCENARIO_DIR / "device-silent.yaml").read_text(encoding="utf-8")
+    strict = "criteria:\n  heat_within_2pct_share: {min: 1.01}\n  no_such_metric: {max: 1}\n"
+    text = text.replace("criteria:\n", strict, 1)
+    path = tmp_path / "strict.yaml"
+    path.write_text(text.replace("name: device-silent", "name: strict"), encoding="utf-8")
+    summary = run_scenario(path, plot=False)
+    assert not summary.passed
+    assert summary.checks["heat_within_2pct_share"]["ok"] is False
+    assert summary.checks["no_such_metric"] == {"value": None, "target": "<= 1", "ok": False}
+
+
+def test_reference_day_writes_economically(summaries):
+    counts = summaries["reference-day"]["counts"]
+    # Heartbeats apart from setpoints; both far below one per device and second (1.26 million).
+    assert counts["heartbeats"] + counts["setpoint_writes"] == counts["writes_total"]
+    assert counts["heartbeats"] <= 15 * 86400 / 10
+    assert counts["setpoint_writes"] <= 10_000
+    # Steady state: at most one setpoint write per device and minute outside ramps; a lease
+    # refresh and a change may meet in the same minute now and then (4 of 1,440 measured).
+    busy = counts["busy_minutes_outside_ramps"]
+    assert not any(device.startswith("cdu-") for device in busy), busy
+    assert sum(busy.values()) <= 10, busy
 
 
 def test_gateway_crash_hands_every_device_to_its_watchdog_in_time(summaries):
@@ -94,7 +145,8 @@ def test_silent_devices_and_a_frozen_meter_are_seen_as_stale(summaries):
     found = {d["target"]: d["stale_after_s"] for d in summaries["device-silent"]["metrics"]["stale_detection"]}
     assert found["cdu-3"] <= 1.0
     assert found["hp-plc"] <= 1.0
-    assert found["heat-meter.flow_temp_c"] <= 120.0 + 2.0  # stuck_after_s
+    # stuck_after_s from the last change, which is up to one meter update period (10 s) before the freeze
+    assert found["heat-meter.flow_temp_c"] <= 120.0 + 10.0 + 2.0
     counts = summaries["device-silent"]["counts"]
     assert counts["writes_by_reason"].get("safe_state:cdu_data_stale", 0) > 0
 

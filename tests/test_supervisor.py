@@ -272,15 +272,48 @@ def test_stale_meter_freezes_the_order_loop_and_drops_the_trim():
     assert value(loop.view, "hp-plc", "heat_power_limit_kw") == pytest.approx(12000.0 + trim_kw, abs=50.0)
 
 
-def test_a_frozen_meter_reading_counts_as_stale():
+def test_a_noisy_reading_that_stops_moving_counts_as_stale():
+    # The meter's float readings flicker every read (noise); frozen, they are stale after 120 s.
     loop = Loop(supervisor(stuck_after_s=120.0))
-    table = [(0.0, False), (60.0, False), (119.0, False), (120.0, True), (300.0, True)]
+    rng = random.Random(3)
+    for now_s in range(60):
+        loop.view.set("heat-meter", flow_temp_c=72.0 + rng.gauss(0.0, 0.02), heat_power_kw=12000.0 + rng.gauss(0, 20))
+        assert "heat-meter" not in str(loop.at(float(now_s)).status["stale_devices"])
+    table = [(60.0, False), (120.0, False), (178.0, False), (179.0, True), (300.0, True)]  # frozen at 59 s
     for now_s, stale in table:
         status = loop.at(now_s).status
         assert ("heat-meter" in str(status["stale_devices"])) == stale, now_s
-    assert "cdu-1" in str(loop.result.status["stale_devices"])  # type: ignore[union-attr] # CDU supplies too
     loop.view.set("heat-meter", flow_temp_c=72.01, heat_power_kw=12001.0)  # moves again
     assert "heat-meter" not in str(loop.at(301.0).status["stale_devices"])
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "witness_moves_k", "stale_at_end"),
+    [
+        # (0.1 K steps, one at a time: a quantised quiet sensor), witness still: live, for hours.
+        ("coarse sensor on a steady process", [43.0, 43.1, 43.0, 43.1, 43.0], 0.0, False),
+        ("coarse sensor, witness moved 0.3 K", [43.0, 43.1, 43.0], 0.3, False),
+        ("coarse sensor, witness moved 1.0 K", [43.0, 43.1, 43.0], 1.0, True),
+        ("never changed, witness still", [43.0], 0.0, False),
+        ("never changed, witness moved 1.0 K", [43.0], 1.0, True),
+        ("noisy sensor (steps of 0.01-0.05 K), frozen", [43.0, 43.01, 43.05, 43.02, 43.06, 43.03], 0.0, True),
+    ],
+)
+def test_frozen_detection_knows_resolution_and_noise(name, steps, witness_moves_k, stale_at_end):
+    loop = Loop(supervisor(stuck_after_s=120.0))
+    now_s = 0.0
+    for value_c in steps:
+        loop.view.set("cdu-1", tcs_supply_temp_c=value_c)
+        loop.at(now_s)
+        now_s += 1.0
+    loop.view.pinned.add("cdu-1")
+    loop.view.set("cdu-1", tcs_supply_temp_2_c=steps[-1] + witness_moves_k)
+    stale = False
+    for later_s in range(int(now_s), 4 * 3600, 30):
+        stale = "cdu-1" in str(loop.at(float(later_s)).status["stale_devices"])
+        if stale:
+            break
+    assert stale == stale_at_end, name
 
 
 def test_stale_plc_gets_no_writes_at_all():
@@ -666,3 +699,50 @@ def test_every_config_key_is_documented_in_docs_control():
     text = (REPO / "docs" / "control.md").read_text(encoding="utf-8")
     missing = [name for name in ControlConfig.model_fields if f"`{name}`" not in text]
     assert not missing, f"docs/control.md does not describe {missing}"
+
+
+# -- write economy -----------------------------------------------------------------------------------
+
+
+def test_a_value_hovering_between_two_steps_is_not_written_back_and_forth():
+    from gateway.control.writes import Lease, OutputSpec, WriteBook  # noqa: PLC0415
+
+    spec = OutputSpec("sp", low=50.0, high=85.0, resolution=0.05, deadband=0.05, min_interval_s=5.0)
+    leases = {("plc", "sp"): Lease(73.0, 0.0)}
+    written = []
+    for step, target in enumerate([73.03, 73.02, 73.04, 73.026, 73.049, 73.03] * 5):
+        book = WriteBook(
+            {("plc", "sp"): spec}, {}, ramps={}, leases=leases, now_s=10.0 + 6 * step, refresh_s=600.0, grace_s=5.0
+        )
+        book.propose("plc", "sp", target, "dh_trim")
+        leases = book.leases
+        written += book.writes
+    assert written == []  # within one deadband of what the device holds: nothing to say
+    book = WriteBook({("plc", "sp"): spec}, {}, ramps={}, leases=leases, now_s=200.0, refresh_s=600.0, grace_s=5.0)
+    assert book.propose("plc", "sp", 73.06, "dh_trim") == 73.05  # moved a deadband: written, rounded
+    assert [w.value for w in book.writes] == [73.05]
+
+
+def test_a_changed_value_waits_its_minimum_interval_unless_it_is_an_override():
+    from gateway.control.writes import Lease, OutputSpec, WriteBook  # noqa: PLC0415
+
+    spec = OutputSpec("sp", low=20.0, high=45.0, resolution=0.1, deadband=0.1, min_interval_s=10.0)
+    leases = {("cdu", "sp"): Lease(40.0, 0.0)}
+
+    def offer(now_s: float, target: float, reason: str) -> list[float]:
+        book = WriteBook({("cdu", "sp"): spec}, {}, ramps={}, leases=leases, now_s=now_s, refresh_s=600.0, grace_s=5.0)
+        book.propose("cdu", "sp", target, reason)
+        return [w.value for w in book.writes]
+
+    assert offer(3.0, 41.0, "source_optimisation") == []  # 3 s after the last write
+    assert offer(3.0, 38.0, "override:rack_near_limit") == [38.0]  # IT first: at once
+    assert offer(10.0, 41.0, "source_optimisation") == [41.0]
+
+
+def test_a_device_written_beyond_its_budget_is_named_in_the_status():
+    loop = Loop(supervisor(write_budget_per_h=6.0))  # one write per ten minutes at most
+    first = loop.at(0.0)  # take-over: mode and setpoint to each CDU, five outputs to the PLC
+    assert set(str(first.status["write_budget_exceeded"]).split(",")) == {"cdu-1", "cdu-2", "hp-plc"}
+    quiet = loop.run(1.0, 30.0)
+    assert quiet.status["write_budget_exceeded"] == ""
+    assert quiet.status["heartbeat_writes"] + quiet.status["setpoint_writes"] == quiet.status["writes"]

@@ -54,6 +54,7 @@ def test_units_are_wired_as_the_code_expects(unit):
     assert found["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # SIGHUP reloads
     assert any(c.startswith("MQTT_PASSWORD:/etc/heat-gateway/credentials/") for c in found["LoadCredential"])
     assert found["SyslogLevelPrefix"] == ["true"]  # "<N>" prefixes set each line's priority
+    assert found["SyslogLevel"] == ["err"]  # and a line without one (a bad file's message, a traceback) is an error
     assert found["CapabilityBoundingSet"] == [""]
 
 

@@ -87,8 +87,9 @@ class RampLimiter:
         With ``state`` None (first call) the value starts at ``target``; to ramp from a
         device's present value, pass ``RampState(value=present, time_s=now_s)`` instead.
         """
-        _require_finite("target", target)
-        _require_finite("now_s", now_s)
+        if not (math.isfinite(target) and math.isfinite(now_s)):
+            _require_finite("target", target)
+            _require_finite("now_s", now_s)
         if state is None:
             return RampState(value=target, time_s=now_s)
         elapsed_s = now_s - state.time_s
@@ -96,14 +97,14 @@ class RampLimiter:
             # Same tick or clock went backwards: no time, no movement; restart the time base
             # on a backwards jump.
             return RampState(value=state.value, time_s=min(state.time_s, now_s))
-        if self.max_dt_s is not None:
-            elapsed_s = min(elapsed_s, self.max_dt_s)
-        down_per_s = self.down_per_s if self.down_per_s is not None else self.up_per_s
-        value = clamp(
-            target,
-            state.value - down_per_s * elapsed_s,
-            state.value + self.up_per_s * elapsed_s,
-        )
+        if self.max_dt_s is not None and elapsed_s > self.max_dt_s:
+            elapsed_s = self.max_dt_s
+        present = state.value
+        if target > present:
+            value = min(target, present + self.up_per_s * elapsed_s)
+        else:
+            down_per_s = self.down_per_s if self.down_per_s is not None else self.up_per_s
+            value = max(target, present - down_per_s * elapsed_s)
         return RampState(value=value, time_s=now_s)
 
 

@@ -100,7 +100,14 @@ class ControlConfig(BaseModel):
         120.0,
         ge=0,
         description="A heat-meter reading or CDU supply temperature that does not change at all for "
-        "this long is treated as frozen (stale); 0 = no check",
+        "this long is frozen (stale) when it used to change more often than that, or when its witness "
+        "(station supply for the meter, sensor 2 for a CDU) moved by stuck_witness_k meanwhile; 0 = no check",
+    )
+    stuck_witness_k: float = Field(
+        0.5,
+        gt=0,
+        description="A frozen-looking reading whose witness moved by more than this since it last changed "
+        "is frozen (a coarse but live sensor can sit on one step for hours; a moving process cannot)",
     )
 
     # -- IT side: CDUs, facility water, dry coolers -------------------------------------------
@@ -199,6 +206,11 @@ class ControlConfig(BaseModel):
     )
     hp_source_min_temp_c: float = Field(
         24.0, description="Facility water entering the evaporators below this: heat-power limit down (source limit)"
+    )
+    hp_source_outlet_min_temp_c: float = Field(
+        21.0,
+        description="Facility water leaving the evaporators below this: heat-power limit down (the heat "
+        "pumps are at their source minimum and cannot heat the DH flow to setpoint)",
     )
     hp_source_limit_kw_per_k: float = Field(
         1000.0,

@@ -298,6 +298,14 @@ def pid_step(
 
     first_step = state.last_time_s is None or state.last_measurement is None
     dt_s, time_s, reference, derivative = _advance_time(config, state, measurement=measurement, now_s=now_s, sign=sign)
+    if first_step and state.last_output is None and state.mode is ControlMode.AUTO:
+        # A fresh state: start as if the loop had been at this setpoint all along. With a
+        # setpoint weight b < 1 the P term carries -Kp (1 - b) setpoint, which a running
+        # loop's integral has absorbed; without this a fresh b = 0 trim on a 72 °C supply
+        # would start at -Kp x 72 K (clamped to its limit) with the error at zero.
+        state = dataclasses.replace(
+            state, integral=state.integral + sign * config.kp * (1.0 - config.setpoint_weight) * setpoint
+        )
     wanted = proportional + state.integral + derivative + feedforward
 
     def hold(target: float) -> PidResult:

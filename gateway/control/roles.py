@@ -176,6 +176,12 @@ ROLES: dict[str, Role] = {
                     absent="no heat_pump_source_limit override: the PLC's source-too-cold interlock is the only guard",
                 ),
                 _in(
+                    "hp_source_outlet_temp_c",
+                    "Facility water leaving the evaporators",
+                    absent="the source limit watches the evaporator inlet only (at the outlet minimum the network "
+                    "gets water too cold)",
+                ),
+                _in(
                     "hp_running_count",
                     "Heat pumps running",
                     absent="no heat_pump_capacity and heat_pump_short overrides",

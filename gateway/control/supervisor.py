@@ -25,7 +25,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from gateway.config.profile import HeartbeatMode
 from gateway.control.blocks import (
@@ -88,6 +88,19 @@ class TimedValue:
     time_s: float
 
 
+class Watch(NamedTuple):
+    """A reading watched for freezing: what it is, since when, and how it used to change."""
+
+    value: float
+    since_s: float
+    smallest_step: float
+    """Smallest change seen: the signal's resolution (or less, for a float)."""
+    typical_step: float
+    """Running mean of its changes: near ``smallest_step`` = a quantised, quiet signal."""
+    witness: float
+    """The witness signal's value when this one last changed (NaN: none)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorState:
     """Everything the supervisor remembers between cycles. Start with ``SupervisorState()``.
@@ -128,8 +141,8 @@ class SupervisorState:
     heartbeat_writes_total: int = 0
     hp_enable: OnOffState = field(default_factory=OnOffState)
     deviation_alarm: AlarmState = field(default_factory=AlarmState)
-    stuck: Mapping[SignalKey, tuple[float, float]] = field(default_factory=dict)
-    """Watched readings: (last value, since when it has not changed)."""
+    stuck: Mapping[SignalKey, Watch] = field(default_factory=dict)
+    """Watched readings: last value, since when, how they used to change, the witness then."""
     panel_seen: tuple[float, float | None, float | None] | None = None
     """Panel operator switch and manual values last seen (their changes are commands)."""
     outdoor: TimedValue | None = None
@@ -303,24 +316,32 @@ class Supervisor:
         overrides: list[str] = []
         status: dict[str, float | str | bool] = {}
 
-        def watched(device: str, signal: str) -> float | None:
+        def watched(device: str, signal: str, witness: SignalKey | None = None) -> float | None:
             """A reading that must also keep moving (a frozen transmitter is stale too)."""
             value = good(device, signal)
             key = (device, signal)
             if value is None or cfg.stuck_after_s <= 0.0:
                 stuck.pop(key, None)
                 return value
+            witness_value = good(witness[0], witness[1]) if witness is not None else None
             seen = stuck.get(key)
-            if seen is None or seen[0] != value:
-                stuck[key] = (value, now_s)
+            if seen is None:
+                stuck[key] = Watch(value, now_s, math.inf, math.nan, _nan_if_none(witness_value))
                 return value
-            return None if now_s - seen[1] >= cfg.stuck_after_s else value
+            if seen.value != value:
+                step = abs(value - seen.value)
+                typical = (
+                    step if math.isnan(seen.typical_step) else seen.typical_step + 0.2 * (step - seen.typical_step)
+                )
+                stuck[key] = Watch(value, now_s, min(seen.smallest_step, step), typical, _nan_if_none(witness_value))
+                return value
+            return None if _frozen(seen, now_s, witness_value, cfg) else value
 
         state = self._panel_commands(good, state)
 
         # -- inputs ------------------------------------------------------------------------------
         meter, plc, panel = self._meter, self._plc, self._panel
-        meter_supply_c = watched(meter, "flow_temp_c")
+        meter_supply_c = watched(meter, "flow_temp_c", (plc, "dh_supply_temp_c"))
         meter_power_kw = watched(meter, "heat_power_kw")
         meter_return_c = good(meter, "return_temp_c")
         meter_ok = meter_supply_c is not None and meter_power_kw is not None and meter_return_c is not None
@@ -338,12 +359,14 @@ class Supervisor:
         dh_pump_tripped = good(plc, "dh_pump_tripped")
         interlock = good(plc, "interlock_status")
         source_in_c = good(plc, "hp_source_inlet_temp_c")
+        source_out_c = good(plc, "hp_source_outlet_temp_c")
         running = good(plc, "hp_running_count")
         hx_heat_kw = good(plc, "hx_heat_kw")
         link_ok = good(panel, "utility_link_ok")
-        panel_ok = link_ok is not None
         order_mw = good(panel, "utility_heat_order_mw")
         requirement_in_c = good(panel, "utility_supply_temp_c")
+        # Fresh = its readings are (utility_link_ok may be a constant in the site file).
+        panel_ok = link_ok is not None and requirement_in_c is not None
         order_age_s = good(panel, "utility_order_age_s")
         fws_supply_c = good(plc, "fws_supply_temp_c")
         if fws_supply_c is None:
@@ -461,12 +484,14 @@ class Supervisor:
             or station_supply_c is None
             or supply_lease is None
             or abs(station_supply_c - supply_lease.value) > cfg.dh_settle_band_k
-            or abs(meter_supply_c + feedforward_k - station_supply_c) > cfg.dh_settle_band_k
         ):
             disturbed_s = now_s
-        # Trims integrate only when the meter shows a settled station: a requirement step, a
-        # heat pump starting or a restart pushing cold water out of the pipe is the PLC's
-        # transient (or physics), and it reaches the meter a pipe later.
+        # Trims integrate only when the station has been settled for longer than the pipe
+        # takes: a requirement step, a heat pump starting or a restart pushing cold water out
+        # of the pipe is the PLC's transient (or physics), and it reaches the meter a pipe
+        # later. Deliberately not "meter agrees with station": a lasting offset between the
+        # two (sensor calibration, pipe loss) is exactly what the trim is there to learn, and
+        # during a weather-driven requirement ramp the meter trails the station by a pipe.
         settled = now_s - disturbed_s >= cfg.dh_settle_s
         if manual:
             manual_supply_c = state.manual_supply_temp_c
@@ -532,9 +557,16 @@ class Supervisor:
             limit_candidates["dh_over_temperature"] = max(
                 delivered_kw - cfg.dh_over_temperature_limit_kw_per_k * over_k, 0.0
             )
-        if source_in_c is not None and source_in_c < cfg.hp_source_min_temp_c:
+        # Source limit: evaporator inlet (the PLC's source-too-cold interlock) or outlet (the
+        # heat pumps at their source minimum cannot lift the whole DH flow to setpoint: less
+        # flow, hot water, instead of full flow that is too cold).
+        source_short_k = max(
+            cfg.hp_source_min_temp_c - source_in_c if source_in_c is not None else 0.0,
+            cfg.hp_source_outlet_min_temp_c - source_out_c if source_out_c is not None else 0.0,
+        )
+        if source_short_k > 0.0:
             limit_candidates["heat_pump_source_limit"] = max(
-                delivered_kw - cfg.hp_source_limit_kw_per_k * (cfg.hp_source_min_temp_c - source_in_c), 0.0
+                delivered_kw - cfg.hp_source_limit_kw_per_k * source_short_k, 0.0
             )
         if running is not None and running >= 1.0 and hx_heat_kw is not None:
             # Heat-pump limit: the PLC lets its DH flow run 10 % ahead of the running heat
@@ -785,7 +817,7 @@ class Supervisor:
 
     def _read_cdu(self, good: _Read, name: str, watched: _Watched) -> _Cdu:
         role = self.roles.devices[name]
-        supply_c = watched(name, "tcs_supply_temp_c")
+        supply_c = watched(name, "tcs_supply_temp_c", (name, "tcs_supply_temp_2_c"))
         supply_2_c = good(name, "tcs_supply_temp_2_c")
         setpoint_c = good(name, "tcs_supply_setpoint_c")
         it_limit_c = good(name, "it_limit_c")
@@ -981,7 +1013,27 @@ class Supervisor:
 
 
 class _Watched(Protocol):
-    def __call__(self, device: str, signal: str) -> float | None: ...
+    def __call__(self, device: str, signal: str, witness: SignalKey | None = None) -> float | None: ...
+
+
+_NOISY = 1.5
+"""A signal whose typical change is this many times its smallest is noisy: it moves every few
+reads wherever the process sits, so sitting still for ``stuck_after_s`` means frozen. A
+quantised quiet signal (0.1 K steps, 0.02 K noise) changes by one step at a time and can sit
+on one step for hours: only a witness that moved says it froze."""
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _frozen(seen: Watch, now_s: float, witness: float | None, cfg: ControlConfig) -> bool:
+    """Unchanged for ``stuck_after_s``, and either noisy before or its witness has moved since."""
+    if now_s - seen.since_s < cfg.stuck_after_s:
+        return False
+    if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
+        return True
+    return witness is not None and abs(witness - seen.witness) > cfg.stuck_witness_k
 
 
 _Read = Callable[[str, str], float | None]

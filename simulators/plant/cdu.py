@@ -18,11 +18,14 @@ internal mode and its local setpoint, as vendor CDUs do when the BMS goes quiet.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from simulators.plant.config import CduConfig, SensorConfig, SiteConfig
 from simulators.plant.physics import counterflow_effectiveness, counterflow_ntu
+
+if TYPE_CHECKING:
+    from simulators.plant.sensors import NoiseTable
 
 __all__ = ["ALARM_CODES", "CDU_SIGNALS", "CDU_WRITABLE", "Cdu"]
 
@@ -74,6 +77,7 @@ CDU_WRITABLE = frozenset({"tcs_supply_setpoint_c", "control_mode", "heartbeat", 
 _DEVIATION_K = 2.0
 _DEVIATION_DELAY_S = 120.0
 _SENSOR_MISMATCH_K = 1.0
+_NOISY_SIGNALS = 10  # signals of a read that carry noise (one draw each)
 _UA_FLOW_EXPONENT = -0.7  # film coefficient ~ flow^0.7 on each side
 
 
@@ -305,31 +309,37 @@ class Cdu:
 
     # -- device interface ----------------------------------------------------------------
 
-    def read(self, rng: random.Random, frozen: dict[str, float] | None = None) -> dict[str, float]:
+    def read(
+        self,
+        noise: NoiseTable,
+        frozen: dict[str, float] | None = None,
+        sensors: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    ) -> dict[str, float]:
         """Every CDU signal in engineering units, with sensor noise.
 
-        ``frozen`` holds stuck readings (a scenario's sensor freeze); they replace the live
-        value, and a stuck supply sensor shows up in the sensor-mismatch alarm as it would.
+        ``sensors`` adds what the transmitters do (lag, bias, resolution). ``frozen`` holds
+        stuck readings (a scenario's sensor freeze); they replace the live value, and a stuck
+        supply sensor shows up in the sensor-mismatch alarm as it would.
         """
-        gauss = rng.gauss
+        draw = iter(noise.take(_NOISY_SIGNALS)).__next__
         tn = self._temp_noise
         rn = self._rel_noise
         speed = self.speed_pct / 100.0
         tcs_lpm = self.tcs_flow_kg_s / self._glycol_kg_per_lpm
         values = {
-            "tcs_supply_temp_c": self.supply_c + gauss(0.0, tn),
-            "tcs_supply_temp_2_c": self.supply_c + self.cfg.supply_sensor_2_offset_k + gauss(0.0, tn),
-            "tcs_return_temp_c": self.tcs_return_c + gauss(0.0, tn),
-            "tcs_flow_lpm": tcs_lpm * (1.0 + gauss(0.0, rn)),
-            "tcs_pressure_bar": (1.5 + 2.0 * speed * speed) * (1.0 + gauss(0.0, rn)),
-            "tcs_diff_pressure_bar": 1.8 * speed * speed * (1.0 + gauss(0.0, rn)),
+            "tcs_supply_temp_c": self.supply_c + tn * draw(),
+            "tcs_supply_temp_2_c": self.supply_c + self.cfg.supply_sensor_2_offset_k + tn * draw(),
+            "tcs_return_temp_c": self.tcs_return_c + tn * draw(),
+            "tcs_flow_lpm": tcs_lpm * (1.0 + rn * draw()),
+            "tcs_pressure_bar": (1.5 + 2.0 * speed * speed) * (1.0 + rn * draw()),
+            "tcs_diff_pressure_bar": 1.8 * speed * speed * (1.0 + rn * draw()),
             "pump_speed_pct": self.speed_pct,
-            "facility_inlet_temp_c": self.facility_inlet_c + gauss(0.0, tn),
-            "facility_outlet_temp_c": self.facility_outlet_c + gauss(0.0, tn),
-            "facility_flow_lpm": self.facility_flow_kg_s * self._water_lpm_per_kg_s * (1.0 + gauss(0.0, rn)),
+            "facility_inlet_temp_c": self.facility_inlet_c + tn * draw(),
+            "facility_outlet_temp_c": self.facility_outlet_c + tn * draw(),
+            "facility_flow_lpm": self.facility_flow_kg_s * self._water_lpm_per_kg_s * (1.0 + rn * draw()),
             "valve_demand_pct": self.valve_demand_pct,
             "valve_feedback_pct": self.valve_pct,
-            "heat_load_kw": self.load_kw * (1.0 + gauss(0.0, rn)),
+            "heat_load_kw": self.load_kw * (1.0 + rn * draw()),
             "reservoir_level_pct": self.reservoir_level_pct,
             "alarm_code": 0.0,
             "pump_run_hours_h": self.run_hours_h,
@@ -345,6 +355,8 @@ class Cdu:
             "it_limit_c": self.cfg.it_limit_c,
             "alarm_reset": 0.0,  # a coil that acts on write and reads back 0
         }
+        if sensors is not None:
+            values = sensors(values)
         if frozen:
             values.update(frozen)
         codes = self.alarm_codes(values["tcs_supply_temp_c"], values["tcs_supply_temp_2_c"])

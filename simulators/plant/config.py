@@ -60,11 +60,42 @@ class SiteConfig(_Section):
 
 
 class SensorConfig(_Section):
-    """Measurement noise added when a device is read (the physics never sees it)."""
+    """What a read adds to the truth (the physics never sees it): noise, lag, resolution, bias.
+
+    Temperature signals are every measured ``*temp*_c`` signal (not setpoints). A per-signal
+    entry (``device.signal``) in ``bias``, ``drift_per_day``, ``lag_s`` or ``resolution``
+    replaces the default for that signal; the harness adds each signal's register resolution
+    from its device profile (an int16 with scale 0.01 reads in 0.01 K steps).
+    """
 
     temp_noise_k: float = Field(0.02, ge=0.0, description="Standard deviation of temperature noise")
     relative_noise_pct: float = Field(
         0.2, ge=0.0, description="Standard deviation of flow, power and pressure noise, % of reading"
+    )
+    temp_lag_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="First-order time constant of every temperature sensor (Pt100 in a thermowell in "
+        "flowing water: 3-10 s to 63 %)",
+    )
+    temp_resolution_k: float = Field(
+        0.0, ge=0.0, description="Every temperature reads in steps of at least this (0: only the profile's)"
+    )
+    meter_update_period_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="The heat meter computes a new reading this often and repeats the last one in between "
+        "(M-Bus/EN 1434 calculators: 2-60 s)",
+    )
+    bias: dict[str, float] = Field(
+        default_factory=dict, description="Fixed offset per device.signal, in the signal's unit"
+    )
+    drift_per_day: dict[str, float] = Field(
+        default_factory=dict, description="Offset growing from the start per device.signal, unit per day"
+    )
+    lag_s: dict[str, float] = Field(default_factory=dict, description="Time constant per device.signal (overrides)")
+    resolution: dict[str, float] = Field(
+        default_factory=dict, description="Reading step per device.signal (overrides the profile's)"
     )
 
 
@@ -209,6 +240,29 @@ class HeatPumpConfig(_Section):
     )
     watchdog_timeout_s: float = Field(60.0, ge=5.0, le=600.0, description="PLC watchdog timeout at start (writable)")
     initial_run_hours_h: float = Field(5000.0, ge=0.0, description="Run-hour counter of each heat pump at start")
+    condenser_volume_m3: float = Field(
+        3.0,
+        ge=0.0,
+        description="DH water in the condensers, exchanger and station piping (well mixed): the station's "
+        "supply lags its heat by volume / flow, ~30 s at 100 kg/s (0: none)",
+    )
+    supply_sensor_bias_k: float = Field(
+        0.3,
+        description="Calibration error of the PLC's DH supply sensor: the PLC holds sensor = setpoint, so the "
+        "water leaves this much colder, and dh_supply_temp_c reads this much high (class A Pt100 at 75 °C: "
+        "+/-0.3 K)",
+    )
+    plc_flow_error_pct: float = Field(
+        -2.0,
+        description="Error of the DH flow measurement the PLC's feed-forward uses, % of reading (its PI "
+        "corrects what remains)",
+    )
+    plc_supply_kp_kw_per_k: float = Field(
+        100.0, gt=0.0, description="PLC supply PI: heat-pump heat per K below the supply setpoint"
+    )
+    plc_supply_ti_s: float = Field(
+        300.0, gt=0.0, description="PLC supply PI: integral time (its integral corrects the target temperature)"
+    )
     dh_flow_trim_per_k_s: float = Field(
         0.002,
         ge=0.0,
@@ -238,6 +292,13 @@ class DistrictHeatingConfig(_Section):
     pump_time_constant_s: float = Field(10.0, gt=0.0, description="DH pump flow response time constant")
     supply_pipe_volume_m3: float = Field(6.0, gt=0.0, description="Station -> heat meter pipe (plug flow)")
     meter_volume_m3: float = Field(2.0, gt=0.0, description="Mixed volume in front of the meter sensors")
+    supply_pipe_heat_loss_kw_k: float = Field(
+        0.1,
+        ge=0.0,
+        description="Heat loss of the station -> meter pipe per K above the ground (~85 m of insulated "
+        "DN300 at ~1.2 W/(m K)): 6 kW at 72 °C, 0.015 K at 100 kg/s, 0.1 K at the 15 kg/s minimum",
+    )
+    ground_temp_c: float = Field(8.0, description="Soil temperature around the DH pipe")
     static_pressure_bar: float = Field(6.0, gt=0.0, description="Network pressure at the station")
     pump_head_bar: float = Field(2.5, ge=0.0, description="DH pump head at maximum flow")
     return_pressure_bar: float = Field(3.0, gt=0.0, description="Network return pressure")

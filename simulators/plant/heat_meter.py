@@ -10,9 +10,12 @@ register does not run backwards).
 
 from __future__ import annotations
 
-import random
+from typing import TYPE_CHECKING
 
 from simulators.plant.config import PlantConfig
+
+if TYPE_CHECKING:
+    from simulators.plant.sensors import NoiseTable
 
 __all__ = ["HEAT_METER_SIGNALS", "HeatMeter"]
 
@@ -80,12 +83,12 @@ class HeatMeter:
         """Volume flow."""
         return self.flow_kg_s / self._density * 3600.0
 
-    def read(self, rng: random.Random) -> dict[str, float]:
+    def read(self, noise: NoiseTable) -> dict[str, float]:
         """Every meter signal in engineering units, with sensor noise."""
-        gauss = rng.gauss
-        flow_c = self.flow_temp_c + gauss(0.0, self._temp_noise)
-        return_c = self.return_temp_c + gauss(0.0, self._temp_noise)
-        flow_m3h = self.flow_m3h * (1.0 + gauss(0.0, self._rel_noise))
+        z_flow, z_return, z_volume = noise.take(3)
+        flow_c = self.flow_temp_c + self._temp_noise * z_flow
+        return_c = self.return_temp_c + self._temp_noise * z_return
+        flow_m3h = self.flow_m3h * (1.0 + self._rel_noise * z_volume)
         return {
             # The meter computes power from its own readings, as a real calculator does.
             "heat_power_kw": flow_m3h * self._density / 3600.0 * self._cp * (flow_c - return_c),

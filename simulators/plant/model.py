@@ -33,6 +33,7 @@ from simulators.plant.cdu import CDU_SIGNALS, CDU_WRITABLE, Cdu
 from simulators.plant.config import PlantConfig
 from simulators.plant.heat_meter import HEAT_METER_SIGNALS, HeatMeter
 from simulators.plant.physics import MixedVolume, PlugFlowPipe, weather_curve_supply_temp_c
+from simulators.plant.sensors import NoiseTable, SensorLayer, SensorSpec, is_temperature
 from simulators.plant.station import STATION_WRITABLE, Station, station_signals
 
 __all__ = ["FAULTS", "INPUTS", "PANEL_SIGNALS", "Plant", "PlantEvent"]
@@ -84,6 +85,7 @@ _KIND_CDU = "cdu"
 _KIND_METER = "heat_meter"
 _KIND_PLC = "heat_pump_plc"
 _KIND_PANEL = "panel_pc"
+_PANEL_NOISY_SIGNALS = 9  # signals of a panel read that carry noise (one draw each)
 _TEMP_NOISE_OUTDOOR = 5.0  # outdoor sensors are coarser than pipe sensors
 
 
@@ -165,6 +167,7 @@ class Plant:
         self.station.outdoor_c = self._outdoor_c
         self._dh_pipe = PlugFlowPipe(dh.supply_pipe_volume_m3 * density, dh.return_temp_c)
         self._meter_volume = MixedVolume(dh.meter_volume_m3 * density, dh.return_temp_c)
+        self._pipe_loss_kw_k = dh.supply_pipe_heat_loss_kw_k
         self.meter = HeatMeter(cfg)
         self._fws_flow_kg_s = fws.min_flow_kg_s
         self._fws_mix_c = return_c
@@ -184,9 +187,37 @@ class Plant:
             _KIND_PLC: STATION_WRITABLE,
             _KIND_PANEL: PANEL_WRITABLE,
         }
+        self._noise = NoiseTable(self._rng)
+        self._sensor_layer = SensorLayer(self._sensor_specs(), {"heat-meter": cfg.sensors.meter_update_period_s})
         self._reset_energy()
         if cfg.site.warm_start_s > 0.0:
             self._warm_start(cfg.site.warm_start_s)
+
+    def _sensor_specs(self) -> dict[str, SensorSpec]:
+        """Per device.signal: the defaults for temperatures, then the per-signal entries."""
+        sensors = self.config.sensors
+        specs: dict[str, dict[str, float]] = {}
+        for device in self._device_kinds:
+            for signal in self.signals(device):
+                if is_temperature(signal):
+                    specs[f"{device}.{signal}"] = {
+                        "lag_s": sensors.temp_lag_s,
+                        "resolution": sensors.temp_resolution_k,
+                    }
+        for field, entries in (
+            ("bias", sensors.bias),
+            ("drift_per_day", sensors.drift_per_day),
+            ("lag_s", sensors.lag_s),
+            ("resolution", sensors.resolution),
+        ):
+            for key, given in entries.items():
+                device, _, signal = key.partition(".")
+                if device not in self._device_kinds or signal not in self.signals(device):
+                    raise KeyError(f"sensors.{field}: {key!r} is no device.signal of this plant")
+                spec = specs.setdefault(key, {})
+                # A resolution is never finer than the default for all temperatures.
+                spec[field] = max(given, spec.get("resolution", 0.0)) if field == "resolution" else given
+        return {key: SensorSpec(**fields) for key, fields in specs.items()}
 
     # -- time ----------------------------------------------------------------------------
 
@@ -257,7 +288,12 @@ class Plant:
         self._supply_header.flow(flow, self._supply_pipe.flow(flow, station_out_c, dt_s), dt_s)
 
         m_dh = station.dh_flow_kg_s
-        meter_c = self._meter_volume.flow(m_dh, self._dh_pipe.flow(m_dh, station.dh_out_c, dt_s), dt_s)
+        pipe_out_c = self._dh_pipe.flow(m_dh, station.dh_out_c, dt_s)
+        if m_dh > 0.0 and self._pipe_loss_kw_k > 0.0:
+            # Heat lost to the ground on the way (the outlet never falls below the ground).
+            ground_c = cfg.district_heating.ground_temp_c
+            pipe_out_c -= (pipe_out_c - ground_c) * min(self._pipe_loss_kw_k / (m_dh * cp), 1.0)
+        meter_c = self._meter_volume.flow(m_dh, pipe_out_c, dt_s)
         self.meter.integrate(dt_s, m_dh, meter_c, station.dh_return_c)
 
         if self._utility_link_ok and (
@@ -282,6 +318,7 @@ class Plant:
     def _reset_energy(self) -> None:
         self._energy_kj = dict.fromkeys(("it_liquid", "hx", "hp_heat", "hp_electric", "dry_cooler", "dh_station"), 0.0)
         self._storage_start_kj = self.stored_heat_kj()
+        self._condenser_start_kj = self.station.stored_kj()
 
     def stored_heat_kj(self) -> float:
         """Heat held in the rack loops and the facility water (above 0 °C)."""
@@ -292,6 +329,7 @@ class Plant:
             + self._return_header.energy_kj(cp)
             + self._supply_pipe.energy_kj(cp)
             + self._supply_header.energy_kj(cp)
+            + self.station.stored_kj()
         )
 
     def energy_balance(self) -> dict[str, float]:
@@ -301,11 +339,14 @@ class Plant:
         element passes on its exact mean outlet temperature, so the error is only the explicit
         coupling of the loop at the hall supply header (the CDUs see the header's temperature
         at the start of a sub-step): at most ``flow * cp * dt * dT_header / 2`` per sub-step,
-        it does not accumulate and is ~1e-6 of the heat. ``heat_meter`` differs from
+        it does not accumulate and is ~1e-6 of the heat. ``condenser_storage_change`` is the part
+        of it held in the station's condenser water (exchanger + heat-pump heat = ``dh_station``
+        + that). ``heat_meter`` differs from
         ``dh_station`` by what the DH pipe to the meter holds.
         """
         mwh = {name: value / 3.6e6 for name, value in self._energy_kj.items()}
         mwh["storage_change"] = (self.stored_heat_kj() - self._storage_start_kj) / 3.6e6
+        mwh["condenser_storage_change"] = (self.station.stored_kj() - self._condenser_start_kj) / 3.6e6
         mwh["heat_meter"] = self.meter.energy_mwh - self.config.heat_meter.initial_energy_mwh
         mwh["error"] = (
             mwh["it_liquid"] + mwh["hp_electric"] - mwh["dh_station"] - mwh["dry_cooler"] - mwh["storage_change"]
@@ -445,21 +486,25 @@ class Plant:
         """Every signal of a device in engineering units (bools and enumerations as floats)."""
         kind = self.device_kind(device)
         frozen = self._frozen.get(device)
-        rng = self._rng
+        noise = self._noise
+        layer = self._sensor_layer
         if kind == _KIND_CDU:
-            return self._cdu_by_name[device].read(rng, frozen)
+            sensors = (lambda values: layer.apply(device, values, self._clock_s)) if layer.active else None
+            return self._cdu_by_name[device].read(noise, frozen, sensors)
         if kind == _KIND_METER:
-            values = self.meter.read(rng)
+            values = self.meter.read(noise)
         elif kind == _KIND_PLC:
-            values = self.station.read(rng)
+            values = self.station.read(noise)
         else:
-            values = self._read_panel(rng)
+            values = self._read_panel(noise)
+        if layer.active:
+            values = layer.apply(device, values, self._clock_s)
         if frozen:
             values.update(frozen)
         return values
 
-    def _read_panel(self, rng: random.Random) -> dict[str, float]:
-        gauss = rng.gauss
+    def _read_panel(self, noise: NoiseTable) -> dict[str, float]:
+        draw = iter(noise.take(_PANEL_NOISY_SIGNALS)).__next__
         tn = self.config.sensors.temp_noise_k
         rn = self.config.sensors.relative_noise_pct / 100.0
         station = self.station
@@ -469,15 +514,15 @@ class Plant:
         alarms += int(station.dh_pump_tripped) + int(station.dc_forced) + int(station.watchdog_tripped)
         alarms += int(not self._utility_link_ok)
         return {
-            "outdoor_temp_c": self._outdoor_c + gauss(0.0, tn * _TEMP_NOISE_OUTDOOR),
-            "it_load_mw": self._it_load_mw * (1.0 + gauss(0.0, rn)),
-            "liquid_heat_mw": liquid_kw / 1000.0 * (1.0 + gauss(0.0, rn)),
-            "heat_to_dh_mw": self.meter.power_kw / 1000.0 * (1.0 + gauss(0.0, rn)),
-            "dry_cooler_heat_mw": station.dc_heat_kw / 1000.0 * (1.0 + gauss(0.0, rn)),
-            "hp_electric_mw": station.hp_electric_kw / 1000.0 * (1.0 + gauss(0.0, rn)),
-            "fws_supply_temp_c": self._supply_header.temp_c + gauss(0.0, tn),
-            "dh_supply_temp_c": self.meter.flow_temp_c + gauss(0.0, tn),
-            "max_tcs_supply_temp_c": max(cdu.supply_c for cdu in self.cdus) + gauss(0.0, tn),
+            "outdoor_temp_c": self._outdoor_c + tn * _TEMP_NOISE_OUTDOOR * draw(),
+            "it_load_mw": self._it_load_mw * (1.0 + rn * draw()),
+            "liquid_heat_mw": liquid_kw / 1000.0 * (1.0 + rn * draw()),
+            "heat_to_dh_mw": self.meter.power_kw / 1000.0 * (1.0 + rn * draw()),
+            "dry_cooler_heat_mw": station.dc_heat_kw / 1000.0 * (1.0 + rn * draw()),
+            "hp_electric_mw": station.hp_electric_kw / 1000.0 * (1.0 + rn * draw()),
+            "fws_supply_temp_c": self._supply_header.temp_c + tn * draw(),
+            "dh_supply_temp_c": self.meter.flow_temp_c + tn * draw(),
+            "max_tcs_supply_temp_c": max(cdu.supply_c for cdu in self.cdus) + tn * draw(),
             "utility_heat_order_mw": self._panel_order_mw,
             "utility_supply_temp_c": self._panel_supply_c,
             "utility_order_age_s": self._clock_s - self._panel_received_s,

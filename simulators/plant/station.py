@@ -28,12 +28,15 @@ What the PLC does on its own, as real station PLCs do:
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from simulators.plant.config import PlantConfig
-from simulators.plant.physics import counterflow_effectiveness, counterflow_ntu, heat_pump_cop
+from simulators.plant.physics import MixedVolume, counterflow_effectiveness, counterflow_ntu, heat_pump_cop
+
+if TYPE_CHECKING:
+    from simulators.plant.sensors import NoiseTable
 
 __all__ = ["HeatPump", "HeatPumpState", "Interlock", "Station", "station_signals"]
 
@@ -42,6 +45,9 @@ _UA_FLOW_EXPONENT = -0.7
 # The DH flow may run this far (fraction of rated) ahead of the heat pumps' present capacity:
 # enough for the capacity controller to see demand and ramp, not so much that the supply sags.
 _CAPACITY_HEADROOM = 0.1
+_PLC_TRIM_MAX_K = 5.0  # the PLC corrects its target by at most this (anti-windup)
+_PLC_INTEGRAL_BAND_K = 2.0  # ... and integrates only while within this of its setpoint
+_NOISY_SIGNALS = 18  # signals of a read that carry noise (one draw each)
 
 
 class HeatPumpState(IntEnum):
@@ -240,6 +246,10 @@ class Station:
         self.fws_out_c = start_c
         self.dh_after_hx_c = dh.return_temp_c
         self.dh_out_c = dh.return_temp_c
+        self._condenser = MixedVolume(
+            max(hp.condenser_volume_m3, 1e-3) * cfg.site.water_density_kg_m3, dh.return_temp_c
+        )
+        self._plc_trim_k = 0.0
         self.hx_heat_kw = 0.0
         self.hp_heat_kw = 0.0
         self.hp_electric_kw = 0.0
@@ -280,7 +290,7 @@ class Station:
             # As much flow as the limit asks, but no more than the running heat pumps (plus
             # the exchanger) can bring to setpoint: the network gets no lukewarm water while
             # the next heat pump starts.
-            lift = max(setpoint - self.dh_return_c, 5.0)
+            lift = max(setpoint + self._plc_trim_k - self.dh_return_c, 5.0)
             running_kw = self._rated_kw * sum(
                 min(p.capacity + _CAPACITY_HEADROOM, 1.0) for p in self.heat_pumps if p.state is HeatPumpState.RUNNING
             )
@@ -324,8 +334,21 @@ class Station:
             max(c_fws * (self.fws_after_hx_c - hp_cfg.min_source_outlet_temp_c), 0.0) * cop / max(cop - 1.0, 0.05)
         )
         temp_max = max(c_dh * (hp_cfg.max_supply_temp_c - self.dh_after_hx_c), 0.0)
-        need = max(c_dh * (setpoint - self.dh_after_hx_c), 0.0)
+        # The PLC's supply control: feed-forward from its (imperfect) flow measurement plus a
+        # PI on its own supply sensor, which sits after the condensers' water volume. The
+        # integral is a correction of the target temperature (K) that the DH flow uses too:
+        # when the limit decides the heat, the flow decides the temperature.
+        measured_c = self.dh_out_c + hp_cfg.supply_sensor_bias_k
+        error_k = setpoint - measured_c
+        target_c = setpoint + self._plc_trim_k
+        feedforward = c_dh * (1.0 + hp_cfg.plc_flow_error_pct / 100.0) * (target_c - self.dh_after_hx_c)
+        need = max(feedforward + hp_cfg.plc_supply_kp_kw_per_k * error_k, 0.0)
         wanted = min(need, max(limit - hx_heat, 0.0), source_max)
+        if any_running and m_dh > _TINY_FLOW_KG_S and abs(error_k) < _PLC_INTEGRAL_BAND_K:
+            # Integral band, as station PLCs do: a setpoint ramp or a heat pump starting is the
+            # feed-forward's; integrating the lag of the condenser water would overshoot.
+            self._plc_trim_k += error_k * dt_s / hp_cfg.plc_supply_ti_s
+            self._plc_trim_k = min(max(self._plc_trim_k, -_PLC_TRIM_MAX_K), _PLC_TRIM_MAX_K)
         interlock = 0
         if (self.dh_pump_tripped or wanted_on or any_active) and m_dh < 0.5 * dh.min_flow_kg_s:
             interlock |= Interlock.DH_FLOW_LOW
@@ -362,15 +385,18 @@ class Station:
         self.hp_electric_kw = electric
         self.cop = cop if delivered > 0.0 else 0.0
         self.fws_after_hp_c = self.fws_after_hx_c - (delivered - electric) / c_fws
-        self.dh_out_c = self.dh_after_hx_c + delivered / c_dh if m_dh > _TINY_FLOW_KG_S else self.dh_after_hx_c
+        leaving_c = self.dh_after_hx_c + delivered / c_dh if m_dh > _TINY_FLOW_KG_S else self.dh_after_hx_c
+        # The condensers' (and exchanger's) water volume: the station's supply lags its heat.
+        self.dh_out_c = self._condenser.flow(m_dh, leaving_c, dt_s)
 
         # Cut the DH flow while the heat pumps cannot reach the setpoint (source short, or
         # every heat pump that can run is at full capacity); recover otherwise.
         at_full = all(p.state is HeatPumpState.RUNNING and p.capacity >= 0.99 for p in self.heat_pumps if not p.tripped)
         short = bool(running) and (commanded >= source_max or at_full)
         rate = hp_cfg.dh_flow_trim_per_k_s * dt_s
-        if short and self.dh_out_c < setpoint - 0.5:
-            self._dh_flow_trim -= rate * (setpoint - 0.5 - self.dh_out_c)
+        measured_c = self.dh_out_c + hp_cfg.supply_sensor_bias_k
+        if short and measured_c < setpoint - 0.5:
+            self._dh_flow_trim -= rate * (setpoint - 0.5 - measured_c)
         else:
             self._dh_flow_trim += rate
         self._dh_flow_trim = min(max(self._dh_flow_trim, 0.2), 1.0)
@@ -520,6 +546,10 @@ class Station:
             self.dh_pump_tripped = False
             self.on_event("hp-plc", "dh_pump_reset", "auto reset")
 
+    def stored_kj(self) -> float:
+        """Heat held in the condensers' DH water (above 0 °C), for the plant's energy balance."""
+        return self._condenser.energy_kj(self._cp)
+
     # -- faults from a scenario ----------------------------------------------------------
 
     def set_heat_pump_fault(self, index: int, active: bool, now_s: float) -> None:
@@ -550,9 +580,9 @@ class Station:
             return HeatPumpState.STANDBY
         return HeatPumpState.BLOCKED
 
-    def read(self, rng: random.Random) -> dict[str, float]:
+    def read(self, noise: NoiseTable) -> dict[str, float]:
         """Every ``hp-plc`` signal in engineering units, with sensor noise."""
-        gauss = rng.gauss
+        draw = iter(noise.take(_NOISY_SIGNALS)).__next__
         tn = self._temp_noise
         rn = self._rel_noise
         cfg = self.cfg
@@ -560,28 +590,28 @@ class Station:
         flow_ratio = self.dh_flow_kg_s / dh.max_flow_kg_s
         fws = cfg.facility_water
         values: dict[str, float] = {
-            "fws_supply_temp_c": self.fws_supply_header_c + gauss(0.0, tn),
-            "fws_return_temp_c": self.fws_in_c + gauss(0.0, tn),
-            "fws_flow_m3h": self.fws_flow_kg_s * self._m3h_per_kg_s * (1.0 + gauss(0.0, rn)),
+            "fws_supply_temp_c": self.fws_supply_header_c + tn * draw(),
+            "fws_return_temp_c": self.fws_in_c + tn * draw(),
+            "fws_flow_m3h": self.fws_flow_kg_s * self._m3h_per_kg_s * (1.0 + rn * draw()),
             "fws_pump_speed_pct": 100.0 * self.fws_flow_kg_s / fws.max_flow_kg_s,
             "fws_bypass_valve_pct": 100.0 * self.fws_bypass_kg_s / self.fws_flow_kg_s,
-            "hp_source_inlet_temp_c": self.fws_after_hx_c + gauss(0.0, tn),
-            "hp_source_outlet_temp_c": self.fws_after_hp_c + gauss(0.0, tn),
-            "dh_supply_temp_c": self.dh_out_c + gauss(0.0, tn),
-            "dh_return_temp_c": self.dh_return_c + gauss(0.0, tn),
-            "dh_hx_outlet_temp_c": self.dh_after_hx_c + gauss(0.0, tn),
-            "dh_flow_m3h": self.dh_flow_kg_s * self._m3h_per_kg_s * (1.0 + gauss(0.0, rn)),
+            "hp_source_inlet_temp_c": self.fws_after_hx_c + tn * draw(),
+            "hp_source_outlet_temp_c": self.fws_after_hp_c + tn * draw(),
+            "dh_supply_temp_c": self.dh_out_c + self.cfg.heat_pumps.supply_sensor_bias_k + tn * draw(),
+            "dh_return_temp_c": self.dh_return_c + tn * draw(),
+            "dh_hx_outlet_temp_c": self.dh_after_hx_c + tn * draw(),
+            "dh_flow_m3h": self.dh_flow_kg_s * self._m3h_per_kg_s * (1.0 + rn * draw()),
             "dh_supply_pressure_bar": (dh.static_pressure_bar + dh.pump_head_bar * flow_ratio * flow_ratio)
-            * (1.0 + gauss(0.0, rn)),
-            "dh_return_pressure_bar": dh.return_pressure_bar * (1.0 + gauss(0.0, rn)),
+            * (1.0 + rn * draw()),
+            "dh_return_pressure_bar": dh.return_pressure_bar * (1.0 + rn * draw()),
             "dh_pump_speed_pct": 100.0 * flow_ratio if self.dh_pump_on else 0.0,
             "dh_pump_running": 1.0 if self.dh_pump_on else 0.0,
             "dh_pump_tripped": 1.0 if self.dh_pump_tripped else 0.0,
             "hx_valve_pct": self.hx_valve_pct,
-            "hx_heat_kw": self.hx_heat_kw * (1.0 + gauss(0.0, rn)),
-            "hp_heat_kw": self.hp_heat_kw * (1.0 + gauss(0.0, rn)),
-            "dh_heat_kw": (self.hx_heat_kw + self.hp_heat_kw) * (1.0 + gauss(0.0, rn)),
-            "hp_electric_kw": self.hp_electric_kw * (1.0 + gauss(0.0, rn)),
+            "hx_heat_kw": self.hx_heat_kw * (1.0 + rn * draw()),
+            "hp_heat_kw": self.hp_heat_kw * (1.0 + rn * draw()),
+            "dh_heat_kw": (self.hx_heat_kw + self.hp_heat_kw) * (1.0 + rn * draw()),
+            "hp_electric_kw": self.hp_electric_kw * (1.0 + rn * draw()),
             "hp_cop": self.cop,
             "hp_enable": 1.0 if self.hp_enable else 0.0,
             "hp_supply_setpoint_c": self.hp_supply_setpoint_c,
@@ -589,13 +619,13 @@ class Station:
             "hp_state": float(self.station_state()),
             "hp_running_count": float(sum(1 for p in self.heat_pumps if p.state is HeatPumpState.RUNNING)),
             "hp_trip_active": 1.0 if any(p.tripped for p in self.heat_pumps) else 0.0,
-            "dry_cooler_leaving_temp_c": self.fws_out_c + gauss(0.0, tn),
+            "dry_cooler_leaving_temp_c": self.fws_out_c + tn * draw(),
             "dry_cooler_setpoint_c": self.dry_cooler_setpoint_c,
             "dry_cooler_enable": 1.0 if self.dry_cooler_enable else 0.0,
             "dry_cooler_forced": 1.0 if self.dc_forced else 0.0,
             "dry_cooler_fan_speed_pct": self.dc_fan_pct,
-            "dry_cooler_heat_kw": self.dc_heat_kw * (1.0 + gauss(0.0, rn)),
-            "outdoor_temp_c": self.outdoor_c + gauss(0.0, tn * 5.0),
+            "dry_cooler_heat_kw": self.dc_heat_kw * (1.0 + rn * draw()),
+            "outdoor_temp_c": self.outdoor_c + tn * 5.0 * draw(),
             "heartbeat": float(self.heartbeat),
             "heartbeat_echo": float(self.heartbeat),
             "watchdog_timeout_s": self.watchdog_timeout_s,
