@@ -746,3 +746,29 @@ def test_a_device_written_beyond_its_budget_is_named_in_the_status():
     quiet = loop.run(1.0, 30.0)
     assert quiet.status["write_budget_exceeded"] == ""
     assert quiet.status["heartbeat_writes"] + quiet.status["setpoint_writes"] == quiet.status["writes"]
+
+
+def test_small_steps_on_two_outputs_of_one_device_cost_one_write_a_minute():
+    from gateway.control.writes import Lease, OutputSpec, WriteBook  # noqa: PLC0415
+
+    specs = {
+        ("plc", "sp"): OutputSpec("sp", low=50.0, high=85.0, resolution=0.05, deadband=0.05, min_interval_s=5.0),
+        ("plc", "limit"): OutputSpec(
+            "limit", low=0.0, high=25000.0, resolution=50.0, deadband=50.0, min_interval_s=5.0
+        ),
+    }
+    leases = {("plc", "sp"): Lease(72.0, 0.0), ("plc", "limit"): Lease(12000.0, 0.0)}
+
+    def cycle(now_s: float, sp: float, limit: float) -> list[str]:
+        nonlocal leases
+        book = WriteBook(specs, {}, ramps={}, leases=leases, now_s=now_s, refresh_s=600.0, grace_s=5.0)
+        book.propose("plc", "sp", sp, "dh_trim")
+        book.propose("plc", "limit", limit, "heat_order")
+        leases = book.leases
+        return [w.signal for w in book.writes]
+
+    assert cycle(100.0, 72.05, 12050.0) == ["sp"]  # the trims moved one deadband each: one write
+    assert cycle(130.0, 72.05, 12050.0) == []  # the limit waits for the minute
+    assert cycle(160.0, 72.05, 12050.0) == ["limit"]
+    assert cycle(162.0, 72.05, 12500.0) == []  # a larger step waits for its own interval only...
+    assert cycle(165.0, 72.05, 12500.0) == ["limit"]  # ...not for the device's minute

@@ -654,7 +654,7 @@ class Supervisor:
 
         for cdu in cdus:
             self._write_cdu(book, cdu, ceiling.value, cdu_reason)
-        if abs(ceiling.value - ceiling_target_c) > 0.01:
+        if abs(ceiling.value - ceiling_target_c) > 0.01 or abs(ceiling.value - previous.value) > 0.005:
             # The common ceiling is itself the CDU setpoints' ramp (raise 0.5 K/min, back off 3 K/min).
             book.ramping.update(cdu.name for cdu in fresh_cdus)
 

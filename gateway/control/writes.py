@@ -148,14 +148,19 @@ class WriteBook:
             and abs(present - lease.value) > max(1.5 * resolution, 1e-9)
         )
         limiter = self._ramps_by_output.get(output)
+        ramping = False
         if limiter is not None:
             state = self.ramps.get(key)
             if state is None or reverted:
                 start = value if present is None or not math.isfinite(present) else min(max(present, low), high)
                 state = RampState(value=start, time_s=now_s)
+            before = state.value
             state = limiter.step(state, target=value, now_s=now_s)
             self.ramps[key] = state
-            if abs(state.value - value) > resolution:
+            # Ramping: the limit holds the value back now, or held it back until this step (the
+            # step that arrives belongs to the ramp too).
+            if abs(state.value - value) > resolution or abs(before - value) > resolution:
+                ramping = True
                 self.ramping.add(device)
             value = state.value
         wanted = value
@@ -170,7 +175,14 @@ class WriteBook:
             # resolution must move a whole deadband before it is written again (no dithering).
             # A change worth writing; not more often than the output's interval unless the
             # reason is an override or a safe state (IT first: those never wait).
-            write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or reason.startswith(_URGENT)
+            urgent = reason.startswith(_URGENT)
+            write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or urgent
+            small = abs(wanted - lease.value) < 2.0 * spec.deadband
+            if write and small and not (urgent or ramping or device in self.ramping):
+                # Steady state (no ramp on the device, a step of less than two deadbands): one
+                # setpoint write a minute per device at most, so trims on two outputs of one PLC
+                # do not each cost a write a minute. A larger step (the end of a ramp) goes.
+                write = now_s - self._last_write_s.get(device, -math.inf) >= REFRESH_SPACING_S
         else:
             # A slow refresh, and at most one a minute per device (with a refresh period of
             # several minutes the outputs take turns), so an unchanged device sees at most one
