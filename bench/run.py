@@ -277,7 +277,9 @@ def measure_gateway(
     gateway = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert gateway.stdout is not None
     try:
-        if gateway.stdout.readline().strip() != "measuring":
+        while (line := gateway.stdout.readline()) and line.strip() != "measuring":
+            print(f"probe: {line.strip()[:300]}", file=sys.stderr)  # a warning logged during the warm-up
+        if not line:
             raise SystemExit("the gateway probe did not start")
         counter.take()
         farm.start_window()

@@ -125,6 +125,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         "control": config.control is not None,
         "writes": writes,
     }
+    if config.control is not None:
+        from gateway.control.roles import role_map_as_dict, role_map_of_site  # noqa: PLC0415
+
+        summary["roles"] = role_map_as_dict(role_map_of_site(config, site.profiles))
     if args.json:
         _print_json(summary)
         return EXIT_OK

@@ -699,3 +699,50 @@ def test_every_config_key_is_documented_in_docs_control():
     text = (REPO / "docs" / "control.md").read_text(encoding="utf-8")
     missing = [name for name in ControlConfig.model_fields if f"`{name}`" not in text]
     assert not missing, f"docs/control.md does not describe {missing}"
+
+
+# -- write economy -----------------------------------------------------------------------------------
+
+
+def test_a_value_hovering_between_two_steps_is_not_written_back_and_forth():
+    from gateway.control.writes import Lease, OutputSpec, WriteBook  # noqa: PLC0415
+
+    spec = OutputSpec("sp", low=50.0, high=85.0, resolution=0.05, deadband=0.05, min_interval_s=5.0)
+    leases = {("plc", "sp"): Lease(73.0, 0.0)}
+    written = []
+    for step, target in enumerate([73.03, 73.02, 73.04, 73.026, 73.049, 73.03] * 5):
+        book = WriteBook(
+            {("plc", "sp"): spec}, {}, ramps={}, leases=leases, now_s=10.0 + 6 * step, refresh_s=600.0, grace_s=5.0
+        )
+        book.propose("plc", "sp", target, "dh_trim")
+        leases = book.leases
+        written += book.writes
+    assert written == []  # within one deadband of what the device holds: nothing to say
+    book = WriteBook({("plc", "sp"): spec}, {}, ramps={}, leases=leases, now_s=200.0, refresh_s=600.0, grace_s=5.0)
+    assert book.propose("plc", "sp", 73.06, "dh_trim") == 73.05  # moved a deadband: written, rounded
+    assert [w.value for w in book.writes] == [73.05]
+
+
+def test_a_changed_value_waits_its_minimum_interval_unless_it_is_an_override():
+    from gateway.control.writes import Lease, OutputSpec, WriteBook  # noqa: PLC0415
+
+    spec = OutputSpec("sp", low=20.0, high=45.0, resolution=0.1, deadband=0.1, min_interval_s=10.0)
+    leases = {("cdu", "sp"): Lease(40.0, 0.0)}
+
+    def offer(now_s: float, target: float, reason: str) -> list[float]:
+        book = WriteBook({("cdu", "sp"): spec}, {}, ramps={}, leases=leases, now_s=now_s, refresh_s=600.0, grace_s=5.0)
+        book.propose("cdu", "sp", target, reason)
+        return [w.value for w in book.writes]
+
+    assert offer(3.0, 41.0, "source_optimisation") == []  # 3 s after the last write
+    assert offer(3.0, 38.0, "override:rack_near_limit") == [38.0]  # IT first: at once
+    assert offer(10.0, 41.0, "source_optimisation") == [41.0]
+
+
+def test_a_device_written_beyond_its_budget_is_named_in_the_status():
+    loop = Loop(supervisor(write_budget_per_h=6.0))  # one write per ten minutes at most
+    first = loop.at(0.0)  # take-over: mode and setpoint to each CDU, five outputs to the PLC
+    assert set(str(first.status["write_budget_exceeded"]).split(",")) == {"cdu-1", "cdu-2", "hp-plc"}
+    quiet = loop.run(1.0, 30.0)
+    assert quiet.status["write_budget_exceeded"] == ""
+    assert quiet.status["heartbeat_writes"] + quiet.status["setpoint_writes"] == quiet.status["writes"]

@@ -52,6 +52,7 @@ NORDHEAT_SIGNALS = """
         dh_supply_temp_c: flow_out_c
         dh_return_temp_c: return_in_c
         hp_source_inlet_temp_c: source_in_c
+        hp_source_outlet_temp_c: absent
         fws_supply_temp_c: source_header_c
         hp_running_count: compressors_on
         dh_pump_tripped: pump_fault

@@ -131,7 +131,7 @@ class WriteExecutor:
                 # Every write is published (control_write) for the audit trail; the journal gets
                 # a line per signal at most every INFO_INTERVAL_S, or when the reason changes,
                 # so a PI trim moving a setpoint by 0.01 K a second does not flood it.
-                # Heartbeats go out every cycle to every device: only their failures are news.
+                # Heartbeats go out at every device's period: only their failures are news.
                 key = (device, signal)
                 last = self._last_info.get(key)
                 now = time.monotonic()

@@ -42,6 +42,7 @@ __all__ = [
     "RoleSignal",
     "build_role_map",
     "describe_role_map",
+    "role_map_as_dict",
     "role_map_of_site",
 ]
 
@@ -651,3 +652,38 @@ def describe_role_map(roles: RoleMap) -> list[str]:
         if device.outputs:
             lines.append(f"  write budget: {device.write_budget_per_h:g} setpoint writes per hour")
     return lines
+
+
+def role_map_as_dict(roles: RoleMap) -> dict[str, dict[str, object]]:
+    """The contract per device for ``check --json``."""
+    out: dict[str, dict[str, object]] = {}
+    for name, device in roles.devices.items():
+        beat = device.heartbeat
+        out[name] = {
+            "role": device.role,
+            "signals": {
+                spec.name: {"output": spec.output, "binding": device.bindings[spec.name].describe()}
+                for spec in ROLES[device.role].signals
+            },
+            "writes": {
+                output: {
+                    "signal": spec.signal,
+                    "min": spec.low,
+                    "max": spec.high,
+                    "deadband": spec.deadband,
+                    "min_interval_s": spec.min_interval_s,
+                }
+                for output, spec in device.outputs.items()
+            },
+            "heartbeat": None
+            if beat is None
+            else {
+                "signal": beat.signal,
+                "mode": str(beat.mode),
+                "echo_of": beat.echo_of,
+                "period_s": beat.period_s,
+                "watchdog_timeout_s": beat.timeout_s,
+            },
+            "write_budget_per_h": device.write_budget_per_h if device.outputs else None,
+        }
+    return out

@@ -363,9 +363,10 @@ class Supervisor:
         running = good(plc, "hp_running_count")
         hx_heat_kw = good(plc, "hx_heat_kw")
         link_ok = good(panel, "utility_link_ok")
-        panel_ok = link_ok is not None
         order_mw = good(panel, "utility_heat_order_mw")
         requirement_in_c = good(panel, "utility_supply_temp_c")
+        # Fresh = its readings are (utility_link_ok may be a constant in the site file).
+        panel_ok = link_ok is not None and requirement_in_c is not None
         order_age_s = good(panel, "utility_order_age_s")
         fws_supply_c = good(plc, "fws_supply_temp_c")
         if fws_supply_c is None:
