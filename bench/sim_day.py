@@ -45,11 +45,11 @@ def main() -> None:
 
     print(f"{name}: {seconds / 3600:g} h simulated")
     print(f"  closed loop      wall {wall_total:6.1f} s   cpu {cpu_total:6.1f} s")
-    print(f"  supervisor.step  cpu ~{supervisor_cpu:5.1f} s ({timings['cycle_mean_us']:.0f} us/cycle)")
+    print(f"  supervisor.step  wall ~{supervisor_cpu:5.1f} s ({timings['cycle_mean_us']:.0f} us/cycle, wall clock)")
     print(f"  plant steps      cpu  {step_cpu:5.1f} s")
     print(f"  device reads     cpu  {read_cpu:5.1f} s ({len(devices)} devices every second)")
-    rest = cpu_total - supervisor_cpu - step_cpu - read_cpu
-    print(f"  the rest         cpu ~{rest:5.1f} s (process image, trace, events, write checks, report)")
+    rest = cpu_total - step_cpu - read_cpu
+    print(f"  supervisor + harness cpu {rest:5.1f} s (process image, trace, events, write checks, report)")
 
 
 if __name__ == "__main__":
