@@ -117,9 +117,9 @@ def test_reference_day_writes_economically(summaries):
     assert counts["setpoint_writes"] <= 10_000
     # Steady state: at most one setpoint write per device and minute outside ramps; a lease
     # refresh and a change may meet in the same minute now and then (4 of 1,440 measured on the
-    # old plant). On the harder plant (issue 11) the DH and order trims really work (a 0.3 K
-    # station sensor offset, pipe loss, the PLC's own PI), so the hp-plc's setpoints move by a
-    # resolution step more often: 40 of 1,440 minutes measured (2.8 %), none for the CDUs.
+    # old plant). On the harder plant (issue 11: the PLC's own PI, condenser water, a 0.3 K
+    # sensor offset the trims learn) 40 of 1,440 minutes measured (2.8 %): 33 heat_power_limit_kw
+    # (377 writes a day), 6 hp_supply_setpoint_c, 2 dry_cooler_setpoint_c; none for the CDUs.
     busy = counts["busy_minutes_outside_ramps"]
     assert not any(device.startswith("cdu-") for device in busy), busy
     assert sum(busy.values()) <= 60, busy
