@@ -116,9 +116,10 @@ def test_reference_day_writes_economically(summaries):
     assert counts["heartbeats"] <= 15 * 86400 / 10
     assert counts["setpoint_writes"] <= 10_000
     # Steady state: at most one setpoint write per device and minute outside ramps. On the harder
-    # plant (issue 11) the DH and order trims really work and moved the hp-plc's setpoints by a
-    # step often (40 of 1,440 minutes with two writes); a small step now waits for the device's
-    # minute (docs/control.md, Writes): 1 of 1,440 measured, none for the CDUs.
+    # plant (issue 11: the PLC's own PI, condenser water, a 0.3 K sensor offset the trims learn)
+    # 40 of 1,440 minutes had two writes (33 heat_power_limit_kw, 6 hp_supply_setpoint_c, 2
+    # dry_cooler_setpoint_c); a small step now waits for the device's minute (docs/control.md,
+    # Writes): 1 of 1,440 measured, none for the CDUs.
     busy = counts["busy_minutes_outside_ramps"]
     assert not any(device.startswith("cdu-") for device in busy), busy
     assert sum(busy.values()) <= 10, busy
