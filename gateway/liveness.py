@@ -143,3 +143,32 @@ class Liveness:
         with suppress(NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, fire)
         return True
+
+
+class WatchdogFeeder:
+    """systemd's watchdog, fed only while nothing is stalled; each change is logged once.
+
+    ``period_s`` is ``watchdog_period_s()`` (None or 0 when systemd set no watchdog: then
+    nothing is sent, but a stall is still logged). :meth:`tick` is called from the service's housekeeping
+    loop, often; it pings at most once per period.
+    """
+
+    def __init__(self, liveness: Liveness, period_s: float | None, notify: Callable[[str], object]) -> None:
+        self.liveness = liveness
+        self.period_s = period_s
+        self._notify = notify
+        self._next_ping_s = -float("inf")
+        self.withheld = False
+
+    def tick(self, now_s: float) -> list[Stall]:
+        """Ping when due and nothing is stalled; the stalled components either way."""
+        stalled = self.liveness.stalled()
+        if stalled and not self.withheld:
+            log.error("watchdog_withheld", stalled=[str(s) for s in stalled], watchdog=bool(self.period_s))
+        elif self.withheld and not stalled:
+            log.info("watchdog_resumed")
+        self.withheld = bool(stalled)
+        if self.period_s and not stalled and now_s >= self._next_ping_s:
+            self._notify("WATCHDOG=1")
+            self._next_ping_s = now_s + self.period_s
+        return stalled

@@ -40,7 +40,7 @@ from gateway.control.loop import ControlLoop
 from gateway.drivers.base import Driver
 from gateway.drivers.factory import make_driver
 from gateway.health import HealthServer
-from gateway.liveness import Liveness, Progress
+from gateway.liveness import Liveness, Progress, WatchdogFeeder
 from gateway.logs import get_logger
 from gateway.notify import sd_notify, sd_notify_reloading, watchdog_period_s
 from gateway.poller import DevicePoller
@@ -304,9 +304,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         started = loop.time()
         next_stats = started + STATS_PERIOD_S
-        next_ping = started
+        feeder = WatchdogFeeder(self.liveness, watchdog, sd_notify)
         frozen = False
-        withheld = False
         while True:
             await asyncio.sleep(min(TICK_S, watchdog) if watchdog else TICK_S)
             now = loop.time()
@@ -322,15 +321,7 @@ class Gateway:
                 frozen = True
             # Feed systemd's watchdog only while every poller and the control loop made progress
             # within its bound: a stuck task then gets the service restarted (WatchdogSec=).
-            stalled = self.liveness.stalled()
-            if stalled and not withheld:
-                log.error("watchdog_withheld", stalled=[str(s) for s in stalled], watchdog=bool(watchdog))
-            elif withheld and not stalled:
-                log.info("watchdog_resumed")
-            withheld = bool(stalled)
-            if watchdog and not stalled and now >= next_ping:
-                sd_notify("WATCHDOG=1")
-                next_ping = now + watchdog
+            feeder.tick(now)
             if self.ready:
                 status = self.status_line()
                 if status != self._status:
@@ -595,9 +586,8 @@ class HistorianService:
         watchdog = watchdog_period_s()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        next_ping = started
+        feeder = WatchdogFeeder(self.liveness, watchdog, sd_notify)
         status = ""
-        withheld = False
         while True:
             await asyncio.sleep(min(TICK_S, watchdog) if watchdog else TICK_S)
             now = loop.time()
@@ -607,15 +597,7 @@ class HistorianService:
                 status = self.historian.status_line()
                 sd_notify(f"READY=1\nSTATUS={status}")
                 log.info("historian_ready", waited_s=round(now - started, 2), status=status)
-            stalled = self.liveness.stalled()
-            if stalled and not withheld:
-                log.error("watchdog_withheld", stalled=[str(s) for s in stalled], watchdog=bool(watchdog))
-            elif withheld and not stalled:
-                log.info("watchdog_resumed")
-            withheld = bool(stalled)
-            if watchdog and not stalled and now >= next_ping:
-                sd_notify("WATCHDOG=1")
-                next_ping = now + watchdog
+            stalled = feeder.tick(now)
             if self.ready:
                 line = self.historian.status_line()
                 if stalled:

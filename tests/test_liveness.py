@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.liveness import Liveness, Progress
+from gateway.liveness import Liveness, Progress, WatchdogFeeder
 
 
 class Clock:
@@ -59,3 +59,35 @@ def test_step_counts_and_returns_when_not_armed() -> None:
     progress = Progress("control", bound_s=1.0)
     asyncio.run(progress.step())
     assert progress.steps == 1
+
+
+def test_the_watchdog_is_fed_once_a_period_and_never_while_stalled() -> None:
+    clock = Clock()
+    liveness = Liveness(clock=clock)
+    control = liveness.register("control", bound_s=5.0)
+    sent: list[str] = []
+    feeder = WatchdogFeeder(liveness, 2.0, sent.append)
+    for _ in range(8):  # 4 s of housekeeping ticks, 0.5 s apart
+        control.beat()
+        assert feeder.tick(clock.now_s) == []
+        clock.now_s += 0.5
+    assert sent == ["WATCHDOG=1"] * 2
+    clock.now_s += 6.0  # control silent past its bound
+    assert [s.name for s in feeder.tick(clock.now_s)] == ["control"]
+    assert feeder.withheld
+    assert len(sent) == 2
+    control.beat()
+    assert feeder.tick(clock.now_s) == []
+    assert sent == ["WATCHDOG=1"] * 3
+    assert not feeder.withheld
+
+
+def test_without_a_systemd_watchdog_nothing_is_sent_but_stalls_still_show() -> None:
+    clock = Clock()
+    liveness = Liveness(clock=clock)
+    liveness.register("control", bound_s=1.0)
+    sent: list[str] = []
+    feeder = WatchdogFeeder(liveness, 0.0, sent.append)
+    clock.now_s += 2.0
+    assert feeder.tick(clock.now_s)
+    assert sent == []
