@@ -129,3 +129,17 @@ async def running(site_path: Path, *, historian: bool = True):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await simulated.stop()
+
+
+async def cancel_all(tasks) -> None:
+    """Cancel the tasks and wait, cancelling again any still running, as the service does
+    (``gateway.service._cancel_all``): Python 3.11's ``asyncio.wait_for``, which pymodbus awaits
+    its replies in, can drop a cancellation that lands just as a reply completes, and a single
+    cancel would then hang the test's TaskGroup."""
+    for _ in range(100):
+        for task in tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=0.1)
+        if not pending:
+            return
+    raise AssertionError(f"tasks ignored 100 cancellations: {[t.get_name() for t in pending]}")

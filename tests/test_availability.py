@@ -25,6 +25,7 @@ from gateway.process_image import ProcessImage
 from gateway.sample import Quality, Reading
 from gateway.service import Gateway
 from simulators.modbus_server import Fault, ModbusEndpoint, UnitImage
+from tests.live import cancel_all
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = ModbusProfile.model_validate(
@@ -78,7 +79,7 @@ async def running(unit: UnitImage) -> AsyncIterator[tuple[DevicePoller, Outbox]]
         async with asyncio.TaskGroup() as group:
             task = group.create_task(poller.run(), name="poll:cdu-1")
             yield poller, outbox
-            task.cancel()
+            await cancel_all([task])
     finally:
         await endpoint.stop()
 

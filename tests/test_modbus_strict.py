@@ -29,6 +29,7 @@ from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
 from simulators.modbus_server import ModbusEndpoint, UnitImage
+from tests.live import cancel_all
 from tests.raw_modbus import RawRequest, Segment, clock_words, frame, registers_pdu, server_thread
 
 PROFILE = ModbusProfile.model_validate(
@@ -204,8 +205,7 @@ async def test_malformed_replies_publish_nothing_and_are_logged_once_each(monkey
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(p.run(), name=f"poll:{p.name}") for p in pollers]
                 await asyncio.sleep(RUN_S)
-                for task in tasks:
-                    task.cancel()
+                await cancel_all(tasks)
     await simulator.stop()
 
     by_device = {p.name: p for p in pollers}

@@ -126,6 +126,9 @@ async def test_killed_historian_loses_no_line(tmp_path, mosquitto, fresh_victori
 # `make test`'s time budget, and bench/README.md records both.
 
 OUTAGE_S = float(os.environ.get("HEAT_GATEWAY_OUTAGE_S", "8"))
+#: gateway kill -9 during a frozen link: messages in the dead process's socket may cross twice
+#: (one per device and poll in flight at the kill, two CDUs here)
+DEAD_SOCKET_DUPLICATES = 2
 
 
 class Polled:
@@ -293,7 +296,8 @@ def skipped_slots(log_path) -> int:
 @pytest.mark.slow
 def test_gateway_killed_during_a_frozen_link(tmp_path, fresh_mosquitto, fresh_victoria):
     """Broker frozen (TCP open, no PUBACK), gateway SIGKILLed, broker thawed, a new gateway: every
-    reading polled more than ~2 s before the kill is stored, and none crosses the broker twice."""
+    reading polled more than ~2 s before the kill is stored, and at most what sat in the dead
+    process's socket crosses the broker twice."""
     site_path = write_site(tmp_path, fresh_mosquitto.port, fresh_victoria.url, cdus=2)
     module = [sys.executable, "-m", "gateway"]
     simulator = subprocess.Popen([*module, "simulate", "-c", str(site_path)], stdout=subprocess.DEVNULL)
@@ -337,7 +341,11 @@ def test_gateway_killed_during_a_frozen_link(tmp_path, fresh_mosquitto, fresh_vi
             time.sleep(0.2)
         assert len(stored_gaps()) <= skipped, f"readings from before the kill are missing: {stored_gaps()[:5]}"
         time.sleep(2.0)
-        assert duplicates(collector) == 0, "messages crossed the broker twice"
+        # A message the killed process had already written into its socket reaches the broker
+        # when it thaws; the new gateway cannot know that and, unless the historian's receipt
+        # for it arrived first, sends it again from the spool. Seen once in about four runs of
+        # the full suite (docs/nothing-lost.md): the same point, stored once by InfluxDB.
+        assert duplicates(collector) <= DEAD_SOCKET_DUPLICATES, "messages crossed the broker twice"
     finally:
         os.kill(fresh_mosquitto.pid, signal.SIGCONT)
         for process in (*gateways, historian, simulator):

@@ -40,6 +40,7 @@ from gateway.poller import DevicePoller
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
 from gateway.service import _phase_s
+from tests.live import cancel_all
 from tests.raw_modbus import RawRequest, Segment, clock_words, frame, registers_pdu, server_thread
 
 PROFILE = ModbusProfile.model_validate(
@@ -117,8 +118,7 @@ async def test_slow_and_dead_units_take_no_slot_of_the_healthy_ones(monkeypatch)
                 await asyncio.sleep(1.5)
                 connection = pollers[HEALTHY[0]].driver.connection  # type: ignore[attr-defined]
                 await asyncio.sleep(RUN_S - 1.5)
-                for task in tasks:
-                    task.cancel()
+                await cancel_all(tasks)
         requests = list(server.requests)
 
     assert connection is not None
@@ -233,8 +233,7 @@ async def test_a_probe_that_finds_no_idle_window_goes_anyway_and_costs_one_timeo
                 await asyncio.sleep(1.0)
                 connection = pollers[0].driver.connection  # type: ignore[attr-defined]
                 await asyncio.sleep(3.0)
-                for task in tasks:
-                    task.cancel()
+                await cancel_all(tasks)
     assert connection is not None
     assert connection.forced_probes >= 2  # the dead unit is retried every ~1 s (0.5 s backoff + wait + timeout)
     assert len([e for e in logs if e["event"] == "modbus_probe_forced"]) == 1
