@@ -381,8 +381,13 @@ def cmd_browse(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve the site's devices from the plant model (or run a scenario in-process)."""
     from simulators.cli import simulate  # noqa: PLC0415 - the simulators are a separate package
+    from simulators.scenario import ScenarioError  # noqa: PLC0415
 
-    code: int = simulate(args)
+    try:
+        code: int = simulate(args)
+    except ScenarioError as exc:  # a bad scenario file is a bad file: its message, exit 2
+        print(f"scenario error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return code
 
 

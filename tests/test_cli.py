@@ -229,3 +229,21 @@ async def test_read_of_one_device_needs_no_secret_of_another(tmp_path):
         await simulated.stop()
     assert code == 0, err
     assert json.loads(out)["signals"]["tcs_supply_temp_c"]["quality"] == "good"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("name: x\nevents: [[[\n", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("name: x\nduration_s: -5\nno_such_key: 1\n", "error(s) in the scenario"),
+    ],
+)
+def test_a_broken_scenario_file_is_a_clear_error_not_a_traceback(tmp_path: Path, content: str, expected: str) -> None:
+    scenario = tmp_path / "broken.yaml"
+    scenario.write_text(content, encoding="utf-8")
+    result = run("simulate", "--scenario", str(scenario), "--fast")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert str(scenario) in result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
