@@ -38,7 +38,7 @@ GATEWAY = "gateway"
 CONTROL = "control"
 ROWS = ["Site overview", "CDUs", "Heat recovery station", "Gateway health", "Supervisory control"]
 
-# Limits from shared/DOMAIN.md and the control design; test_limits_agree_with_the_profiles keeps
+# Limits of the reference site (docs/control.md) and the control design; test_limits_agree_with_the_profiles keeps
 # the first three in step with the write limits the profiles give the same quantities.
 IT_LIMIT_C = 45.0  # TCS supply, ASHRAE W45
 FWS_LIMIT_C = 38.0  # facility water supply

@@ -1,7 +1,7 @@
 """The supervisory controller's settings (the site file's ``control:`` section).
 
 Every key names its unit and says what it is for; docs/control.md explains the values chosen
-for the reference site. The defaults are the reference site of DOMAIN.md: CDUs with a 45 °C
+for the reference site. The defaults are the reference site (docs/control.md): CDUs with a 45 °C
 IT limit, a 38 °C facility-water limit, a DH network run at 65-85 °C.
 """
 

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Configuration of the plant model: one pydantic model, one section per part of the heat path.
 
-Defaults describe the 22.5 MW reference site of ``DOMAIN.md`` (12 CDUs of ~1.6 MW liquid
+Defaults describe the 22.5 MW reference site (docs/control.md) (12 CDUs of ~1.6 MW liquid
 share, a plate heat exchanger plus four heat pumps, dry coolers, a Danish DH network). Every
 key names its unit; dimensionless ratios are given in percent (``_pct``). Unknown keys are an
 error (``extra="forbid"``), so a typo in a scenario's ``plant:`` block fails loudly.

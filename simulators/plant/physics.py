@@ -80,7 +80,7 @@ def weather_curve_supply_temp_c(
     min_c: float = 65.0,
     max_c: float = 85.0,
 ) -> float:
-    """DH supply temperature from the field heating curve of ``DOMAIN.md``, clamped.
+    """DH supply temperature from the field heating curve (docs/control.md), clamped.
 
     ``T = s * 1.8318 * (T_room - T_out)^0.8282 + T_room + offset``; above room temperature the
     curve's own term is zero, so the clamp's minimum (the hot-water minimum) applies.
