@@ -29,7 +29,7 @@ import gc
 import random
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -525,22 +525,20 @@ async def _cancel_all(tasks: list[asyncio.Task[None]], timeout_s: float = 4.0) -
         log.error("task_ignored_cancellation", task=task.get_name())
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT set ``stop``."""
+def install_signals(stop: asyncio.Event, reload: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT set ``stop``; SIGHUP (systemctl reload: ExecReload= in the units)
+    calls ``reload``, which re-reads the site file."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set), (signal.SIGHUP, reload)):
         with suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
 
 
 async def serve(site: Site) -> None:
     """The ``run`` command's body."""
     stop = asyncio.Event()
-    install_stop_signals(stop)
     gateway = Gateway(site)
-    # SIGHUP (systemctl reload: ExecReload= in the unit) re-reads the site file; see Gateway.reload.
-    with suppress(NotImplementedError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.request_reload)
+    install_signals(stop, gateway.request_reload)
     await gateway.run(stop)
 
 
@@ -653,8 +651,6 @@ class HistorianService:
 async def serve_historian(site: Site) -> None:
     """The ``historian`` command's body."""
     stop = asyncio.Event()
-    install_stop_signals(stop)
     service = HistorianService(site)
-    with suppress(NotImplementedError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.request_reload)
+    install_signals(stop, service.request_reload)
     await service.run(stop)
