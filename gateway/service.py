@@ -125,9 +125,7 @@ class ReloadPlan:
         )
         touched = {*plan.added, *plan.removed, *plan.changed}
         plan.control_state_kept = a.control == b.control and a.site == b.site
-        plan.control = (
-            not plan.control_state_kept or plan.publisher or (b.control is not None and bool(touched))
-        )
+        plan.control = not plan.control_state_kept or plan.publisher or (b.control is not None and bool(touched))
         plan.not_applied = [key for key in ("logging", "http") if getattr(a, key) != getattr(b, key)]
         return plan
 
@@ -509,9 +507,10 @@ class Gateway:
 async def _cancel_all(tasks: list[asyncio.Task[None]], timeout_s: float = 4.0) -> None:
     """Cancel the tasks and wait, cancelling again any that is still running.
 
-    Python 3.11's ``asyncio.wait_for`` (used by pymodbus for every reply) can drop a
-    cancellation that arrives just as the reply completes (fixed in 3.12): a poller then keeps
-    running and the TaskGroup would wait for it forever. Seen in ~1 of 3 benchmark stops at 10 Hz.
+    Python 3.11's ``asyncio.wait_for`` can drop a cancellation that arrives just as the awaited
+    result completes (fixed in 3.12): a task then keeps running and the TaskGroup would wait for
+    it forever. pymodbus' client, which the Modbus driver used until 2026-12-01, awaited every
+    reply with it (seen in ~1 of 3 benchmark stops at 10 Hz); libraries still may.
     """
     pending = set(tasks)
     for task in pending:
