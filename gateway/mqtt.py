@@ -339,7 +339,16 @@ class MqttConnection:
         elif not _on_loop(loop):
             self._call_on_loop(self._add_writer, client, sock)
 
+    def flush(self) -> None:
+        """Write the packets queued in this turn of the loop now (the publisher does after each
+        batch) rather than at the loop's next turn."""
+        client = self._client
+        if self._flush_due and client is not None:
+            self._flush(client, client.socket())
+
     def _flush(self, client: paho.Client, sock: Any) -> None:
+        if not self._flush_due:
+            return  # flushed already (flush())
         self._flush_due = False
         if client is not self._client:
             return

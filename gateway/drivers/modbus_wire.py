@@ -44,6 +44,7 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 _REQUEST_HEAD = struct.Struct(">BHH")  # function code, address, quantity (or value written)
@@ -187,8 +188,8 @@ class ModbusTcpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """asyncio: the TCP connection is open (asyncio sets TCP_NODELAY on it)."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
+        self.transport = cast("asyncio.Transport", transport)
         self.connected = True
 
     def connection_lost(self, exc: Exception | None) -> None:
