@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import clock
 from gateway.config.loader import ConfigError, Site, load_site
 from gateway.config.site import Device, ModbusDevice
-from gateway.control.loop import ControlLoop
+from gateway.control_loop import ControlLoop
 from gateway.drivers.base import Driver
 from gateway.drivers.factory import make_driver
 from gateway.health import HealthServer

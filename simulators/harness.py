@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.config.control import ControlConfig
 from gateway.config.loader import load_profile
-from gateway.control.config import ControlConfig
 from gateway.control.roles import ControlledDevice, RoleMap, build_role_map
 from gateway.control.supervisor import Supervisor, SupervisorState
 from gateway.control.writes import HEARTBEAT_REASON

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_site
-from gateway.control.loop import ControlLoop
+from gateway.control_loop import ControlLoop
 from gateway.service import Gateway
 from simulators.harness import _on_local_values
 from simulators.plant import Plant

@@ -27,7 +27,6 @@ from typing import Any
 from gateway import clock as clocks
 from gateway.config.loader import Site
 from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
-from gateway.control.executor import WriteExecutor, WriteRequest, WriteResult
 from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site
 from gateway.drivers.base import Driver
 from gateway.liveness import Progress
@@ -36,6 +35,7 @@ from gateway.process_image import ProcessImage
 from gateway.publish.lineprotocol import encode_fields, series_prefix
 from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
+from gateway.write_executor import WriteExecutor, WriteRequest, WriteResult
 
 log = get_logger(__name__)
 
