@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from contextlib import suppress
@@ -79,6 +80,9 @@ def simulate(args: argparse.Namespace) -> int:
             return 2
         # The gateway's per-write info lines would cost more than the run: warnings and errors only.
         setup_logging("warning", "auto")
+        # Nobody listens where the publisher connects (MQTT is not in the closed loop): not news.
+        for name in ("gateway.mqtt", "gateway.publish.mqtt"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         from simulators.real_path import run_real_path_cli  # noqa: PLC0415
 
         return run_real_path_cli(args)
