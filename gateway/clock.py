@@ -4,7 +4,9 @@
   went out), snapshots and write results; the controllers compute every input's age from these
   stamps, so they must come from the same clock as the snapshot's.
 - :func:`monotonic`: seconds for durations and rate limits (write durations, the command rate
-  limiter, OPC UA subscription ages).
+  limiter). OPC UA subscription ages stay on ``time.monotonic``: they are compared with
+  asyncua's own publish times, so subscribe mode runs on real time only (the real-path
+  simulation polls).
 
 Schedules (poll periods, the control cycle, backoff, request timeouts) use the event loop's
 clock (``loop.time()``), which is the third leg: ``heat-gateway simulate --real-path`` runs the

@@ -227,3 +227,35 @@ def test_the_gateway_clock_follows_the_virtual_loop_while_in_use() -> None:
     assert wall_ns == 91_000_000_000
     assert monotonic == 90.0
     assert clock.wall_ns is time.time_ns
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["simulate", "--real-path"], "simulate --real-path needs --scenario NAME"),
+        (["simulate", "--real-path", "--fast", "--scenario", SCENARIO], "simulate --real-path needs --scenario NAME"),
+        (["simulate", "--real-path", "--scenario", SCENARIO, "--profiles", "/nonexistent/profiles"], "no such folder"),
+        (["simulate", "--real-path", "--scenario", SCENARIO, "--hours", "0"], "--hours must be above 0"),
+    ],
+)
+def test_real_path_usage_errors_exit_2_with_the_reason(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main  # noqa: PLC0415
+
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_simulate_help_describes_the_real_path(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main  # noqa: PLC0415
+
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--real-path", "--hours", "--profiles", "--poll-s", "--speed"):
+        assert flag in text
+    assert "write executor" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Sequence
 
 from asyncua import ua
@@ -77,7 +78,8 @@ class LatestValues:
         self.stale_after_s = max(3 * device.poll_period_s, 1.5 * keepalive_s)
         sampling = device.sampling_interval_ms if device.sampling_interval_ms is not None else publishing_ms
         requests = [self._monitored_item(index, node, sampling) for index, node in enumerate(self.nodes)]
-        self._subscribed_at = clock.monotonic()
+        # time.monotonic, not gateway.clock: compared with asyncua's own last_publish_at
+        self._subscribed_at = time.monotonic()
         for start in range(0, len(requests), per_call):
             results = await subscription.create_monitored_items(requests[start : start + per_call])
             for offset, result in enumerate(results):
@@ -113,7 +115,7 @@ class LatestValues:
             if isinstance(event, DataChangeEvent):
                 index = int(event.data.monitored_item.ClientHandle) - 1
                 if 0 <= index < len(self._latest) and event.data.monitored_item.Value is not None:
-                    self._latest[index] = (event.data.monitored_item.Value, clock.monotonic())
+                    self._latest[index] = (event.data.monitored_item.Value, time.monotonic())
                     self._first_data.set()
             elif isinstance(event, StatusChangeEvent):
                 status = event.notification.Status
@@ -126,7 +128,7 @@ class LatestValues:
         subscription = self._subscription
         if subscription is None or self._lost is not None:
             raise DeviceUnavailable(name, f"subscription ended by the server ({self._lost})")
-        now = clock.monotonic()
+        now = time.monotonic()
         heard = max(subscription.last_publish_at or 0.0, self._subscribed_at)
         if now - heard > 2 * self.stale_after_s:
             # Values went stale a while ago and the session did not notice: start over.
