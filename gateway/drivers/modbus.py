@@ -60,10 +60,10 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-import time
 import weakref
 from dataclasses import dataclass
 
+from gateway import clock
 from gateway.codec import CodecError, DataType, encode_value, with_register_bit
 from gateway.config.profile import Access, ModbusProfile, ModbusSignal, Table, WriteOutOfRange
 from gateway.config.site import ModbusDevice
@@ -411,7 +411,7 @@ class ModbusConnection:
             self.down_units.add(unit_id)
         else:
             self.down_units.discard(unit_id)
-        return Reply(reply, wire.sent_ns, wire.received_ns or time.time_ns())
+        return Reply(reply, wire.sent_ns, wire.received_ns or clock.wall_ns())
 
     def _unanswered(self, unit_id: int) -> None:
         """A request timed out: dead if no unit sharing the connection answers any more."""
@@ -641,7 +641,7 @@ class ModbusDriver(ConnectionScope):
                     texts.update(block.decode_texts(block.reply_words(reply.pdu)))
         return Reading(
             device=self.name,
-            timestamp_ns=timestamp_ns or time.time_ns(),
+            timestamp_ns=timestamp_ns or clock.wall_ns(),
             values={} if values is None else values,
             bad=bad,
             texts=texts,

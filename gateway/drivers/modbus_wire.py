@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import cast
+
+from gateway import clock
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 _REQUEST_HEAD = struct.Struct(">BHH")  # function code, address, quantity (or value written)
@@ -131,7 +132,7 @@ class Wire:
         if self.request is not None:  # the previous request was never answered
             self._late.append(self.request.transaction_id)
         self.request = request
-        self.sent_ns = time.time_ns()
+        self.sent_ns = clock.wall_ns()
         self.received_ns = 0
         self.buffered = 0
 
@@ -153,7 +154,7 @@ class Wire:
                 return False  # unsolicited, and the stream is intact: nothing waits for it
             return f"transaction id {tid} in the reply to transaction id {request.transaction_id}"
         self.request = None
-        self.received_ns = time.time_ns()
+        self.received_ns = clock.wall_ns()
         return check_reply(request, unit_id, pdu)
 
 
