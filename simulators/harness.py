@@ -42,7 +42,14 @@ from gateway.sample import Reading
 from simulators.plant import Plant, PlantConfig
 from simulators.plant.sensors import is_temperature
 from simulators.report import Trace, evaluate, write_report
-from simulators.scenario import BOTH_EVENTS, HARNESS_EVENTS, PLANT_EVENTS, Scenario, load_scenario
+from simulators.scenario import (
+    BOTH_EVENTS,
+    CALIBRATION_EVENTS,
+    HARNESS_EVENTS,
+    PLANT_EVENTS,
+    Scenario,
+    load_scenario,
+)
 
 __all__ = [
     "PROFILE_DIR",
@@ -168,7 +175,7 @@ def plant_role_map(plant: Plant, config: ControlConfig, profile_dir: Path = PROF
 
 
 def _windows(scenario: Scenario) -> list[Window]:
-    faults = PLANT_EVENTS | HARNESS_EVENTS | BOTH_EVENTS
+    faults = (PLANT_EVENTS | HARNESS_EVENTS | BOTH_EVENTS) - CALIBRATION_EVENTS
     return [
         Window(event.kind, event.target or "", event.at_s, event.end_s)
         for event in scenario.events

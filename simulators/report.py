@@ -309,7 +309,8 @@ def evaluate(
         "writes_rejected": _check(counts["writes_rejected"], "== 0", ok=counts["writes_rejected"] == 0),
     }
     metrics.update(steps)
-    metrics.update(_offset_metrics(t, deviation, delivering))
+    offsets = [event.at_s for event in scenario.events if event.kind == "meter_offset"]
+    metrics.update(_offset_metrics(t, deviation, delivering, start_s=min(offsets, default=None)))
     metrics["stale_handbacks"] = _stale_handbacks(trace, fault)
     metrics.update(_crash_metrics(trace, crash_log, config, checks))
     metrics.update(_link_metrics(trace, windows, config, checks))
@@ -385,13 +386,17 @@ OFFSET_LEARNED_K = 0.2
 """The offset counts as learned once a window's mean deviation is within this."""
 
 
-def _offset_metrics(t: Sequence[float], deviation: Sequence[float], delivering: Sequence[bool]) -> dict[str, Any]:
+def _offset_metrics(
+    t: Sequence[float], deviation: Sequence[float], delivering: Sequence[bool], *, start_s: float | None = None
+) -> dict[str, Any]:
     """When the meter's mean deviation first came within OFFSET_LEARNED_K, and the RMS after it.
 
-    Seconds from the first judged sample (a sensor offset is there from the start, so this is
-    how long the trims took to learn it).
+    Seconds from ``start_s`` (a scenario's ``meter_offset`` switching on: only windows that
+    start after it count), or without one from the first judged sample (an offset present from
+    the start). The RMS is every judged second from the end of that first window to the end.
     """
-    idx = [i for i in range(len(t)) if delivering[i]]
+    first_s = -math.inf if start_s is None else start_s
+    idx = [i for i in range(len(t)) if delivering[i] and t[i] >= first_s]
     if len(idx) < OFFSET_WINDOW_S:
         return {"dh_offset_learned_s": None, "dh_supply_dev_rms_after_learning_k": None}
     learned: int | None = None
@@ -406,7 +411,7 @@ def _offset_metrics(t: Sequence[float], deviation: Sequence[float], delivering: 
         return {"dh_offset_learned_s": None, "dh_supply_dev_rms_after_learning_k": None}
     after = [deviation[i] for i in idx[learned:]]
     return {
-        "dh_offset_learned_s": t[idx[learned]] - t[idx[0]],
+        "dh_offset_learned_s": t[idx[learned]] - (t[idx[0]] if start_s is None else start_s),
         "dh_supply_dev_rms_after_learning_k": _r(_rms(after)),
     }
 

@@ -24,8 +24,11 @@ Three kinds of entries:
 - plant **events**, applied to the plant by :meth:`Scenario.apply_plant_events`:
   ``heat_pump_trip`` (target ``hp-N``), ``dh_pump_trip``, ``dh_return_too_hot`` (``value``
   = the return temperature while it lasts), ``sensor_freeze`` (target ``device.signal``),
-  ``cdu_leak`` (target ``cdu-N``). ``duration_s`` is how long the cause lasts (absent: to
-  the end); trips latch in the PLC until reset.
+  ``cdu_leak`` (target ``cdu-N``), ``meter_offset`` (``value`` = K the meter reads below the
+  station from then on: the station's supply sensor shifts, see
+  :meth:`Plant.set_meter_offset <simulators.plant.Plant.set_meter_offset>`; a calibration
+  change the controller must learn, so it is no fault window in the report). ``duration_s``
+  is how long the cause lasts (absent: to the end); trips latch in the PLC until reset.
 - **harness** events, which are no plant physics: ``device_silent`` (target a device: its
   protocol server stops answering), ``gateway_crash`` (``duration_s``: until the harness
   restarts the gateway). A harness gets them from :meth:`Scenario.events_between` and acts.
@@ -56,6 +59,7 @@ from simulators.plant import INPUTS, Plant, PlantConfig
 
 __all__ = [
     "BOTH_EVENTS",
+    "CALIBRATION_EVENTS",
     "HARNESS_EVENTS",
     "PLANT_EVENTS",
     "SCENARIO_DIR",
@@ -71,7 +75,11 @@ __all__ = [
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
-PLANT_EVENTS = frozenset({"heat_pump_trip", "dh_pump_trip", "dh_return_too_hot", "sensor_freeze", "cdu_leak"})
+PLANT_EVENTS = frozenset(
+    {"heat_pump_trip", "dh_pump_trip", "dh_return_too_hot", "sensor_freeze", "cdu_leak", "meter_offset"}
+)
+CALIBRATION_EVENTS = frozenset({"meter_offset"})
+"""Plant events the controller must absorb: the report judges through them (no fault window)."""
 HARNESS_EVENTS = frozenset({"device_silent", "gateway_crash"})
 BOTH_EVENTS = frozenset({"utility_link_lost"})
 
@@ -81,6 +89,7 @@ EventKind = Literal[
     "dh_return_too_hot",
     "sensor_freeze",
     "cdu_leak",
+    "meter_offset",
     "utility_link_lost",
     "device_silent",
     "gateway_crash",
@@ -104,7 +113,9 @@ class ScenarioEvent(BaseModel):
     event: EventKind | None = Field(None, description="A plant or harness event")
     target: str | None = Field(None, description="cdu-N / hp-N / a device / device.signal, as the kind needs")
     duration_s: float | None = Field(None, gt=0.0, description="How long the event lasts; absent: to the end")
-    value: float | None = Field(None, description="dh_return_too_hot: the return temperature, °C")
+    value: float | None = Field(
+        None, description="dh_return_too_hot: the return temperature, °C; meter_offset: K the meter reads low"
+    )
     note: str | None = Field(None, description="Free text for people reading the file")
 
     @model_validator(mode="after")
@@ -141,6 +152,8 @@ class ScenarioEvent(BaseModel):
             raise ValueError("device_silent needs a target device")
         if kind == "dh_return_too_hot" and (self.value is None or self.duration_s is None):
             raise ValueError("dh_return_too_hot needs value (°C) and duration_s")
+        if kind == "meter_offset" and (self.value is None or not -10.0 <= self.value <= 10.0):
+            raise ValueError("meter_offset needs value: the offset in K (within +/-10)")
         return self
 
     @property
@@ -423,6 +436,9 @@ def _apply(plant: Plant, event: ScenarioEvent, *, start: bool) -> None:
             plant.freeze_sensor(device, signal)
         else:
             plant.unfreeze_sensor(device, signal)
+    elif kind == "meter_offset":
+        assert event.value is not None
+        plant.set_meter_offset(event.value if start else 0.0)
     else:
         plant.set_fault(kind, start, target=event.target)
 
