@@ -240,6 +240,24 @@ class _Schedule:
         self.values.append(value)
 
 
+class _Timeline:
+    """A scenario compiled: input schedules, discrete actions and the events in time order."""
+
+    __slots__ = ("action_times", "actions", "event_times", "ordered", "schedules")
+
+    def __init__(
+        self,
+        schedules: dict[tuple[str, str | None], _Schedule],
+        actions: list[_Action],
+        ordered: list[ScenarioEvent],
+    ) -> None:
+        self.schedules = schedules
+        self.actions = actions
+        self.action_times = [action.time_s for action in actions]
+        self.ordered = ordered
+        self.event_times = [event.at_s for event in ordered]
+
+
 class Criterion(BaseModel):
     """A pass criterion on one metric of the report: ``min`` and/or ``max`` (inclusive)."""
 
@@ -286,11 +304,9 @@ class Scenario(BaseModel):
         "limit, 0 writes outside limits or refused) apply to every scenario on top",
     )
 
-    _schedules: dict[tuple[str, str | None], _Schedule] = PrivateAttr(default_factory=dict)
-    _actions: list[_Action] = PrivateAttr(default_factory=list)
-    _action_times: list[float] = PrivateAttr(default_factory=list)
-    _ordered: list[ScenarioEvent] = PrivateAttr(default_factory=list)
-    _event_times: list[float] = PrivateAttr(default_factory=list)
+    # One plain object: a pydantic private attribute costs a __getattr__ per access, and the
+    # harness asks twice per simulated second.
+    _timeline: _Timeline = PrivateAttr(default_factory=lambda: _Timeline({}, [], []))
 
     @model_validator(mode="after")
     def _check_targets(self) -> Self:
@@ -365,11 +381,7 @@ class Scenario(BaseModel):
             if math.isfinite(event.end_s):
                 actions.append(_Action(event.end_s, order, event, start=False))
         actions.sort(key=lambda action: (action.time_s, action.order, action.start))
-        self._schedules = schedules
-        self._actions = actions
-        self._action_times = [action.time_s for action in actions]
-        self._ordered = [event for _, event in ordered]
-        self._event_times = [event.at_s for event in self._ordered]
+        self._timeline = _Timeline(schedules, actions, [event for _, event in ordered])
 
     def _initial(self, name: str) -> float:
         plant = self.plant
@@ -390,7 +402,7 @@ class Scenario(BaseModel):
 
     def input_value(self, name: str, time_s: float, *, target: str | None = None) -> float | None:
         """The scheduled value of an input at ``time_s``; None if the scenario never sets it."""
-        schedule = self._schedules.get((name, target))
+        schedule = self._timeline.schedules.get((name, target))
         return None if schedule is None else schedule.value_at(time_s)
 
     def events_between(self, t0_s: float, t1_s: float, *, scope: Scope | None = None) -> list[ScenarioEvent]:
@@ -398,8 +410,9 @@ class Scenario(BaseModel):
 
         ``scope="harness"`` also returns ``both`` events (a harness acts on those too).
         """
-        times = self._event_times
-        found = self._ordered[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]
+        timeline = self._timeline
+        times = timeline.event_times
+        found = timeline.ordered[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]
         if scope is None:
             return found
         if scope == "harness":
@@ -412,13 +425,14 @@ class Scenario(BaseModel):
         Scheduled inputs are set to their value just before ``t1_s``; fault causes switch on
         at their start and off at their end. Harness events are left to the harness.
         """
-        for (name, target), schedule in self._schedules.items():
+        timeline = self._timeline
+        for (name, target), schedule in timeline.schedules.items():
             value = schedule.value_before(t1_s)
             if not math.isnan(value):
                 plant.set_input(name, value, target=target)
-        times = self._action_times
+        times = timeline.action_times
         applied: list[ScenarioEvent] = []
-        for action in self._actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
+        for action in timeline.actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
             event = action.event
             if event.scope == "harness":
                 continue

@@ -31,7 +31,7 @@ from simulators.plant.hydraulics import equal_percentage, installed_flow_fractio
 from simulators.plant.physics import counterflow_effectiveness, counterflow_ntu
 
 if TYPE_CHECKING:
-    from simulators.plant.sensors import NoiseTable
+    from simulators.plant.sensors import NoiseTable, SensorLayer
 
 __all__ = ["ALARM_CODES", "CDU_SIGNALS", "CDU_WRITABLE", "Cdu"]
 
@@ -115,6 +115,7 @@ class Cdu:
         "_pump_tau_s",
         "_rangeability",
         "_rel_noise",
+        "_tcs_resistance",
         "_temp_noise",
         "_tracking_s",
         "_ua_design",
@@ -203,6 +204,7 @@ class Cdu:
         self.supply_c = cfg.local_setpoint_c
         self.speed_pct = 100.0
         self.tcs_flow_kg_s = self._m_t_design
+        self._tcs_resistance = 1.0  # (flow / design flow) ** -0.7 at design flow
         design_valve = self.design_valve_pct()
         self.valve_demand_pct = design_valve
         self.valve_pct = design_valve
@@ -271,8 +273,10 @@ class Cdu:
         # The pump holds the rack flow at the configured L/min per kW, never below min speed.
         target = 100.0 * self.load_kw / cfg.design_heat_kw
         target = self._min_speed if target < self._min_speed else min(target, 100.0)
-        self.speed_pct = target + (self.speed_pct - target) * math.exp(-dt_s / self._pump_tau_s)
-        self.tcs_flow_kg_s = self._m_t_design * self.speed_pct / 100.0
+        if self.speed_pct != target:  # settled (most sub-steps): nothing moves, skip exp and pow
+            self.speed_pct = target + (self.speed_pct - target) * math.exp(-dt_s / self._pump_tau_s)
+            self.tcs_flow_kg_s = self._m_t_design * self.speed_pct / 100.0
+            self._tcs_resistance = (self.tcs_flow_kg_s / self._m_t_design) ** _UA_FLOW_EXPONENT
 
         if self.control_mode == 1 and now_s - self._heartbeat_changed_s >= self.watchdog_timeout_s:
             self.control_mode = 0
@@ -281,7 +285,7 @@ class Cdu:
             self.on_event(self.name, "watchdog_fallback", f"heartbeat unchanged {self.watchdog_timeout_s:g} s")
 
         # PI, direct acting (too warm -> open), back-calculation anti-windup.
-        error = self.supply_c - self.active_setpoint_c
+        error = self.supply_c - (self.external_setpoint_c if self.control_mode == 1 else cfg.local_setpoint_c)
         wanted = self._kp * error + self.integral_pct
         demand = 0.0 if wanted < 0.0 else min(wanted, 100.0)
         self.integral_pct += dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
@@ -318,9 +322,7 @@ class Cdu:
         mass_cp = self._mass_cp_kj_k
         k = 0.0
         if c_f > 1e-6:
-            resistance = (self.tcs_flow_kg_s / self._m_t_design) ** _UA_FLOW_EXPONENT + (
-                facility_flow_kg_s / self._m_f_design
-            ) ** _UA_FLOW_EXPONENT
+            resistance = self._tcs_resistance + (facility_flow_kg_s / self._m_f_design) ** _UA_FLOW_EXPONENT
             ua = 2.0 * self._ua_design / resistance
             c_min, c_max = (c_t, c_f) if c_t < c_f else (c_f, c_t)
             k = counterflow_effectiveness(ua / c_min, c_min / c_max) * c_min
@@ -365,11 +367,12 @@ class Cdu:
         self,
         noise: NoiseTable,
         frozen: dict[str, float] | None = None,
-        sensors: Callable[[dict[str, float]], dict[str, float]] | None = None,
+        sensors: SensorLayer | None = None,
+        now_s: float = 0.0,
     ) -> dict[str, float]:
         """Every CDU signal in engineering units, with sensor noise.
 
-        ``sensors`` adds what the transmitters do (lag, bias, resolution). ``frozen`` holds
+        ``sensors`` adds what the transmitters do (lag, bias, resolution) at ``now_s``. ``frozen`` holds
         stuck readings (a scenario's sensor freeze); they replace the live value, and a stuck
         supply sensor shows up in the sensor-mismatch alarm as it would.
         """
@@ -408,7 +411,7 @@ class Cdu:
             "alarm_reset": 0.0,  # a coil that acts on write and reads back 0
         }
         if sensors is not None:
-            values = sensors(values)
+            values = sensors.apply(self.name, values, now_s)
         if frozen:
             values.update(frozen)
         codes = self.alarm_codes(values["tcs_supply_temp_c"], values["tcs_supply_temp_2_c"])

@@ -516,8 +516,7 @@ class Plant:
         noise = self._noise
         layer = self._sensor_layer
         if kind == _KIND_CDU:
-            sensors = (lambda values: layer.apply(device, values, self._clock_s)) if layer.active else None
-            return self._cdu_by_name[device].read(noise, frozen, sensors)
+            return self._cdu_by_name[device].read(noise, frozen, layer if layer.active else None, self._clock_s)
         if kind == _KIND_METER:
             values = self.meter.read(noise)
         elif kind == _KIND_PLC:
