@@ -80,6 +80,8 @@ CDU_SIGNALS: tuple[str, ...] = (
 )
 CDU_WRITABLE = frozenset({"tcs_supply_setpoint_c", "control_mode", "heartbeat", "watchdog_timeout_s", "alarm_reset"})
 
+_ALARM_SIGNALS = frozenset({"alarm_code", "alarm_active"})
+_SUPPLY_SENSORS = frozenset({"tcs_supply_temp_c", "tcs_supply_temp_2_c"})
 _DEVIATION_K = 2.0
 _DEVIATION_DELAY_S = 120.0
 _SENSOR_MISMATCH_K = 1.0
@@ -369,12 +371,14 @@ class Cdu:
         frozen: dict[str, float] | None = None,
         sensors: SensorLayer | None = None,
         now_s: float = 0.0,
+        signals: frozenset[str] | None = None,
     ) -> dict[str, float]:
         """Every CDU signal in engineering units, with sensor noise.
 
         ``sensors`` adds what the transmitters do (lag, bias, resolution) at ``now_s``. ``frozen`` holds
         stuck readings (a scenario's sensor freeze); they replace the live value, and a stuck
-        supply sensor shows up in the sensor-mismatch alarm as it would.
+        supply sensor shows up in the sensor-mismatch alarm as it would. ``signals``: only
+        these (see :meth:`Plant.read <simulators.plant.Plant.read>`).
         """
         draw = iter(noise.take(_NOISY_SIGNALS)).__next__
         tn = self._temp_noise
@@ -410,15 +414,25 @@ class Cdu:
             "it_limit_c": self.cfg.it_limit_c,
             "alarm_reset": 0.0,  # a coil that acts on write and reads back 0
         }
+        keep = signals
+        if signals is not None:
+            # The alarm judges both supply sensors as transmitted, so they go through the layer too.
+            if not signals.isdisjoint(_ALARM_SIGNALS):
+                keep = signals | _SUPPLY_SENSORS
+            values = {name: values[name] for name in keep}
         if sensors is not None:
             values = sensors.apply(self.name, values, now_s)
         if frozen:
-            values.update(frozen)
+            values.update(frozen if keep is None else {k: v for k, v in frozen.items() if k in keep})
+        if signals is not None and signals.isdisjoint(_ALARM_SIGNALS):
+            return values
         codes = self.alarm_codes(values["tcs_supply_temp_c"], values["tcs_supply_temp_2_c"])
         if "alarm_code" not in (frozen or {}):
             values["alarm_code"] = float(codes[0]) if codes else 0.0
         if "alarm_active" not in (frozen or {}):
             values["alarm_active"] = 1.0 if codes else 0.0
+        if signals is not None and keep is not signals:
+            return {name: values[name] for name in signals}
         return values
 
     def write(self, signal: str, value: float, now_s: float) -> None:

@@ -509,24 +509,36 @@ class Plant:
         """Signals of a device that :meth:`write` accepts."""
         return self._writable[self.device_kind(device)]
 
-    def read(self, device: str) -> dict[str, float]:
-        """Every signal of a device in engineering units (bools and enumerations as floats)."""
+    def read(self, device: str, signals: frozenset[str] | None = None) -> dict[str, float]:
+        """Every signal of a device in engineering units (bools and enumerations as floats).
+
+        ``signals``: only these (a read plan: what a controller binds). The noise drawn and
+        every transmitter's state are the same as for a full read (each read takes one slice
+        of the noise table; a signal's lag only depends on its own reads), so the values are
+        identical to the same keys of a full read; only the work for the others is skipped.
+        """
         kind = self.device_kind(device)
+        if signals is not None and not signals <= self._signals[kind]:
+            unknown = ", ".join(sorted(signals - self._signals[kind]))
+            raise KeyError(f"device {device!r} has no signal(s) {unknown}")
         frozen = self._frozen.get(device)
         noise = self._noise
         layer = self._sensor_layer
         if kind == _KIND_CDU:
-            return self._cdu_by_name[device].read(noise, frozen, layer if layer.active else None, self._clock_s)
+            cdu = self._cdu_by_name[device]
+            return cdu.read(noise, frozen, layer if layer.active else None, self._clock_s, signals)
         if kind == _KIND_METER:
             values = self.meter.read(noise)
         elif kind == _KIND_PLC:
             values = self.station.read(noise)
         else:
             values = self._read_panel(noise)
+        if signals is not None:
+            values = {name: values[name] for name in signals}
         if layer.active:
             values = layer.apply(device, values, self._clock_s)
         if frozen:
-            values.update(frozen)
+            values.update(frozen if signals is None else {k: v for k, v in frozen.items() if k in signals})
         return values
 
     def _read_panel(self, noise: NoiseTable) -> dict[str, float]:
