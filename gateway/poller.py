@@ -2,8 +2,12 @@
 
 A poll starts at ``start + k * period`` (no drift). A poll that overruns its period is counted
 and logged and the missed slots are skipped, never queued, so there are never two polls of one
-device at once. Units behind one Modbus endpoint share their phase (``phase_s``): they are
-polled back to back, which leaves the rest of the period as one idle window on the shared
+device at once. ``start`` is on a grid all pollers share: the first time after the poller
+starts that is a whole number of cycles (the period, at most 1 s) of the event loop's clock
+plus the device's phase (``phase_s``), so pollers given the same phase and period start their
+polls in the same turn of the event loop (the service groups devices so, see
+:func:`gateway.service.poll_phases`). Units behind one Modbus endpoint share their phase: they
+are polled back to back, which leaves the rest of the period as one idle window on the shared
 connection for the probes of units that are down.
 
 Availability, for every protocol, is the poller's call:
@@ -34,12 +38,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway import clock
 from gateway.backoff import Backoff
 from gateway.drivers.base import DeviceUnavailable, Driver, DriverError, MalformedReply
 from gateway.liveness import Progress
@@ -159,7 +163,7 @@ class DevicePoller:
         self.progress = progress or Progress(f"poll:{self.name}", bound_s=max(period_s, backoff_max_s) + 60.0)
 
     def _went_down(self, reason: str, cause: str) -> None:
-        self.image.mark_unavailable(self.name, time.time_ns(), reason)
+        self.image.mark_unavailable(self.name, clock.wall_ns(), reason)
         self.stats.available = False
         if self.down_reason is None:
             # Once per outage, and for a device that is down at start too.
@@ -207,7 +211,7 @@ class DevicePoller:
             log.exception("poll_crashed", device=self.name)
             self._went_down(f"internal error: {exc!r}", "internal_error")
             return None
-        received_ns = time.time_ns()
+        received_ns = clock.wall_ns()
         self.stats.bad_values += len(reading.bad)
         if reading.bad and not (reading.values or reading.uncertain or reading.texts):
             # It answers, but with nothing usable (only exception codes, only bad statuses).
@@ -232,10 +236,13 @@ class DevicePoller:
         """Poll until cancelled."""
         loop = asyncio.get_running_loop()
         period = self.period_s
-        # Spread devices over the period so 200 of them do not all fire at once (units behind
-        # one endpoint get one phase from the service, see the module docstring).
-        phase = self._rng.uniform(0, min(period, 1.0)) if self._phase_s is None else self._phase_s
-        next_start = loop.time() + phase
+        # Without a phase from the service, a random one spreads such pollers over the cycle.
+        cycle = min(period, 1.0)
+        phase = (self._rng.uniform(0, cycle) if self._phase_s is None else self._phase_s) % cycle
+        now = loop.time()
+        next_start = now - now % cycle + phase  # on the shared grid (see the module docstring)
+        if next_start < now:
+            next_start += cycle
         try:
             while True:
                 delay = next_start - loop.time()
@@ -246,7 +253,7 @@ class DevicePoller:
                     await asyncio.sleep(next_start - started)
                     started = loop.time()
                 # The slot on the wall clock, to compare with the reading's (wall-clock) timestamp.
-                slot_ns = time.time_ns() - int((started - next_start) * 1e9)
+                slot_ns = clock.wall_ns() - int((started - next_start) * 1e9)
                 self.stats.polls += 1
                 reading = await self.poll_once()
                 await self.progress.step()

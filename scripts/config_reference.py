@@ -15,10 +15,10 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.config.control import ControlConfig
 from gateway.config.profile import ModbusProfile, ModbusSignal, OpcUaProfile, OpcUaSignal
 from gateway.config.site import InfluxDb, Logging, ModbusDevice, Mqtt, OpcUaDevice, OpcUaSecurity, SiteConfig, Tls
 from gateway.control.commands import CommandPolicy
-from gateway.control.config import ControlConfig
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("site file (top level)", SiteConfig),

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.control.config import ControlConfig
+from gateway.config.control import ControlConfig
 from simulators.plant import HeatPumpState, Plant
 from simulators.scenario import Scenario
 

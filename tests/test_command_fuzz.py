@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import load_site
 from gateway.control.commands import MAX_COMMAND_BYTES, RateLimiter, parse_command
-from gateway.control.loop import ControlLoop
+from gateway.control_loop import ControlLoop
 from gateway.process_image import ProcessImage
 from gateway.publish.outbox import Message, Outbox
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from gateway.config import load_site
-from gateway.control.loop import ControlLoop
 from gateway.control.supervisor import ProcessView, StepResult, Supervisor, SupervisorState, supervisor_for_site
+from gateway.control_loop import ControlLoop
 from gateway.process_image import ProcessImage
 from gateway.publish.outbox import Outbox
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.control import ControlConfig
 from gateway.config.loader import load_profile, load_site
 from gateway.control.blocks import weather_curve_supply_c
-from gateway.control.config import ControlConfig
 from gateway.control.roles import ControlledDevice, RoleMap, build_role_map
 from gateway.control.supervisor import (
     Mode,

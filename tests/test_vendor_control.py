@@ -23,7 +23,7 @@ import pytest
 from gateway.commissioning.control import commission_control
 from gateway.config import load_site
 from gateway.config.profile import ModbusProfile, OpcUaProfile
-from gateway.control.loop import ControlLoop
+from gateway.control_loop import ControlLoop
 from gateway.service import Gateway
 from simulators.modbus_server import ModbusEndpoint, UnitImage
 from simulators.opcua_server import OpcUaDeviceServer

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from gateway.config.site import Device
 
 if TYPE_CHECKING:
+    from gateway.config.control import ControlConfig
     from gateway.config.loader import Site
-    from gateway.control.config import ControlConfig
 
 __all__ = ["CONTRACTS", "RoleContract", "check_roles"]
 

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from gateway.config.control import ControlConfig
 from gateway.config.profile import WriteOutOfRange
-from gateway.control.config import ControlConfig
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
 """Site, device and kind names: one MQTT topic level and an InfluxDB tag or measurement, so no

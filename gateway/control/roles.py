@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from gateway.config.control import ABSENT, ControlConfig, ControlDevice
 from gateway.config.profile import Access, HeartbeatMode, ModbusProfile, ModbusSignal, OpcUaProfile, Watchdog
-from gateway.control.config import ABSENT, ControlConfig, ControlDevice
 from gateway.control.writes import OutputSpec
 
 if TYPE_CHECKING:

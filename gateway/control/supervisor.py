@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from gateway.config.control import ControlConfig
 from gateway.config.profile import HeartbeatMode
 from gateway.control.blocks import (
     AlarmState,
@@ -42,7 +43,6 @@ from gateway.control.blocks import (
     weather_curve_supply_c,
 )
 from gateway.control.commands import Mode, check_values
-from gateway.control.config import ControlConfig
 from gateway.control.pid import ControlMode, PidConfig, PidState, pid_step
 from gateway.control.roles import RoleMap, role_map_of_site
 from gateway.control.writes import HEARTBEAT_REASON, Lease, SignalKey, Write, WriteBook, WriteLimits, spend_budget
