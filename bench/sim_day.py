@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from gateway.control.config import ControlConfig
+from gateway.config.control import ControlConfig
 from simulators.harness import plant_role_map, read_plan, run_scenario, with_profile_resolutions
 from simulators.plant import Plant
 from simulators.scenario import load_scenario

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.control.config import ControlConfig
+from gateway.config.control import ControlConfig
 from simulators.harness import plant_role_map, read_plan, run_scenario
 from simulators.plant import Plant
 
