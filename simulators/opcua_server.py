@@ -475,7 +475,9 @@ class OpcUaDeviceServer:
             raise ServiceError(ua.StatusCodes.BadTooManyOperations)
         if self.slow_s > 0:
             await asyncio.sleep(self.slow_s)
-        if self.before_read is not None:
+        # Only a read of the device's own nodes (not a client's watchdog read of the server state).
+        requested = event.request_params.NodesToRead
+        if self.before_read is not None and any(self.variable_of(item.NodeId) is not None for item in requested):
             await self.before_read()
 
     async def _before_write(self, event: ServerItemCallback, _dispatcher: Any) -> None:
