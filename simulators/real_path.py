@@ -1,7 +1,7 @@
 """A scenario through the same path as ``heat-gateway run``, on the plant's clock, faster than real time.
 
 ``heat-gateway simulate --scenario NAME --real-path [--hours H] [--speed S] [--profiles DIR]
---report DIR`` runs in one process, on a :class:`~simulators.virtual_time.VirtualTimeLoop`:
+[--poll-s S] --report DIR`` runs in one process, on a :class:`~simulators.virtual_time.VirtualTimeLoop`:
 
 - the plant model, stepped every plant second with the scenario's inputs and plant events;
 - every simulated device on a real loopback socket, encoded as the *bundled* profiles say
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import sys
 import tempfile
@@ -143,8 +144,8 @@ def write_site(folder: Path, plant: Plant, *, profiles_dir: Path, poll_s: float 
     path = folder / "site.yaml"
     path.write_text(
         "site: real-path\n"
-        f"profiles_dir: {profiles_dir}\n"
-        f"state_dir: {folder / 'state'}\n"
+        f"profiles_dir: {json.dumps(str(profiles_dir))}\n"  # JSON strings are YAML strings: any path
+        f"state_dir: {json.dumps(str(folder / 'state'))}\n"
         "devices:\n" + "\n".join(lines) + "\n"
         # Nobody listens there: MQTT is not part of the closed loop (module docstring).
         f"mqtt: {{host: 127.0.0.1, port: {free_port()}, client_id: real-path, spool: false, reconnect_max_s: 3600}}\n"
