@@ -20,6 +20,7 @@ from gateway.control.stages import (
     DhAcceptance,
     DhSupply,
     Inputs,
+    Reader,
     dh_acceptance,
     dh_supply,
     finish,
@@ -45,8 +46,8 @@ CFG = SETUP.config
 PLC = "hp-plc"
 
 
-def reader(view: View, setup=SETUP):
-    return setup.roles.reader(view.good, setup.config.input_max_age_s)
+def reader(view: View, setup=SETUP) -> Reader:
+    return Reader(setup, view)
 
 
 def view_with(changes: dict[str, dict[str, float | None]], stale: tuple[str, ...] = ()) -> View:
@@ -83,10 +84,10 @@ def inputs(**fields: object) -> Inputs:
         "requirement_in_c": 72.0,
         "order_age_s": 30.0,
         "fws_supply_c": 34.0,
-        "cdus": tuple(cdu() for _ in range(1)),
     }
+    cdus = fields.pop("cdus", (cdu(),))
     base.update(fields)
-    return Inputs(**base)  # type: ignore[arg-type]
+    return Inputs(**base).with_cdus(cdus)  # type: ignore[arg-type]
 
 
 def cdu(name: str = "cdu-1", **fields: float) -> CduReading:
@@ -560,7 +561,6 @@ def cycle(view: View, state: SupervisorState, now_s: float, setup=SETUP):
         setup,
         state,
         now_s,
-        good=view.good,
         read=read,
         inputs=data,
         acceptance=acceptance,

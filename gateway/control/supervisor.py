@@ -34,7 +34,7 @@ from gateway.config.control import ControlConfig
 from gateway.control.commands import Mode, check_values
 from gateway.control.roles import RoleMap, role_map_of_site
 from gateway.control.stages import (
-    Read,
+    Reader,
     Setup,
     dh_acceptance,
     dh_supply,
@@ -169,7 +169,7 @@ class Supervisor:
         stages before it returned.
         """
         setup = self.setup
-        read = self.roles.reader(view.good, self.config.input_max_age_s)
+        read = Reader(setup, view)
         state = self._panel_commands(read, state)
         inputs = read_inputs(setup, state, now_s, read=read)
         utility = utility_order(setup, state, now_s, inputs=inputs)
@@ -183,7 +183,6 @@ class Supervisor:
             setup,
             state,
             now_s,
-            good=view.good,
             read=read,
             inputs=inputs,
             acceptance=acceptance,
@@ -207,7 +206,7 @@ class Supervisor:
 
     # -- pieces ----------------------------------------------------------------------------------
 
-    def _panel_commands(self, good: Read, state: SupervisorState) -> SupervisorState:
+    def _panel_commands(self, good: Reader, state: SupervisorState) -> SupervisorState:
         """The panel's operator switch: a change (or the first sight) is an operator command."""
         if not self.config.follow_panel_operator_mode:
             return state

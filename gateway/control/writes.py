@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.control.blocks import RampLimiter, RampState
 
@@ -69,9 +70,8 @@ class Write:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """The last value written to a signal and when."""
+class Lease(NamedTuple):
+    """The last value written to a signal and when (a named tuple: cheap to make, every cycle)."""
 
     value: float
     time_s: float
@@ -82,8 +82,10 @@ class WriteBook:
 
     __slots__ = (
         "_last_write_s",
+        "_leases_before",
         "_outputs",
         "_ramps_by_output",
+        "_written_s",
         "grace_s",
         "heartbeats",
         "leases",
@@ -116,9 +118,23 @@ class WriteBook:
         self.heartbeats = 0
         self.ramping: set[str] = set()
         """Devices with a setpoint still on its way (rate limit) this cycle."""
-        self._last_write_s: dict[str, float] = {}
-        for (device, _), lease in self.leases.items():
-            self._last_write_s[device] = max(lease.time_s, self._last_write_s.get(device, -math.inf))
+        self._leases_before = leases
+        self._last_write_s: dict[str, float] | None = None
+        """Per device: when any of its signals was last written before this cycle (built when first needed)."""
+        self._written_s: dict[str, float] = {}
+        """Per device: written this cycle, when."""
+
+    def _last_write(self, device: str) -> float:
+        written = self._written_s.get(device)
+        if written is not None:
+            return written
+        last = self._last_write_s
+        if last is None:
+            # Only a refresh or a small steady-state step asks: most cycles never build this.
+            last = self._last_write_s = {}
+            for (name, _), lease in self._leases_before.items():
+                last[name] = max(lease.time_s, last.get(name, -math.inf))
+        return last.get(device, -math.inf)
 
     def can_write(self, device: str, output: str) -> bool:
         """True when the device's role binds this output to a writable signal."""
@@ -153,7 +169,7 @@ class WriteBook:
             state = self.ramps.get(key)
             if state is None or reverted:
                 start = value if present is None or not math.isfinite(present) else min(max(present, low), high)
-                state = RampState(value=start, time_s=now_s)
+                state = RampState(start, now_s)
             before = state.value
             state = limiter.step(state, target=value, now_s=now_s)
             self.ramps[key] = state
@@ -182,18 +198,15 @@ class WriteBook:
                 # Steady state (no ramp on the device, a step of less than two deadbands): one
                 # setpoint write a minute per device at most, so trims on two outputs of one PLC
                 # do not each cost a write a minute. A larger step (the end of a ramp) goes.
-                write = now_s - self._last_write_s.get(device, -math.inf) >= REFRESH_SPACING_S
+                write = now_s - self._last_write(device) >= REFRESH_SPACING_S
         else:
             # A slow refresh, and at most one a minute per device (with a refresh period of
             # several minutes the outputs take turns), so an unchanged device sees at most one
             # setpoint write a minute.
-            write = (
-                now_s - lease.time_s >= self.refresh_s
-                and now_s - self._last_write_s.get(device, -math.inf) >= REFRESH_SPACING_S
-            )
+            write = now_s - lease.time_s >= self.refresh_s and now_s - self._last_write(device) >= REFRESH_SPACING_S
         if write:
             self.leases[key] = Lease(value, now_s)
-            self._last_write_s[device] = now_s
+            self._written_s[device] = now_s
             self.writes.append(Write(device, spec.signal, value, reason))
             return value
         assert lease is not None
