@@ -122,6 +122,10 @@ class CduBinding:
     local: str | None
     constants: Mapping[str, float]
     """The inputs the site gives as constants, under keys no profile signal can have."""
+    writes_mode: bool
+    """Its ``control_mode`` output is bound (it can be taken over and handed back)."""
+    writes_setpoint: bool
+    """Its ``tcs_supply_setpoint_c`` output is bound."""
     status_key: str
     """``{name}.tcs_supply_setpoint_c`` in the status record."""
 
@@ -275,7 +279,7 @@ class Setup:
             config=cfg,
             roles=roles,
             bindings=bindings,
-            cdus=tuple(_cdu_binding(name, bindings.get(name, {})) for name in roles.cdus),
+            cdus=tuple(_cdu_binding(name, bindings.get(name, {}), outputs) for name in roles.cdus),
             outputs=outputs,
             ramps={
                 "tcs_supply_setpoint_c": ceiling_ramp,
@@ -326,7 +330,7 @@ class Setup:
         )
 
 
-def _cdu_binding(name: str, bound: Mapping[str, Bound]) -> CduBinding:
+def _cdu_binding(name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalKey, OutputSpec]) -> CduBinding:
     names: list[str | None] = []
     constants: dict[str, float] = {}
     for signal in _CDU_SIGNALS:
@@ -350,6 +354,8 @@ def _cdu_binding(name: str, bound: Mapping[str, Bound]) -> CduBinding:
         valve=valve,
         local=local,
         constants=constants,
+        writes_mode=(name, "control_mode") in outputs,
+        writes_setpoint=(name, "tcs_supply_setpoint_c") in outputs,
         status_key=f"{name}.tcs_supply_setpoint_c",
     )
 
@@ -1215,8 +1221,9 @@ def plan_writes(
     if inputs.meter_ok:
         fresh_devices.add(setup.meter)
     heartbeats = _beat(setup, book, read.good, fresh_devices, state.heartbeats, now_s=now_s)
-    for cdu in inputs.cdus:
-        _write_cdu(setup, book, cdu, ceiling.ceiling.value, ceiling.cdu_reason)
+    ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
+    for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
+        _write_cdu(book, cdu, binding, min(ceiling_c, cdu.it_limit_c - margin_k), reason)
     if ceiling.moving:
         # The common ceiling is itself the CDU setpoints' ramp (raise 0.5 K/min, back off 3 K/min).
         book.ramping.update(cdu.name for cdu in inputs.fresh_cdus)
@@ -1287,20 +1294,19 @@ def _beat_value(beat: Heartbeat, last: Lease | None, good: Good, device: str, ma
     return beat.low + (int(base - beat.low) + 1) % span
 
 
-def _write_cdu(setup: Setup, book: WriteBook, cdu: CduReading, ceiling_c: float, reason: str) -> None:
+def _write_cdu(book: WriteBook, cdu: CduReading, binding: CduBinding, target_c: float, reason: str) -> None:
+    """Take a fresh CDU over and give it ``target_c``; hand a stale one back to its local setpoint."""
     name = cdu.name
-    can_mode = book.can_write(name, "control_mode")
     if not cdu.fresh:
         # Blind: hand the CDU back to its own local setpoint (if the write gets through)
         # and stop its heartbeat (if it does not, the watchdog does the same).
-        if can_mode:
+        if binding.writes_mode:
             book.propose(name, "control_mode", 0.0, "safe_state:cdu_data_stale")
         return
-    if can_mode:
+    if binding.writes_mode:
         # External mode first, then the setpoint from where the CDU is now (bumpless).
         book.propose(name, "control_mode", 1.0, "take_over", present=cdu.mode)
-    if book.can_write(name, "tcs_supply_setpoint_c"):
-        target_c = min(ceiling_c, cdu.it_limit_c - setup.config.it_margin_k)
+    if binding.writes_setpoint:
         book.propose(name, "tcs_supply_setpoint_c", target_c, reason, present=cdu.active_setpoint_c)
 
 

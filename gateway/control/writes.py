@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from gateway.control.blocks import RampLimiter, RampState
@@ -58,6 +58,11 @@ class OutputSpec:
     """Least change worth a write (default: the resolution)."""
     min_interval_s: float
     """Least time between writes of a changed value (not for overrides and safe states)."""
+    revert_band: float = field(init=False, repr=False, compare=False)
+    """A read-back further than this from the written value means the device no longer holds it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revert_band", max(1.5 * self.resolution, 1e-9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +158,7 @@ class WriteBook:
         low, high = spec.low, spec.high
         if not math.isfinite(target):
             raise ValueError(f"{device}.{spec.signal}: target {target} is not finite ({reason})")
-        value = min(max(target, low), high)
+        value = target if low <= target <= high else min(max(target, low), high)
         now_s = self.now_s
         lease = self.leases.get(key)
         resolution = spec.resolution
@@ -161,7 +166,7 @@ class WriteBook:
             present is not None
             and lease is not None
             and now_s - lease.time_s >= self.grace_s
-            and abs(present - lease.value) > max(1.5 * resolution, 1e-9)
+            and abs(present - lease.value) > spec.revert_band
         )
         limiter = self._ramps_by_output.get(output)
         ramping = False
@@ -181,7 +186,9 @@ class WriteBook:
             value = state.value
         wanted = value
         if resolution > 0.0:
-            value = min(max(round(value / resolution) * resolution, low), high)
+            value = round(value / resolution) * resolution
+            if not low <= value <= high:
+                value = min(max(value, low), high)
             # round() leaves binary noise (40.010000000000005); keep the decimals the resolution has.
             value = round(value, 6)
         if lease is None or reverted:
