@@ -459,9 +459,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", "serve simulated devices, or run a scenario faster than real time", config=False)
     p.add_argument("-c", "--config", help="site YAML file whose loopback devices are served")
     p.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or file")
-    p.add_argument("--fast", action="store_true", help="run the closed loop in-process, faster than real time")
-    p.add_argument("--report", help="folder for the JSON summary and PNG plot (with --fast)")
-    p.add_argument("--speed", type=float, default=1.0, help="plant clock rate when serving (1 = real time)")
+    p.add_argument(
+        "--fast", action="store_true", help="run the closed loop at model level (no sockets, drivers or executor)"
+    )
+    p.add_argument(
+        "--real-path",
+        action="store_true",
+        help="run the scenario through the real path on the plant's clock: devices served on loopback sockets "
+        "(Modbus TCP, OPC UA), the gateway's drivers, pollers, supervisor and write executor as `run` has them; "
+        "~80x real time on a free core (docs/control.md, Real-path accelerated runs)",
+    )
+    p.add_argument("--report", help="folder for the JSON summary and PNG plot (with --fast or --real-path)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        help="serving: plant clock rate (default 1 = real time); --real-path: the most plant seconds per real "
+        "second (default: as fast as the CPU allows)",
+    )
+    p.add_argument("--hours", type=float, help="--real-path: run only the scenario's first HOURS")
+    p.add_argument(
+        "--profiles",
+        help="--real-path: folder of the profiles the gateway reads with (default: the bundled ones, which the "
+        "simulated devices speak; a wrong one makes the scenario fail)",
+    )
+    p.add_argument(
+        "--poll-s",
+        type=float,
+        help="--real-path: plant seconds between polls of every device (default: 2 s for the heat meter and the "
+        "heat-pump PLC, 4 s for the CDUs and the panel PC)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--control-port", type=int, help="loopback port for fault-injection commands (see simulators/control.py)"

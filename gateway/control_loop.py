@@ -21,10 +21,10 @@ import asyncio
 import contextlib
 import json
 import math
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway import clock as clocks
 from gateway.config.loader import Site
 from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
 from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site
@@ -87,8 +87,11 @@ class ControlLoop:
         self._limiter = RateLimiter(self._policy.rate_per_s, self._policy.burst)
         self._commands: asyncio.Queue[tuple[ParsedCommand, str | None]] = asyncio.Queue(maxsize=100)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._snapshot = image.snapshot(time.time_ns())
+        self._snapshot = image.snapshot(clocks.wall_ns())
         self.cycles = 0
+        self.status: Mapping[str, Any] = {}  # the last cycle's status (what it publishes)
+        # Called with every write's outcome (after it is published); a simulation counts them here.
+        self.on_write: list[Callable[[WriteResult], None]] = []
         self.overruns = 0
         self._budget_warned: dict[str, float] = {}
         self.failed_cycles = 0  # cycles that raised (each logged with its cause)
@@ -141,7 +144,7 @@ class ControlLoop:
 
         The rate limit comes first, so a flood costs one regular-expression search per message
         (for the id in the ack), not a parse."""
-        allowed, report = self._limiter.take(sender or "", time.monotonic())
+        allowed, report = self._limiter.take(sender or "", clocks.monotonic())
         if report:
             self._log_rate_limited(sender, report)
         if not allowed:
@@ -189,7 +192,7 @@ class ControlLoop:
     def _apply_commands(self) -> None:
         """Apply the queued commands in order, each on its own: one that fails is answered and
         the others and the cycle go on."""
-        for source, refused in self._limiter.overdue(time.monotonic()):
+        for source, refused in self._limiter.overdue(clocks.monotonic()):
             self._log_rate_limited(source or None, refused)
         while not self._commands.empty():
             parsed, sender = self._commands.get_nowait()
@@ -207,6 +210,8 @@ class ControlLoop:
         return None if math.isnan(sample.value) else sample.value
 
     def _publish_write(self, result: WriteResult) -> None:
+        for observer in self.on_write:
+            observer(result)
         request = result.request
         if request.reason == "heartbeat" and result.ok:
             return  # a heartbeat a second per device is not news; failures are
@@ -235,6 +240,7 @@ class ControlLoop:
         self._snapshot = self.image.snapshot(now_ns)
         result = self.supervisor.step(self._snapshot, self.state, now_s)
         self.state = result.state
+        self.status = result.status
         overdrawn = result.status.get("write_budget_exceeded")
         if overdrawn:
             self._warn_budget(str(overdrawn).split(","), now_s)
@@ -267,7 +273,7 @@ class ControlLoop:
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
-                self.cycle(time.time_ns(), self._clock() if self._clock is not None else loop.time())
+                self.cycle(clocks.wall_ns(), self._clock() if self._clock is not None else loop.time())
             except Exception as exc:
                 # A bug in a controller must not stop the cycle (and with it the heartbeats the
                 # devices' watchdogs need): log it and try again next cycle.
@@ -290,7 +296,7 @@ class ControlLoop:
         deadline = loop.time() + timeout_s
         devices = {device.name for device in self.site.config.devices if device.enabled}
         while loop.time() < deadline:
-            if devices <= set(self.image.snapshot(time.time_ns()).readings):
+            if devices <= set(self.image.snapshot(clocks.wall_ns()).readings):
                 return
             await asyncio.sleep(0.05)
 

@@ -34,12 +34,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway import clock
 from gateway.backoff import Backoff
 from gateway.drivers.base import DeviceUnavailable, Driver, DriverError, MalformedReply
 from gateway.liveness import Progress
@@ -159,7 +159,7 @@ class DevicePoller:
         self.progress = progress or Progress(f"poll:{self.name}", bound_s=max(period_s, backoff_max_s) + 60.0)
 
     def _went_down(self, reason: str, cause: str) -> None:
-        self.image.mark_unavailable(self.name, time.time_ns(), reason)
+        self.image.mark_unavailable(self.name, clock.wall_ns(), reason)
         self.stats.available = False
         if self.down_reason is None:
             # Once per outage, and for a device that is down at start too.
@@ -207,7 +207,7 @@ class DevicePoller:
             log.exception("poll_crashed", device=self.name)
             self._went_down(f"internal error: {exc!r}", "internal_error")
             return None
-        received_ns = time.time_ns()
+        received_ns = clock.wall_ns()
         self.stats.bad_values += len(reading.bad)
         if reading.bad and not (reading.values or reading.uncertain or reading.texts):
             # It answers, but with nothing usable (only exception codes, only bad statuses).
@@ -246,7 +246,7 @@ class DevicePoller:
                     await asyncio.sleep(next_start - started)
                     started = loop.time()
                 # The slot on the wall clock, to compare with the reading's (wall-clock) timestamp.
-                slot_ns = time.time_ns() - int((started - next_start) * 1e9)
+                slot_ns = clock.wall_ns() - int((started - next_start) * 1e9)
                 self.stats.polls += 1
                 reading = await self.poll_once()
                 await self.progress.step()

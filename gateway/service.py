@@ -28,12 +28,12 @@ import asyncio
 import gc
 import random
 import signal
-import time
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway import clock
 from gateway.config.loader import ConfigError, Site, load_site
 from gateway.config.site import Device, ModbusDevice
 from gateway.control_loop import ControlLoop
@@ -334,7 +334,7 @@ class Gateway:
     def stats_message(self) -> Message:
         """One ``gateway`` line per device: poll health for the dashboard."""
         lines = []
-        now = time.time_ns()
+        now = clock.wall_ns()
         for poller in self.pollers:
             stats = poller.stats
             lateness = list(stats.lateness_s)
@@ -418,7 +418,7 @@ class Gateway:
         # -- from here on the running gateway changes --
         gone = [*plan.removed, *plan.changed]
         await self._stop(*(f"poll:{name}" for name in gone))
-        now_ns = time.time_ns()
+        now_ns = clock.wall_ns()
         for name in gone:
             self._pollers.pop(name)
             if name in plan.removed:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gateway import clock
 from gateway.drivers.base import Driver, DriverError
 from gateway.logs import get_logger
 
@@ -111,7 +111,7 @@ class WriteExecutor:
             signal, request = next(iter(pending.items()))
             del pending[signal]
             before = self._read_before(device, signal)
-            started = time.monotonic()
+            started = clock.monotonic()
             after: float | None = None
             error: str | None = None
             try:
@@ -121,8 +121,8 @@ class WriteExecutor:
                 error = str(exc)
             except TimeoutError:
                 error = f"{device}: write of {signal} not confirmed within {self._timeout_s} s"
-            duration = time.monotonic() - started
-            result = WriteResult(request, before, after, error, duration, time.time_ns())
+            duration = clock.monotonic() - started
+            result = WriteResult(request, before, after, error, duration, clock.wall_ns())
             if error is None:
                 self.done += 1
                 if device in self._failing:
@@ -134,7 +134,7 @@ class WriteExecutor:
                 # Heartbeats go out at every device's period: only their failures are news.
                 key = (device, signal)
                 last = self._last_info.get(key)
-                now = time.monotonic()
+                now = clock.monotonic()
                 newsworthy = request.reason != "heartbeat" and (
                     last is None or now - last[0] >= INFO_INTERVAL_S or last[1] != request.reason
                 )

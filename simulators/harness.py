@@ -398,6 +398,13 @@ def run_scenario_cli(args: argparse.Namespace) -> int:
     return 0 if summary.passed else 1
 
 
+def _verdict(check: dict[str, Any]) -> str:
+    """ok, FAIL, or n/a for a criterion a window run had nothing to judge on (simulators/real_path.py)."""
+    if check.get("judged") is False:
+        return "n/a"
+    return "ok" if check["ok"] else "FAIL"
+
+
 def format_summary(summary: Summary) -> str:
     """A short human-readable summary: timings, the main figures and every check."""
     t = summary.timings
@@ -434,7 +441,8 @@ def format_summary(summary: Summary) -> str:
         ),
     ]
     lines.extend(
-        f"  [{'ok' if check['ok'] else 'FAIL'}] {name}: {check['value']} (target {check['target']})"
+        f"  [{_verdict(check)}] {name}: {check['value']} (target {check['target']})"
+        + (f" {check['why']}" if "why" in check else "")
         for name, check in summary.checks.items()
     )
     for name, path in summary.files.items():

@@ -71,6 +71,9 @@ class UnitImage:
     frozen: set[str] = field(default_factory=set)
     requests: int = 0
     functions: Counter[int] = field(default_factory=Counter)  # requests by function code
+    # Called before a request is answered: a value source that refreshes the image on demand
+    # (simulators/site.py, refresh_on_read) instead of after every plant step.
+    before_request: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         # whole writable signals by their first register; bit fields by their register
@@ -245,6 +248,8 @@ class _Connection(asyncio.Protocol):
         if unit.fault is Fault.EXCEPTION:
             reply = _exception(unit_id, tid, function, unit.fault_code)
         else:
+            if unit.before_request is not None:
+                unit.before_request()
             reply = self._reply(unit, unit_id, tid, function, frame[2:])
         if unit.fault is Fault.SLOW and unit.fault_delay_s > 0:
             asyncio.get_running_loop().call_later(unit.fault_delay_s, self._send, reply)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import socket
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,6 +211,8 @@ class OpcUaDeviceServer:
         self.bad: dict[str, int] = {}
         self.frozen: set[str] = set()
         self.slow_s = 0.0
+        # Awaited before a client's Read is answered: a value source that refreshes on demand.
+        self.before_read: Callable[[], Awaitable[None]] | None = None
         self.read_requests = 0
         self.nodes_read = 0
         self.writes: list[tuple[str, float]] = []
@@ -274,6 +276,16 @@ class OpcUaDeviceServer:
         await server.start()
         self._server = server
         await self._push(self.values, force=True)
+
+    async def stop_clock(self) -> None:
+        """Stop asyncua's 1 s tick of the server's CurrentTime node (a simulation that runs the
+        server on virtual time would pay for that tick every plant second; no client here reads it)."""
+        server = self._server
+        clock = server.iserver.time_task if server is not None else None
+        if server is not None and clock is not None:
+            clock.cancel()
+            await asyncio.wait([clock])
+            server.iserver.time_task = None
 
     async def stop(self) -> None:
         """Close every session and stop listening (clients see the connection drop)."""
@@ -453,6 +465,8 @@ class OpcUaDeviceServer:
             raise ServiceError(ua.StatusCodes.BadTooManyOperations)
         if self.slow_s > 0:
             await asyncio.sleep(self.slow_s)
+        if self.before_read is not None:
+            await self.before_read()
 
     async def _before_write(self, event: ServerItemCallback, _dispatcher: Any) -> None:
         if event.is_external and self.slow_s > 0:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -14,7 +15,36 @@ from gateway.config import load_site
 from gateway.service import Gateway
 from simulators.cli import make_plant
 from simulators.site import SimulatedSite
-from tests.test_control_live import write_site
+from tests.services import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_site(tmp_path: Path, mqtt_port: int) -> Path:
+    poll = 0.1  # seconds: commands are answered at the next control cycle
+    lines = [
+        f"  - {{name: cdu-{i}, kind: cdu, protocol: modbus, host: 127.0.0.1, port: {free_port()}, profile: cdu, "
+        f"poll_period_s: {poll}, timeout_s: 0.5, backoff_max_s: 0.5}}"
+        for i in range(1, 13)
+    ]
+    lines.append(
+        f"  - {{name: heat-meter, kind: heat_meter, protocol: modbus, host: 127.0.0.1, port: {free_port()}, "
+        f"unit_id: 10, profile: heat-meter, poll_period_s: {poll}, timeout_s: 0.5, backoff_max_s: 0.5}}"
+    )
+    for name, kind in (("hp-plc", "heat_pump_plc"), ("panel-pc", "panel_pc")):
+        lines.append(
+            f"  - {{name: {name}, kind: {kind}, protocol: opcua, endpoint: 'opc.tcp://127.0.0.1:{free_port()}/', "
+            f"profile: {name}, poll_period_s: {poll}, timeout_s: 1.0, backoff_max_s: 0.5}}"
+        )
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        f"site: live\nprofiles_dir: {REPO / 'config' / 'profiles'}\nstate_dir: {tmp_path / 'state'}\n"
+        "devices:\n" + "\n".join(lines) + "\n"
+        f"mqtt: {{host: 127.0.0.1, port: {mqtt_port}, client_id: live-{time.time_ns()}}}\n"
+        "control: {cycle_s: 1.0, heartbeat_period_s: 5.0, input_max_age_s: 1.0}\n",
+        encoding="utf-8",
+    )
+    return path
 
 
 class Operator:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -67,6 +66,7 @@ from typing import Any
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from gateway import clock
 from gateway.codec import CodecError, DataType, encode_value, with_register_bit
 from gateway.config.profile import Access, ModbusProfile, ModbusSignal, Table, WriteOutOfRange
 from gateway.config.site import ModbusDevice
@@ -399,7 +399,7 @@ class ModbusConnection:
             self.down_units.add(unit_id)
         else:
             self.down_units.discard(unit_id)
-        return Reply(response, wire.sent_ns, wire.received_ns or time.time_ns())
+        return Reply(response, wire.sent_ns, wire.received_ns or clock.wall_ns())
 
     def _unanswered(self, unit_id: int) -> None:
         """A request timed out: dead if no unit sharing the connection answers any more."""
@@ -645,7 +645,7 @@ class ModbusDriver(ConnectionScope):
                 if block.texts:
                     texts.update(block.decode_texts(data))
         return Reading(
-            device=self.name, timestamp_ns=timestamp_ns or time.time_ns(), values=values, bad=bad, texts=texts
+            device=self.name, timestamp_ns=timestamp_ns or clock.wall_ns(), values=values, bad=bad, texts=texts
         )
 
     def _writable(self, name: str) -> ModbusSignal:

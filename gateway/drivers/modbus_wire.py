@@ -32,12 +32,13 @@ the connection must be closed: :attr:`Wire.framing_lost` says so.
 from __future__ import annotations
 
 import struct
-import time
 from collections import deque
 from dataclasses import dataclass
 
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import DecodePDU, ModbusPDU
+
+from gateway import clock
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 _MBAP_SIZE = 7
@@ -134,7 +135,7 @@ class Wire:
             if self.request is not None:  # the previous request was never answered
                 self._late.append(self.request.transaction_id)
             self.request = Request.parse(data)
-            self.sent_ns = time.time_ns()
+            self.sent_ns = clock.wall_ns()
             self.received_ns = 0
             self.buffered = 0
         return data
@@ -157,7 +158,7 @@ class Wire:
                 return False  # unsolicited, and the stream is intact: nothing waits for it
             return f"transaction id {tid} in the reply to transaction id {request.transaction_id}"
         self.request = None
-        self.received_ns = time.time_ns()
+        self.received_ns = clock.wall_ns()
         return check_reply(request, unit_id, pdu)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from pathlib import Path
 
 from asyncua import ua
@@ -19,6 +18,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 
+from gateway import clock
 from gateway.config import ConfigError
 from gateway.config.profile import Access, OpcUaProfile
 from gateway.config.site import OpcUaDevice, OpcUaMode, OpcUaSecurityMode, OpcUaSecurityPolicy
@@ -347,7 +347,7 @@ class OpcUaDriver(ConnectionScope):
                 results.extend(await client.uaclient.read(params))
         except (TimeoutError, OSError, UaError) as exc:
             raise failure(self.device, exc, "read") from exc
-        received_ns = time.time_ns()
+        received_ns = clock.wall_ns()
         if len(results) != len(nodes):
             raise MalformedReply(self.name, f"asked for {len(nodes)} values, got {len(results)}")
         out = ReadOut()

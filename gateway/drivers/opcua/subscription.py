@@ -13,6 +13,7 @@ from asyncua.client.client import Client
 from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 
+from gateway import clock
 from gateway.config.site import OpcUaDevice
 from gateway.drivers.base import DeviceUnavailable
 from gateway.drivers.opcua.errors import BadStatusOnly
@@ -77,6 +78,7 @@ class LatestValues:
         self.stale_after_s = max(3 * device.poll_period_s, 1.5 * keepalive_s)
         sampling = device.sampling_interval_ms if device.sampling_interval_ms is not None else publishing_ms
         requests = [self._monitored_item(index, node, sampling) for index, node in enumerate(self.nodes)]
+        # time.monotonic, not gateway.clock: compared with asyncua's own last_publish_at
         self._subscribed_at = time.monotonic()
         for start in range(0, len(requests), per_call):
             results = await subscription.create_monitored_items(requests[start : start + per_call])
@@ -146,7 +148,7 @@ class LatestValues:
                 out.add(node, latest[0])
         if out.only_bad_statuses():
             raise BadStatusOnly(name, self.device.endpoint, out.bad_status)
-        return out.reading(name, time.time_ns())
+        return out.reading(name, clock.wall_ns())
 
     async def stop(self) -> None:
         """End the consumer task (the subscription ends with the session)."""
