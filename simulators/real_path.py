@@ -47,9 +47,9 @@ from typing import Any
 
 from gateway import clock
 from gateway.config import ConfigError, load_site
+from gateway.config.control import ControlConfig
 from gateway.config.loader import Site, load_profile
 from gateway.config.profile import Profile
-from gateway.control.config import ControlConfig
 from gateway.control.writes import HEARTBEAT_REASON
 from gateway.service import Gateway
 from simulators.harness import (
