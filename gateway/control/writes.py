@@ -196,16 +196,7 @@ class WriteBook:
         elif value != lease.value and abs(wanted - lease.value) >= spec.deadband - 1e-9:
             # Judged on the value before rounding: a target hovering between two steps of the
             # resolution must move a whole deadband before it is written again (no dithering).
-            # A change worth writing; not more often than the output's interval unless the
-            # reason is an override or a safe state (IT first: those never wait).
-            urgent = reason.startswith(_URGENT)
-            write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or urgent
-            small = abs(wanted - lease.value) < 2.0 * spec.deadband
-            if write and small and not (urgent or ramping or device in self.ramping):
-                # Steady state (no ramp on the device, a step of less than two deadbands): one
-                # setpoint write a minute per device at most, so trims on two outputs of one PLC
-                # do not each cost a write a minute. A larger step (the end of a ramp) goes.
-                write = now_s - self._last_write(device) >= REFRESH_SPACING_S
+            write = self._change_due(device, spec, lease, wanted, reason, ramping=ramping)
         else:
             # A slow refresh, and at most one a minute per device (with a refresh period of
             # several minutes the outputs take turns), so an unchanged device sees at most one
@@ -218,6 +209,22 @@ class WriteBook:
             return value
         assert lease is not None
         return lease.value
+
+    def _change_due(
+        self, device: str, spec: OutputSpec, lease: Lease, wanted: float, reason: str, *, ramping: bool
+    ) -> bool:
+        """A change worth writing: is it due? Not more often than the output's interval unless the
+        reason is an override or a safe state (IT first: those never wait)."""
+        now_s = self.now_s
+        urgent = reason.startswith(_URGENT)
+        write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or urgent
+        small = abs(wanted - lease.value) < 2.0 * spec.deadband
+        if write and small and not (urgent or ramping or device in self.ramping):
+            # Steady state (no ramp on the device, a step of less than two deadbands): one
+            # setpoint write a minute per device at most, so trims on two outputs of one PLC
+            # do not each cost a write a minute. A larger step (the end of a ramp) goes.
+            write = now_s - self._last_write(device) >= REFRESH_SPACING_S
+        return write
 
     def pulse(self, device: str, signal: str, value: float, low: float, high: float) -> None:
         """A heartbeat: written every time, clamped to its limits, with no ramp or lease."""
