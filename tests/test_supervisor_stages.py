@@ -33,6 +33,8 @@ from gateway.control.stages import (
 from gateway.control.state import SupervisorState, Watch
 from gateway.control.supervisor import Supervisor
 from gateway.control.writes import Lease
+from gateway.process_image import ProcessImage
+from gateway.sample import Reading
 from tests.test_supervisor import View, role_map
 
 
@@ -670,3 +672,53 @@ def test_deviation_alarm_after_its_delay():
     assert status["alarm_dh_deviation"] is False
     _, (_, state, status) = cycle(view, state, 100.0 + CFG.deviation_alarm_delay_s + 1.0)
     assert status["alarm_dh_deviation"] is True
+
+
+def test_a_cdu_with_a_constant_it_limit_and_no_valve_feedback():
+    # The site gives cdu-1's IT limit as a constant (47 °C) and marks its valve feedback absent:
+    # the constant is used even when the device is stale; no valve: never "cannot hold" by valve.
+    setup = setup_of(devices={"cdu-1": {"signals": {"it_limit_c": 47.0, "valve_feedback_pct": "absent"}}})
+    view = view_with({"cdu-1": {"it_limit_c": 40.0, "valve_feedback_pct": 99.0}})
+    got = read_inputs(setup, SupervisorState(), 100.0, read=reader(view, setup)).cdus[0]
+    assert (got.fresh, got.it_limit_c, math.isnan(got.valve_pct)) == (True, 47.0, True)
+    assert reader(view, setup)("cdu-1", "it_limit_c") == 47.0
+    assert reader(view, setup)("cdu-1", "valve_feedback_pct") is None
+    view.stale = {"cdu-1"}
+    assert reader(view, setup)("cdu-1", "it_limit_c") == 47.0  # a constant is never stale
+    assert read_inputs(setup, SupervisorState(), 100.0, read=reader(view, setup)).cdus[0].fresh is False
+
+
+def test_the_reader_gives_the_same_values_from_a_snapshot_as_from_good():
+    # The gateway's Snapshot is read once per device (fresh); any other view once per signal (good).
+    view = View()
+    image = ProcessImage()
+    now_ns = 1_000_000_000_000
+    for device in ("cdu-1", "cdu-2", "hp-plc", "panel-pc", "heat-meter"):
+        values = {signal: value for (name, signal), value in view.values.items() if name == device}
+        stamp = now_ns - (10_000_000_000 if device == "cdu-2" else 0)  # cdu-2 read 10 s ago: stale
+        image.update(Reading(device, stamp, values))
+    snapshot = image.snapshot(now_ns)
+    view.stale = {"cdu-2"}
+    from_snapshot = read_inputs(SETUP, SupervisorState(), 100.0, read=Reader(SETUP, snapshot))
+    from_good = read_inputs(SETUP, SupervisorState(), 100.0, read=Reader(SETUP, view))
+    assert from_snapshot == from_good
+    assert from_snapshot.stale == ("cdu-2",)
+
+
+def test_the_next_state_carries_what_no_stage_changes():
+    # finish builds the next state field by field: the operator's mode and values and the panel
+    # switch last seen go on unchanged, and the stages' own results are in it.
+    state = SupervisorState(
+        mode=Mode.MANUAL, manual_supply_temp_c=66.0, manual_heat_power_kw=9000.0, panel_seen=(1.0, 66.0, 9.0)
+    )
+    _, (_, after, _) = cycle(View(), state, 100.0)
+    assert (after.mode, after.manual_supply_temp_c, after.manual_heat_power_kw, after.panel_seen) == (
+        Mode.MANUAL,
+        66.0,
+        9000.0,
+        (1.0, 66.0, 9.0),
+    )
+    assert after.last_requirement_c == 72.0
+    assert after.cdu_ceiling is not None
+    assert after.hp_enable.on is True
+    assert set(after.leases) >= {(PLC, "hp_supply_setpoint_c"), ("cdu-1", "tcs_supply_setpoint_c")}

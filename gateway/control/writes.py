@@ -169,21 +169,13 @@ class WriteBook:
             and abs(present - lease.value) > spec.revert_band
         )
         limiter = self._ramps_by_output.get(output)
-        ramping = False
         if limiter is not None:
             state = self.ramps.get(key)
-            if state is None or reverted:
-                start = value if present is None or not math.isfinite(present) else min(max(present, low), high)
-                state = RampState(start, now_s)
-            before = state.value
-            state = limiter.step(state, target=value, now_s=now_s)
-            self.ramps[key] = state
-            # Ramping: the limit holds the value back now, or held it back until this step (the
-            # step that arrives belongs to the ramp too).
-            if abs(state.value - value) > resolution or abs(before - value) > resolution:
-                ramping = True
-                self.ramping.add(device)
-            value = state.value
+            if state is not None and not reverted and state.value == value and state.time_s < now_s < math.inf:
+                # Arrived and staying there (most cycles): what the limiter's step returns, without it.
+                self.ramps[key] = RampState(value, now_s)
+            else:
+                value = self._ramp(key, device, limiter, state, value, present=present, reverted=reverted)
         wanted = value
         if resolution > 0.0:
             value = round(value / resolution) * resolution
@@ -196,7 +188,7 @@ class WriteBook:
         elif value != lease.value and abs(wanted - lease.value) >= spec.deadband - 1e-9:
             # Judged on the value before rounding: a target hovering between two steps of the
             # resolution must move a whole deadband before it is written again (no dithering).
-            write = self._change_due(device, spec, lease, wanted, reason, ramping=ramping)
+            write = self._change_due(device, spec, lease, wanted, reason)
         else:
             # A slow refresh, and at most one a minute per device (with a refresh period of
             # several minutes the outputs take turns), so an unchanged device sees at most one
@@ -210,17 +202,42 @@ class WriteBook:
         assert lease is not None
         return lease.value
 
-    def _change_due(
-        self, device: str, spec: OutputSpec, lease: Lease, wanted: float, reason: str, *, ramping: bool
-    ) -> bool:
+    def _ramp(
+        self,
+        key: SignalKey,
+        device: str,
+        limiter: RampLimiter,
+        state: RampState | None,
+        value: float,
+        *,
+        present: float | None,
+        reverted: bool,
+    ) -> float:
+        """One step of the output's ramp towards ``value`` (from the device's present value the first
+        time or after it reverted); marks the device ramping while the limit holds the value back."""
+        spec = self._outputs[key]
+        low, high, resolution = spec.low, spec.high, spec.resolution
+        if state is None or reverted:
+            start = value if present is None or not math.isfinite(present) else min(max(present, low), high)
+            state = RampState(start, self.now_s)
+        before = state.value
+        state = limiter.step(state, target=value, now_s=self.now_s)
+        self.ramps[key] = state
+        # Ramping: the limit holds the value back now, or held it back until this step (the
+        # step that arrives belongs to the ramp too).
+        if abs(state.value - value) > resolution or abs(before - value) > resolution:
+            self.ramping.add(device)
+        return state.value
+
+    def _change_due(self, device: str, spec: OutputSpec, lease: Lease, wanted: float, reason: str) -> bool:
         """A change worth writing: is it due? Not more often than the output's interval unless the
         reason is an override or a safe state (IT first: those never wait)."""
         now_s = self.now_s
         urgent = reason.startswith(_URGENT)
         write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or urgent
         small = abs(wanted - lease.value) < 2.0 * spec.deadband
-        if write and small and not (urgent or ramping or device in self.ramping):
-            # Steady state (no ramp on the device, a step of less than two deadbands): one
+        if write and small and not (urgent or device in self.ramping):
+            # Steady state (no ramp on the device (this output's ramp included), a step of less than two deadbands): one
             # setpoint write a minute per device at most, so trims on two outputs of one PLC
             # do not each cost a write a minute. A larger step (the end of a ramp) goes.
             write = now_s - self._last_write(device) >= REFRESH_SPACING_S
