@@ -84,6 +84,9 @@ CASES = [
 ]
 
 FARM_SCRIPT = {"modbus": BENCH / "modbus_farm.py", "opcua": BENCH / "opcua_farm.py"}
+# The programs a speed case runs beside the gateway, on the same servers and broker.
+OTHERS = {"bare loop": BENCH / "bare_loop.py", "Node-RED": BENCH / "nodered_loop.py"}
+NODERED_JS = BENCH / "nodered" / "node_modules" / "node-red" / "red.js"
 PROFILE = {"modbus": "bench-{points}", "opcua": "opcua-{points}"}
 
 
@@ -103,6 +106,26 @@ def nodelay(client: paho.Client) -> None:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and every process below it (Node-RED runs as a child of its wrapper)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+        except (OSError, IndexError):
+            continue
+        todo.extend(children.get(current, []))
+    return total
 
 
 def rss_mib(pid: int) -> float:
@@ -264,13 +287,13 @@ def measure_gateway(
     *,
     warmup_s: float,
     uvloop: bool,
-    bare: bool = False,
+    other: str | None = None,
 ) -> dict[str, Any]:
-    """Run the gateway (or, ``bare``, bench/bare_loop.py) on ``site`` in its own process; what it
+    """Run the gateway (or ``other``, a program of OTHERS) on ``site`` in its own process; what it
     did in a window of ``seconds``."""
     counter = Counter(broker.port)
-    out = workdir / ("bare.json" if bare else "probe.json")
-    command = [str(BENCH / "bare_loop.py")] if bare else [str(Path(__file__).resolve()), "probe"]
+    out = workdir / ("other.json" if other else "probe.json")
+    command = [str(OTHERS[other])] if other else [str(Path(__file__).resolve()), "probe"]
     argv = [sys.executable, *command, str(site), str(seconds), str(out), "--warmup", str(warmup_s)]
     if uvloop:
         argv.append("--uvloop")
@@ -283,14 +306,14 @@ def measure_gateway(
             raise SystemExit("the gateway probe did not start")
         counter.take()
         farm.start_window()
-        t0, cpu0 = time.monotonic(), cpu_seconds(gateway.pid)
+        t0, cpu0 = time.monotonic(), tree_cpu_seconds(gateway.pid)
         rss = []
         while gateway.poll() is None and time.monotonic() - t0 < seconds:
             rss.append(rss_mib(gateway.pid))
             time.sleep(0.5)
         gateway.stdout.readline()  # "done"
         t1 = time.monotonic()
-        elapsed, cpu1 = t1 - t0, cpu_seconds(gateway.pid)
+        elapsed, cpu1 = t1 - t0, tree_cpu_seconds(gateway.pid)
         server_cpu, server_max = farm.cpu_pct(elapsed)
         values, messages, latencies = counter.take()
         gateway.wait(timeout=60)
@@ -338,11 +361,13 @@ def run_case(case: Case, broker: MosquittoServer, seconds: float, workdir: Path,
     try:
         site = write_site(case, base, broker, workdir)
         measured = measure_gateway(site, farm, broker, seconds, workdir, warmup_s=case.warmup_s, uvloop=uvloop)
-        bare = (
-            measure_gateway(site, farm, broker, seconds, workdir, warmup_s=case.warmup_s, uvloop=False, bare=True)
-            if case.speed
-            else None
-        )
+        others = {
+            other: measure_gateway(
+                site, farm, broker, seconds, workdir, warmup_s=case.warmup_s, uvloop=False, other=other
+            )
+            for other in OTHERS
+            if case.speed and (other != "Node-RED" or NODERED_JS.exists())
+        }
     finally:
         reports = farm.stop()
     return {
@@ -353,7 +378,8 @@ def run_case(case: Case, broker: MosquittoServer, seconds: float, workdir: Path,
         "target_values_per_s": case.devices * case.points * case.rate_hz,
         "target_messages_per_s": case.devices * case.rate_hz,
         **measured,
-        "bare_loop": bare,
+        "bare_loop": others.get("bare loop"),
+        "nodered": others.get("Node-RED"),
         "server_reports": reports,
     }
 
@@ -498,7 +524,10 @@ def print_speed(results: list[dict[str, Any]], seconds: float, loop: str) -> Non
         f"{'sample->broker p50 ms':>23}{'p99 ms':>9}{'max ms':>9}"
     )
     for r in results:
-        for program, m in (("heat-gateway", r), ("bare loop", r["bare_loop"])):
+        rows = (("heat-gateway", r), ("bare loop", r["bare_loop"]), ("Node-RED", r["nodered"]))
+        for program, m in rows:
+            if m is None:
+                continue
             print(
                 f"{r['case']:<28}{program:<14}{m['messages_per_s']:>8.1f}{m['gateway_cpu_pct']:>8.2f}"
                 f"{m['cpu_us_per_message']:>12.0f}{m['latency_p50_ms']:>23.2f}{m['latency_p99_ms']:>9.2f}"
@@ -506,6 +535,11 @@ def print_speed(results: list[dict[str, Any]], seconds: float, loop: str) -> Non
             )
     ratios = ", ".join(f"{r['cpu_us_per_message'] / r['bare_loop']['cpu_us_per_message']:.2f}" for r in results)
     print(f"heat-gateway CPU per message / bare loop's: {ratios}")
+    if all(r["nodered"] is not None for r in results):
+        ratios = ", ".join(f"{r['cpu_us_per_message'] / r['nodered']['cpu_us_per_message']:.2f}" for r in results)
+        print(f"heat-gateway CPU per message / Node-RED's: {ratios}")
+    else:
+        print("Node-RED: not installed, not measured (scripts/ensure-node-red.sh installs it into bench/nodered)")
 
 
 def print_cpu_per_thousand(results: list[dict[str, Any]]) -> None:

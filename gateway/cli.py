@@ -505,7 +505,7 @@ def _add_simulator_commands(add: _Add) -> None:
         action="store_true",
         help="run the scenario through the real path on the plant's clock: devices served on loopback sockets "
         "(Modbus TCP, OPC UA), the gateway's drivers, pollers, supervisor and write executor as `run` has them; "
-        "~80x real time on a free core (docs/control.md, Real-path accelerated runs)",
+        "~100x real time on a free core (docs/control.md, Real-path accelerated runs)",
     )
     p.add_argument("--report", help="folder for the JSON summary and PNG plot (with --fast or --real-path)")
     p.add_argument(

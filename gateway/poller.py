@@ -2,8 +2,12 @@
 
 A poll starts at ``start + k * period`` (no drift). A poll that overruns its period is counted
 and logged and the missed slots are skipped, never queued, so there are never two polls of one
-device at once. Units behind one Modbus endpoint share their phase (``phase_s``): they are
-polled back to back, which leaves the rest of the period as one idle window on the shared
+device at once. ``start`` is on a grid all pollers share: the first time after the poller
+starts that is a whole number of cycles (the period, at most 1 s) of the event loop's clock
+plus the device's phase (``phase_s``), so pollers given the same phase and period start their
+polls in the same turn of the event loop (the service groups devices so, see
+:func:`gateway.service.poll_phases`). Units behind one Modbus endpoint share their phase: they
+are polled back to back, which leaves the rest of the period as one idle window on the shared
 connection for the probes of units that are down.
 
 Availability, for every protocol, is the poller's call:
@@ -232,10 +236,13 @@ class DevicePoller:
         """Poll until cancelled."""
         loop = asyncio.get_running_loop()
         period = self.period_s
-        # Spread devices over the period so 200 of them do not all fire at once (units behind
-        # one endpoint get one phase from the service, see the module docstring).
-        phase = self._rng.uniform(0, min(period, 1.0)) if self._phase_s is None else self._phase_s
-        next_start = loop.time() + phase
+        # Without a phase from the service, a random one spreads such pollers over the cycle.
+        cycle = min(period, 1.0)
+        phase = (self._rng.uniform(0, cycle) if self._phase_s is None else self._phase_s) % cycle
+        now = loop.time()
+        next_start = now - now % cycle + phase  # on the shared grid (see the module docstring)
+        if next_start < now:
+            next_start += cycle
         try:
             while True:
                 delay = next_start - loop.time()

@@ -44,6 +44,9 @@ class WriteResult:
     error: str | None
     duration_s: float
     timestamp_ns: int
+    cause: str | None = None
+    """Why it failed, as the driver error's ``cause``: ``timeout``, ``unavailable`` and ``refused``
+    (the device was not reached) or ``device_fault``, ``write_refused``, ... (it said no)."""
 
     @property
     def ok(self) -> bool:
@@ -114,15 +117,18 @@ class WriteExecutor:
             started = clock.monotonic()
             after: float | None = None
             error: str | None = None
+            cause: str | None = None
             try:
                 async with asyncio.timeout(self._timeout_s):
                     after = await driver.write(signal, request.value)
             except DriverError as exc:
                 error = str(exc)
+                cause = exc.cause
             except TimeoutError:
                 error = f"{device}: write of {signal} not confirmed within {self._timeout_s} s"
+                cause = "timeout"
             duration = clock.monotonic() - started
-            result = WriteResult(request, before, after, error, duration, clock.wall_ns())
+            result = WriteResult(request, before, after, error, duration, clock.wall_ns(), cause)
             if error is None:
                 self.done += 1
                 if device in self._failing:

@@ -42,7 +42,14 @@ from gateway.sample import Reading
 from simulators.plant import Plant, PlantConfig
 from simulators.plant.sensors import is_temperature
 from simulators.report import Trace, evaluate, write_report
-from simulators.scenario import BOTH_EVENTS, HARNESS_EVENTS, PLANT_EVENTS, Scenario, load_scenario
+from simulators.scenario import (
+    BOTH_EVENTS,
+    CALIBRATION_EVENTS,
+    HARNESS_EVENTS,
+    PLANT_EVENTS,
+    Scenario,
+    load_scenario,
+)
 
 __all__ = [
     "PROFILE_DIR",
@@ -51,6 +58,7 @@ __all__ = [
     "format_summary",
     "plant_role_map",
     "plant_write_limits",
+    "read_plan",
     "run_scenario",
     "run_scenario_cli",
     "run_scenarios",
@@ -167,8 +175,29 @@ def plant_role_map(plant: Plant, config: ControlConfig, profile_dir: Path = PROF
     return build_role_map(config, devices, cdus=config.cdu_devices or cdus)
 
 
+def read_plan(roles: RoleMap, plant: Plant) -> dict[str, frozenset[str]]:
+    """Per device, the profile signals the supervisor can see: bound inputs, outputs (read back), heartbeat.
+
+    The model-level harness reads only these (see :meth:`Plant.read`): the supervisor gets the
+    very values a full poll would give it, without the ~440 values a second nobody looks at.
+    """
+    plan: dict[str, frozenset[str]] = {}
+    for device in plant.device_names():
+        role = roles.devices.get(device)
+        if role is None:
+            continue
+        wanted = {binding.signal for binding in role.bindings.values() if binding.kind == "signal"}
+        wanted |= {spec.signal for spec in role.outputs.values()}
+        if role.heartbeat is not None:
+            wanted.add(role.heartbeat.signal)
+            if role.heartbeat.echo_of is not None:
+                wanted.add(role.heartbeat.echo_of)
+        plan[device] = frozenset(wanted) & frozenset(plant.signals(device))
+    return plan
+
+
 def _windows(scenario: Scenario) -> list[Window]:
-    faults = PLANT_EVENTS | HARNESS_EVENTS | BOTH_EVENTS
+    faults = (PLANT_EVENTS | HARNESS_EVENTS | BOTH_EVENTS) - CALIBRATION_EVENTS
     return [
         Window(event.kind, event.target or "", event.at_s, event.end_s)
         for event in scenario.events
@@ -183,12 +212,15 @@ def run_scenario(
     report_dir: str | Path | None = None,
     control: ControlConfig | None = None,
     plot: bool = True,
+    full_reads: bool = False,
 ) -> Summary:
     """Run a scenario in closed loop and return its summary.
 
     ``name_or_path`` is a shipped scenario's name (``reference-day``) or a YAML file;
     ``seed`` overrides the scenario's noise seed; with ``report_dir`` the JSON summary (and,
     with ``plot``, the PNG) are written there; ``control`` overrides the default tuning.
+    ``full_reads`` polls every signal of every device as the live poller does, instead of only
+    what the supervisor binds (:func:`read_plan`); the supervisor sees the same values either way.
     """
     started = time.perf_counter()
     scenario = load_scenario(name_or_path)
@@ -199,7 +231,10 @@ def run_scenario(
     devices = plant.device_names()
     cdu_names = [device for device in devices if plant.device_kind(device) == "cdu"]
     cdu_set = set(cdu_names)
-    supervisor = Supervisor(config, plant_role_map(plant, config))
+    roles = plant_role_map(plant, config)
+    supervisor = Supervisor(config, roles)
+    plan = read_plan(roles, plant)
+    reads = [(device, None if full_reads else plan.get(device)) for device in devices]
     windows = _windows(scenario)
     silent_windows = [w for w in windows if w.kind == "device_silent"]
     crash_windows = [w for w in windows if w.kind == "gateway_crash"]
@@ -249,11 +284,11 @@ def run_scenario(
         silent = {w.target for w in silent_windows if w.active(time_s)} if silent_windows else set()
         if not down and time_s >= next_control_s - 1e-9:
             now_ns = round(time_s * 1e9)
-            for device in devices:
+            for device, signals in reads:
                 if device in silent:
                     image.mark_unavailable(device, now_ns, "no answer (scenario: device_silent)")
                 else:
-                    image.update(Reading(device, now_ns, plant_read(device)))
+                    image.update(Reading(device, now_ns, plant_read(device, signals)))
             tick = time.perf_counter()
             result = supervisor.step(image.snapshot(now_ns), state, time_s)
             cycle_times_s.append(time.perf_counter() - tick)

@@ -76,6 +76,9 @@ class UnitImage:
     before_request: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
+        # the value each signal's registers hold now (encoding is most of an update's cost, and
+        # setpoints, states and counters rarely change); cleared by every client write
+        self._encoded: dict[str, float | str] = {}
         # whole writable signals by their first register; bit fields by their register
         self._writable: dict[tuple[Table, int], str] = {}
         self._register_bits: dict[tuple[Table, int], list[tuple[str, ModbusSignal]]] = {}
@@ -94,10 +97,12 @@ class UnitImage:
     def update(self, values: Mapping[str, float | str]) -> None:
         """Encode engineering values (text for strings) into the tables; frozen signals keep theirs."""
         profile = self.profile
+        encoded = self._encoded
         for name, value in values.items():
             signal = profile.signals.get(name)
-            if signal is None or name in self.frozen:
+            if signal is None or name in self.frozen or encoded.get(name) == value:
                 continue
+            encoded[name] = value
             table = self.tables[signal.table]
             start = profile.pdu_address(signal)
             if signal.table.is_bit:
@@ -122,6 +127,7 @@ class UnitImage:
                     words = encode_value(raw, signal.type, profile.order_of(signal))
                 except CodecError:
                     # A value outside the register's range saturates, as real transmitters do.
+                    del encoded[name]
                     continue
             for i, word in enumerate(words):
                 table[start + i] = word
@@ -136,6 +142,7 @@ class UnitImage:
 
     def write(self, table: Table, address: int, words: list[int]) -> int | None:
         """Apply a write to whole writable signals or to registers of bit fields; an exception code otherwise."""
+        self._encoded.clear()  # the client changed registers: the next update re-encodes everything
         position = address
         end = address + len(words)
         while position < end:

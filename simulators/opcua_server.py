@@ -130,6 +130,7 @@ class _CheckedAttributeService(AttributeService):
                 status = (await super().write(ua.WriteParameters(NodesToWrite=[item]), User(role=UserRole.Admin)))[0]
                 if status.is_good():
                     self._owner.values[variable.signal] = float(item.Value.Value.Value)
+                    self._owner.written(variable.signal)
             results.append(status)
         return results
 
@@ -213,6 +214,7 @@ class OpcUaDeviceServer:
         self.slow_s = 0.0
         # Awaited before a client's Read is answered: a value source that refreshes on demand.
         self.before_read: Callable[[], Awaitable[None]] | None = None
+        self._pushed: dict[str, tuple[float | str, int]] = {}  # what each node holds now
         self.read_requests = 0
         self.nodes_read = 0
         self.writes: list[tuple[str, float]] = []
@@ -276,6 +278,10 @@ class OpcUaDeviceServer:
         await server.start()
         self._server = server
         await self._push(self.values, force=True)
+
+    def written(self, signal: str) -> None:
+        """A client wrote the node: the next update writes it again whatever it brings."""
+        self._pushed.pop(signal, None)
 
     async def stop_clock(self) -> None:
         """Stop asyncua's 1 s tick of the server's CurrentTime node (a simulation that runs the
@@ -408,11 +414,15 @@ class OpcUaDeviceServer:
         if server is None:
             return
         now = datetime.now(UTC)
+        pushed = self._pushed
         for count, (signal, value) in enumerate(values.items(), start=1):
             variable = self._variables.get(signal)
             if variable is None or (signal in self.frozen and not force):
                 continue
             status = self.bad.get(signal, 0)
+            if not force and pushed.get(signal) == (value, status):
+                continue  # unchanged: the node keeps its value and source timestamp, as a PLC's does
+            pushed[signal] = (value, status)
             if status & 0x80000000:  # Bad: the value is gone, as the spec says a bad value is null
                 variant = ua.Variant(None, ua.VariantType.Null)
             else:
@@ -465,7 +475,9 @@ class OpcUaDeviceServer:
             raise ServiceError(ua.StatusCodes.BadTooManyOperations)
         if self.slow_s > 0:
             await asyncio.sleep(self.slow_s)
-        if self.before_read is not None:
+        # Only a read of the device's own nodes (not a client's watchdog read of the server state).
+        requested = event.request_params.NodesToRead
+        if self.before_read is not None and any(self.variable_of(item.NodeId) is not None for item in requested):
             await self.before_read()
 
     async def _before_write(self, event: ServerItemCallback, _dispatcher: Any) -> None:

@@ -1,7 +1,7 @@
 """A scenario through the same path as ``heat-gateway run``, on the plant's clock, faster than real time.
 
 ``heat-gateway simulate --scenario NAME --real-path [--hours H] [--speed S] [--profiles DIR]
---report DIR`` runs in one process, on a :class:`~simulators.virtual_time.VirtualTimeLoop`:
+[--poll-s S] --report DIR`` runs in one process, on a :class:`~simulators.virtual_time.VirtualTimeLoop`:
 
 - the plant model, stepped every plant second with the scenario's inputs and plant events;
 - every simulated device on a real loopback socket, encoded as the *bundled* profiles say
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import sys
 import tempfile
@@ -87,6 +88,8 @@ REAL_PATH_EVENTS: dict[str, str] = {
     "reads it over OPC UA",
 }
 """What each harness event becomes on the real path; a scenario with any other is refused."""
+_NOT_REACHED = frozenset({"timeout", "unavailable", "refused"})
+"""Write failures where the device was not reached (counted apart); any other is a refusal."""
 _SILENT_OPCUA_DELAY_S = 1e9
 """An OPC UA device that is silent answers this late (never, within any run)."""
 
@@ -141,8 +144,8 @@ def write_site(folder: Path, plant: Plant, *, profiles_dir: Path, poll_s: float 
     path = folder / "site.yaml"
     path.write_text(
         "site: real-path\n"
-        f"profiles_dir: {profiles_dir}\n"
-        f"state_dir: {folder / 'state'}\n"
+        f"profiles_dir: {json.dumps(str(profiles_dir))}\n"  # JSON strings are YAML strings: any path
+        f"state_dir: {json.dumps(str(folder / 'state'))}\n"
         "devices:\n" + "\n".join(lines) + "\n"
         # Nobody listens there: MQTT is not part of the closed loop (module docstring).
         f"mqtt: {{host: 127.0.0.1, port: {free_port()}, client_id: real-path, spool: false, reconnect_max_s: 3600}}\n"
@@ -176,7 +179,7 @@ class _Writes:
             "writes_out_of_limits": 0,
             "writes_rejected": 0,
             "writes_failed_device_silent": 0,
-            "writes_failed_gateway_restart": 0,
+            "writes_failed_not_reached": 0,
             "heartbeats": 0,
             "setpoint_writes": 0,
             "writes_by_signal": {},
@@ -224,6 +227,9 @@ async def _drive(
         if not result.ok:
             if request.device in silent_now:
                 counts["writes_failed_device_silent"] += 1
+            elif result.cause in _NOT_REACHED:
+                # e.g. the first write after a silent spell, before the poller reconnected
+                counts["writes_failed_not_reached"] += 1
             else:
                 counts["writes_rejected"] += 1
                 writes.rejected.append(
@@ -243,9 +249,15 @@ async def _drive(
         by_reason = counts["writes_by_reason"]
         by_reason[request.reason] = by_reason.get(request.reason, 0) + 1
 
-    async def stop_gateway(task: asyncio.Task[None]) -> None:
+    async def stop_gateway(old: Gateway, task: asyncio.Task[None]) -> None:
+        """Cancel the gateway's task (a crash, or the end of the run) and keep its counts."""
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        run.polls += sum(p.stats.polls for p in old.pollers)
+        run.poll_failures += sum(p.stats.failures for p in old.pollers)
+        if old.control is not None:
+            run.cycles += old.control.cycles
+            writes.counts["writes_out_of_limits"] += old.control.executor.refused
 
     gateway, gateway_task = start_gateway()
     assert gateway.control is not None
@@ -259,8 +271,9 @@ async def _drive(
             down = any(w.active(time_s) for w in crash_windows)
             if down and not was_down:
                 crash_log.append(_watchdog_timeouts(plant, time_s))
+                assert gateway is not None
                 assert gateway_task is not None
-                await stop_gateway(gateway_task)
+                await stop_gateway(gateway, gateway_task)
                 gateway, gateway_task = None, None
             if was_down and not down:
                 crash_log[-1]["restart_s"] = time_s
@@ -290,16 +303,10 @@ async def _drive(
             if delay > 0:
                 await asyncio.sleep(delay)
     finally:
-        if gateway is not None:
+        if gateway is not None and gateway_task is not None:
             _compare_meter(gateway, plant, run)
-            run.cycles += gateway.control.cycles if gateway.control is not None else 0
-            run.polls += sum(p.stats.polls for p in gateway.pollers)
-            run.poll_failures += sum(p.stats.failures for p in gateway.pollers)
-            if gateway.control is not None:
-                writes.counts["writes_out_of_limits"] += gateway.control.executor.refused
-        if gateway_task is not None:
             stop.set()
-            await stop_gateway(gateway_task)
+            await stop_gateway(gateway, gateway_task)
     return config
 
 

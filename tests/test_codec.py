@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 
@@ -102,6 +103,25 @@ def _profile(signals: dict, **extra) -> ModbusProfile:
     return ModbusProfile.model_validate({"protocol": "modbus", "model": "test", "signals": signals, **extra})
 
 
+def decoded(block, data: list[int]) -> dict[str, float]:
+    """``block.decode(data)``, after checking that decoding the same reply as it comes off the
+    wire (function code, byte count, data bytes) gives exactly the same values."""
+    if block.table.is_bit:
+        chunks = [data[start : start + 8] for start in range(0, block.count, 8)]
+        packed = bytes(sum(bit << i for i, bit in enumerate(chunk)) for chunk in chunks)
+    else:
+        packed = struct.pack(f">{block.count}H", *data[: block.count])
+    pdu = block.pdu[:1] + bytes([len(packed)]) + packed
+    values = block.decode(data)
+    from_wire = block.decode_reply(pdu)
+    assert from_wire == values
+    assert [type(value) for value in from_wire.values()] == [float] * len(values)
+    assert list(from_wire) == list(values)  # same order: the line protocol template depends on it
+    if not block.table.is_bit:
+        assert block.reply_words(pdu) == data[: block.count]
+    return values
+
+
 def test_block_decoder_applies_scale_offset_and_per_signal_order():
     profile = _profile(
         {
@@ -128,7 +148,7 @@ def test_block_decoder_applies_scale_offset_and_per_signal_order():
         0x0000,
         0x0000,  # 1234.5 byte-swapped
     ]
-    values = plan.blocks[0].decode(words)
+    values = decoded(plan.blocks[0], words)
     assert values == pytest.approx(
         {"temp_c": -3.0, "flow_lpm": 300.0, "load_kw": 41.5, "energy": 305419896, "offset_c": 10.0, "big": 1234.5}
     )
@@ -143,8 +163,9 @@ def test_bit_block_decodes_offsets():
     )
     block = build_plan(profile).blocks[0]
     assert (block.start, block.count) == (3, 3)
-    assert block.decode([1, 0, 0, 0, 0, 0, 0, 0]) == {"pump_running": 1.0, "leak": 0.0}
-    assert block.decode([0, 0, 1, 0, 0, 0, 0, 0]) == {"pump_running": 0.0, "leak": 1.0}
+    assert decoded(block, [1, 0, 0, 0, 0, 0, 0, 0]) == {"pump_running": 1.0, "leak": 0.0}
+    assert decoded(block, [0, 0, 1, 0, 0, 0, 0, 0]) == {"pump_running": 0.0, "leak": 1.0}
+    assert block.pdu == bytes([2, 0, 3, 0, 3])  # FC2, start 3, 3 inputs
 
 
 # Strings: "CDU-7" is C=0x43 D=0x44 U=0x55 -=0x2D 7=0x37, padded with NULs to 4 registers.
@@ -222,7 +243,7 @@ def test_block_decodes_bits_and_strings_beside_numbers():
         0x0000,
         0x4226,  # 41.5 word-swapped
     ]
-    assert block.decode(words) == pytest.approx(
+    assert decoded(block, words) == pytest.approx(
         {"pump_on": 1.0, "valve_open": 0.0, "alarm": 1.0, "speed_pct": 50.0, "load_kw": 41.5}
     )
     assert block.decode_texts(words) == {"serial": "ABC", "tag": "AB"}
@@ -246,7 +267,7 @@ def test_profile_byte_order_is_for_multi_register_values_and_16_bit_values_swap_
     assert profile.order_of(signals["load_kw"]) is D
     # 42 = 0x002A; 300 = 0x012C; -2 = 0xFFFE; 41.5 = 0x42260000
     words = [0x002A, 0x2C01, 0xFEFF, 0x012C, 0x0000, 0x2642]
-    assert build_plan(profile).blocks[0].decode(words) == {
+    assert decoded(build_plan(profile).blocks[0], words) == {
         "setpoint": 42,
         "swapped": 300,
         "also_swapped": -2,
@@ -256,3 +277,18 @@ def test_profile_byte_order_is_for_multi_register_values_and_16_bit_values_swap_
     # the write path encodes with the same orders
     assert encode_value(42, DataType.INT16, profile.order_of(signals["setpoint"])) == [0x002A]
     assert encode_value(300, DataType.UINT16, profile.order_of(signals["swapped"])) == [0x2C01]
+
+
+def test_coils_across_bytes_and_a_full_register_block_decode_from_the_reply():
+    coils = _profile({f"c{i}": {"table": "coil", "address": 2 + 3 * i, "type": "bool"} for i in range(7)})
+    block = build_plan(coils).blocks[0]
+    assert block.count == 19  # three bytes of bits in the reply
+    bits = [(i * 7 + 3) % 2 for i in range(block.count)]
+    assert decoded(block, bits) == {f"c{i}": float(bits[3 * i]) for i in range(7)}
+    registers = _profile(
+        {f"r{i:03d}": {"table": "holding_register", "address": i, "type": "uint16"} for i in range(125)}
+    )
+    block = build_plan(registers).blocks[0]
+    words = [(i * 523) % 65536 for i in range(125)]
+    assert decoded(block, words) == {f"r{i:03d}": float(words[i]) for i in range(125)}
+    assert block.pdu == bytes([3, 0, 0, 0, 125])

@@ -95,6 +95,39 @@ async def test_tcp_nodelay_is_set(mosquitto):
         connection.close()
 
 
+async def test_every_puback_reaches_on_publish_once_without_mqtt5_decoding(mosquitto, monkeypatch):
+    """The MQTT 3.1.1 PUBACK shortcut (gateway.mqtt._Client): each message id acknowledged once,
+    in order, and paho's own MQTT 5 decoding (a ReasonCode per packet) never runs for it."""
+    built: list[int] = []
+    reason_init = mqtt_module.ReasonCode.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        reason_init(self, *args, **kwargs)
+
+    connection = MqttConnection(Mqtt(port=mosquitto.port, max_inflight=20), "puback", name="test")
+    acked: list[int] = []
+    connection.on_publish = acked.append
+    task = asyncio.create_task(connection.run())
+    try:
+        await wait_for(lambda: connection.connected, 5, "the connection")
+        monkeypatch.setattr(mqtt_module.ReasonCode, "__init__", counting_init)
+        mids = []
+        for index in range(200):  # more than max_inflight: paho queues the rest and sends on PUBACK
+            mids.append(connection.publish("heat/puback/x", str(index).encode()))
+            if index % 50 == 0:
+                await asyncio.sleep(0)
+        await wait_for(lambda: len(acked) >= len(mids), 5, "every PUBACK")
+        await asyncio.sleep(0.2)
+        assert sorted(acked) == sorted(mids)
+        assert len(acked) == len(set(acked)) == 200
+        assert built == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        connection.close()
+
+
 async def test_a_frozen_broker_is_a_failed_attempt_not_a_hang(fresh_mosquitto, logs, monkeypatch):
     """TCP accepted, no CONNACK: reported once as unreachable with that reason."""
     monkeypatch.setattr(mqtt_module, "CONNACK_TIMEOUT_S", 0.5)

@@ -259,3 +259,15 @@ def test_simulate_help_describes_the_real_path(capsys: pytest.CaptureFixture[str
     for flag in ("--real-path", "--hours", "--profiles", "--poll-s", "--speed"):
         assert flag in text
     assert "write executor" in text
+
+
+def test_a_harness_event_the_real_path_cannot_do_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from simulators import real_path  # noqa: PLC0415
+    from simulators.scenario import ScenarioError  # noqa: PLC0415
+
+    # As if device_silent had no real fault to map to (every kind shipped today has one).
+    monkeypatch.setattr(real_path, "REAL_PATH_EVENTS", {"gateway_crash": "", "utility_link_lost": ""})
+    with pytest.raises(ScenarioError, match=r"device-silent: device_silent cannot run on the real path .* --fast"):
+        real_path.run_real_path("device-silent", hours=0.01)

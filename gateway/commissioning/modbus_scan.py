@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from gateway.drivers.modbus import (
     EXCEPTION_CODES,
@@ -57,7 +54,7 @@ async def scan_units(
 
     Any reply counts as an answer, an exception code too (the device is there but has no such
     register), except 10/11: a gateway's way of saying nobody is there. Up to ``connections``
-    requests are outstanding at once, one per connection (pymodbus and many devices take one
+    requests are outstanding at once, one per connection (many devices take one
     request at a time per connection). Raises :class:`ConnectionDead` when no connection opens.
     """
     pending = list(units)
@@ -71,6 +68,7 @@ async def scan_units(
         connection = ModbusConnection(host, port)
         # A user with no unit id: timeouts of probed units never make the connection "dead".
         connection.users[0] = _User(unit_id=-1, pause_after_connect_s=0.0, pause_between_requests_s=0.0)
+        connection.users_changed()
         await connection.open(connect_timeout_s)
         return connection
 
@@ -100,19 +98,17 @@ async def scan_units(
 
 
 async def _probe(connection: ModbusConnection, unit: int, timeout_s: float, register: int) -> ScanResult:
-    def call(client: AsyncModbusTcpClient) -> Awaitable[Any]:
-        return client.read_holding_registers(register, count=1, device_id=unit)
-
     try:
-        response = (await connection.request(unit, timeout_s, call)).response
-    except (TimeoutError, ModbusIOException):
+        pdu = (await connection.request(unit, timeout_s, struct.pack(">BHH", 3, register, 1))).pdu
+    except TimeoutError:
         return ScanResult(unit, answers=False, detail=f"no reply within {timeout_s} s")
     except ConnectionDead as exc:
         return ScanResult(unit, answers=False, detail=f"connection closed ({exc})")
-    except (ModbusException, ReplyMalformed) as exc:
+    except ReplyMalformed as exc:
         return ScanResult(unit, answers=True, detail=f"a malformed reply: {exc}")
-    if response.isError():
-        code = getattr(response, "exception_code", None) or 0
+    if pdu[0] & 0x80:  # an exception reply (two bytes, checked on the wire)
+        code = pdu[1]
         meaning = EXCEPTION_CODES.get(code, "unknown exception")
         return ScanResult(unit, answers=code not in GATEWAY_NO_DEVICE, detail=f"exception {code} ({meaning})")
-    return ScanResult(unit, answers=True, detail=f"holding register {register} = {response.registers[0]}")
+    value = struct.unpack_from(">H", pdu, 2)[0]  # the byte count was checked: 2 for one register
+    return ScanResult(unit, answers=True, detail=f"holding register {register} = {value}")

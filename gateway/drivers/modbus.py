@@ -1,16 +1,16 @@
-"""Modbus TCP driver (pymodbus client) built on a frozen :class:`ReadPlan`.
+"""Modbus TCP driver (our own client protocol, :mod:`gateway.drivers.modbus_wire`) built on a frozen :class:`ReadPlan`.
 
 One driver serves one device (one unit id). Devices with the same host:port (unit ids behind
 one Modbus TCP gateway, an RTU bridge, a CDU rack) share ONE TCP connection, a
 :class:`ModbusConnection` kept by a :class:`ConnectionHub`::
 
     ModbusDriver(unit 1) --+
-    ModbusDriver(unit 2) --+--> ModbusConnection(host:port) --> AsyncModbusTcpClient --> TCP
+    ModbusDriver(unit 2) --+--> ModbusConnection(host:port) --> ModbusTcpProtocol --> TCP
     ModbusDriver(unit 3) --+        turns: one request (one whole poll) at a time
                                     reference counted: closes with its last driver
 
 Why share: a gateway (and many devices) accepts only a few TCP connections, and an RTU bridge
-can only carry one request at a time anyway. The connection, not pymodbus, decides who sends
+can only carry one request at a time anyway. The connection decides who sends
 next (a *turn*), so that a device's ``timeout_s`` runs from when its request is sent, not from
 when it began to queue. A poll takes one turn for all its blocks, so the values of one reading
 are read back to back.
@@ -28,7 +28,8 @@ Who gets the next turn:
 The poller backs off a down unit (fewer probes); the connection decides when each probe goes.
 
 A reading's timestamp is the wall-clock time its poll's first request was handed to the socket
-(pymodbus' send hook), never the time the poll was scheduled nor the time it got its turn.
+(:meth:`Wire.sending <gateway.drivers.modbus_wire.Wire.sending>`), never the time the poll was
+scheduled nor the time it got its turn.
 
 Every reply is checked byte for byte against its request (:mod:`gateway.drivers.modbus_wire`):
 function code, byte count, quantity, transaction id, unit id and a write's echo. A reply that
@@ -48,23 +49,19 @@ What tears a shared connection down, and what does not:
 * a lost connection (reset, closed by the peer) is dead for everyone at once.
 
 The driver never reconnects by itself: the poller decides when to retry, with backoff, so a
-device that is down costs nothing. pymodbus' own reconnect, retries and "close after N
-unanswered requests" are switched off for the same reason. ``connect``/``close``/``read``
+device that is down costs nothing (pymodbus' client, used until 2026-12-01, had its own
+reconnect, retries and "close after N unanswered requests" switched off for the same reason).
+``connect``/``close``/``read``
 keep their per-device meaning: ``close`` gives the driver's share of the connection back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
+import struct
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from gateway import clock
 from gateway.codec import CodecError, DataType, encode_value, with_register_bit
@@ -80,7 +77,7 @@ from gateway.drivers.base import (
     WriteRefused,
 )
 from gateway.drivers.modbus_plan import Block, ReadPlan, build_plan
-from gateway.drivers.modbus_wire import MalformedPdu, StrictFramer, Wire
+from gateway.drivers.modbus_wire import MalformedFrame, ModbusTcpProtocol, Wire
 from gateway.logs import get_logger
 from gateway.sample import Reading
 
@@ -101,11 +98,6 @@ EXCEPTION_CODES = {
 #: exception codes by which a gateway says there is no device behind it at that unit id
 GATEWAY_NO_DEVICE = frozenset({10, 11})
 
-# pymodbus' own timeout is set past any device's timeout_s (at most 60 s): the connection's
-# deadline, per device, always fires first, and pymodbus never counts a request as
-# unanswered (it would close the shared connection after a few).
-_LIBRARY_TIMEOUT_S = 120.0
-
 # A probe must end this long before the next due poll of an answering unit (event-loop jitter).
 _PROBE_GUARD_S = 0.02
 # A poll due this long ago that has not asked for its turn is not waited for any more.
@@ -115,7 +107,7 @@ _DUE_GRACE_S = 0.5
 # reports progress well within the service's liveness bound (5 s + 10 x timeout_s of slack).
 _PROBE_WAIT_MAX_S = 4.0
 
-Call = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
+_REQUEST = struct.Struct(">BHH")  # function code, address, quantity or value
 
 
 class ConnectionDead(Exception):
@@ -153,11 +145,28 @@ class _Waiter:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A reply and when its request went out and it came back (wall clock, ns)."""
+    """A reply's PDU (function code onwards, checked against its request) and when its request
+    went out and it came back (wall clock, ns)."""
 
-    response: Any
+    pdu: bytes
     sent_ns: int
     received_ns: int
+
+
+class _Turn:
+    """The async context manager of :meth:`ModbusConnection.turn`."""
+
+    __slots__ = ("_connection", "_unit_id")
+
+    def __init__(self, connection: ModbusConnection, unit_id: int) -> None:
+        self._connection = connection
+        self._unit_id = unit_id
+
+    async def __aenter__(self) -> None:
+        await self._connection._take(self._unit_id)  # noqa: SLF001 - the connection's own helper
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._connection._release()  # noqa: SLF001 - the connection's own helper
 
 
 class ModbusConnection:
@@ -166,7 +175,7 @@ class ModbusConnection:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.client: AsyncModbusTcpClient | None = None
+        self.client: ModbusTcpProtocol | None = None
         self.wire = Wire()
         self._open_lock = asyncio.Lock()
         self.users: dict[int, _User] = {}  # id(driver) -> what it needs
@@ -179,8 +188,10 @@ class ModbusConnection:
         self._due: dict[int, float] = {}  # unit id -> loop time its next poll is expected
         self._waiters: list[_Waiter] = []
         self._holder: _Waiter | None = None
+        self._granted: asyncio.Future[None] | None = None  # a done future: the holder of a free turn
         self._timer: asyncio.TimerHandle | None = None
         self._ready_at = 0.0  # loop time before which no request may be sent (pause after connect)
+        self._pause_between_s = 0.0  # the longest pause_between_requests_s of the users
         self._last_end = 0.0  # loop time the last request ended
 
     @property
@@ -191,12 +202,12 @@ class ModbusConnection:
     @property
     def alive(self) -> bool:
         """True while the TCP connection is open and has not been declared dead."""
-        return self.dead_reason is None and self.client is not None and bool(self.client.connected)
+        return self.dead_reason is None and self.client is not None and self.client.connected
 
     @property
     def usable(self) -> bool:
         """Open, or being opened: a driver may join it."""
-        return self.dead_reason is None and (self.client is None or bool(self.client.connected))
+        return self.dead_reason is None and (self.client is None or self.client.connected)
 
     async def open(self, timeout_s: float) -> None:
         """Open the TCP connection unless it is open already; :class:`ConnectionDead` when it cannot."""
@@ -205,32 +216,18 @@ class ModbusConnection:
                 raise ConnectionDead(self.dead_reason)
             if self.client is not None:
                 return
-            client = AsyncModbusTcpClient(
-                self.host,
-                port=self.port,
-                timeout=_LIBRARY_TIMEOUT_S,
-                retries=0,
-                reconnect_delay=0,  # the poller owns reconnects (with backoff)
-                name=f"{self.host}:{self.port}",
-                trace_packet=self.wire.trace_packet,
-            )
-            # pymodbus' own framer lets wrong replies through (see modbus_wire); ctx.framer is
-            # where its transaction manager keeps it (3.8-3.16).
-            client.ctx.framer = StrictFramer(self.wire)
-            client.set_max_no_responses(1_000_000)  # see _LIBRARY_TIMEOUT_S
+            loop = asyncio.get_running_loop()
+            wire = self.wire
             try:
                 async with asyncio.timeout(timeout_s):
-                    ok = await client.connect()
-            except (TimeoutError, OSError, ModbusException) as exc:
-                client.close()
-                self.kill(f"cannot connect: {exc or type(exc).__name__}")
-                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
-            if not ok:
-                client.close()
-                why = await _connect_error(self.host, self.port, timeout_s)
+                    _transport, client = await loop.create_connection(
+                        lambda: ModbusTcpProtocol(wire), self.host, self.port
+                    )
+            except (TimeoutError, OSError) as exc:
+                why = _connect_error(exc, timeout_s)
                 self.kill(f"cannot connect: {why}")
-                refused = why.startswith(_REFUSED)
-                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {why}", refused=refused)
+                refused = isinstance(exc, ConnectionRefusedError)
+                raise ConnectionDead(f"cannot connect to {self.host}:{self.port}: {why}", refused=refused) from exc
             self.client = client
             pause_s = max((user.pause_after_connect_s for user in self.users.values()), default=0.0)
             self._ready_at = asyncio.get_running_loop().time() + pause_s
@@ -249,6 +246,10 @@ class ModbusConnection:
         if self.client is not None:
             self.client.close()
 
+    def users_changed(self) -> None:
+        """Take the users' needs into account after one joined or left."""
+        self._pause_between_s = max((user.pause_between_requests_s for user in self.users.values()), default=0.0)
+
     # -- turns -----------------------------------------------------------------------------
 
     def expect_poll(self, unit_id: int, period_s: float) -> None:
@@ -259,10 +260,21 @@ class ModbusConnection:
         """``unit_id`` no longer polls here (whether it is down is kept while the connection lives)."""
         self._due.pop(unit_id, None)
 
-    @contextlib.asynccontextmanager
-    async def turn(self, unit_id: int) -> AsyncIterator[None]:
-        """Hold the connection for one request or one whole poll (see the module docstring)."""
+    def turn(self, unit_id: int) -> _Turn:
+        """``async with connection.turn(unit)``: hold the connection for one request or one whole
+        poll (see the module docstring)."""
+        return _Turn(self, unit_id)
+
+    async def _take(self, unit_id: int) -> None:
+        """Wait for the turn of ``unit_id`` (:meth:`turn`)."""
         loop = asyncio.get_running_loop()
+        if self._holder is None and not self._waiters and unit_id not in self.down_units:
+            # Free, nobody waits, not a probe: what _dispatch would decide, without a future.
+            if self._granted is None:
+                self._granted = loop.create_future()
+                self._granted.set_result(None)
+            self._holder = _Waiter(self._granted, unit_id, None, 0.0)
+            return
         probe_s = self._timeout_of(unit_id) if unit_id in self.down_units else None
         waiter = _Waiter(loop.create_future(), unit_id, probe_s, loop.time())
         self._waiters.append(waiter)
@@ -275,10 +287,6 @@ class ModbusConnection:
             elif self._holder is waiter:  # granted just as it was cancelled
                 self._release()
             raise
-        try:
-            yield
-        finally:
-            self._release()
 
     @property
     def busy(self) -> bool:
@@ -352,28 +360,31 @@ class ModbusConnection:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def request(self, unit_id: int, timeout_s: float, call: Call) -> Reply:
-        """Send one request in its own turn; the deadline starts when it is sent."""
+    async def request(self, unit_id: int, timeout_s: float, pdu: bytes) -> Reply:
+        """Send one request PDU in its own turn; the deadline starts when it is sent."""
         async with self.turn(unit_id):
-            return await self.request_locked(unit_id, timeout_s, call)
+            return await self.request_locked(unit_id, timeout_s, pdu)
 
-    async def request_locked(self, unit_id: int, timeout_s: float, call: Call) -> Reply:
+    async def request_locked(self, unit_id: int, timeout_s: float, pdu: bytes) -> Reply:
         """:meth:`request` for a caller that holds the turn (a whole poll, a read-modify-write)."""
         assert self._holder is not None
         client = self.client
-        if not self.alive or client is None:
+        if client is None or not self.alive:
             raise ConnectionDead(self.dead_reason or "connection closed")
         loop = asyncio.get_running_loop()
-        pause_s = max((user.pause_between_requests_s for user in self.users.values()), default=0.0)
-        wait_s = max(self._ready_at, self._last_end + pause_s) - loop.time()
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
+        ready_at = self._ready_at
+        if self._pause_between_s:
+            ready_at = max(ready_at, self._last_end + self._pause_between_s)
+        if ready_at > loop.time():
+            await asyncio.sleep(ready_at - loop.time())
         self.requests += 1
         wire = self.wire
+        timer = None
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await call(client)
-        except (TimeoutError, ModbusIOException):
+            future = client.send(unit_id, pdu)
+            timer = loop.call_at(loop.time() + timeout_s, _expire, future)
+            reply = await future
+        except TimeoutError:
             wire.abandon()
             self.down_units.add(unit_id)
             if wire.buffered:
@@ -383,23 +394,24 @@ class ModbusConnection:
                 raise ReplyMalformed(what) from None
             self._unanswered(unit_id)
             raise
-        except (ConnectionException, OSError) as exc:
-            self.kill(f"connection lost: {exc}")
-            raise ConnectionDead(f"connection lost: {exc}") from exc
-        finally:
-            self._last_end = loop.time()
-        self._silent_units.clear()  # any reply, an exception code too, proves the connection works
-        if isinstance(response, MalformedPdu):
+        except MalformedFrame as exc:
             self.down_units.add(unit_id)
             if wire.framing_lost is not None:
                 self.kill(f"malformed reply: {wire.framing_lost}")
-            raise ReplyMalformed(response.reason)
-        code = getattr(response, "exception_code", 0) if response.isError() else 0
-        if code in GATEWAY_NO_DEVICE:
+            raise ReplyMalformed(str(exc)) from None
+        except OSError as exc:  # ConnectionLost, a write to a closed transport
+            self.kill(f"connection lost: {exc}")
+            raise ConnectionDead(f"connection lost: {exc}") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._last_end = loop.time()
+        self._silent_units.clear()  # any reply, an exception code too, proves the connection works
+        if reply[0] & 0x80 and reply[1] in GATEWAY_NO_DEVICE:
             self.down_units.add(unit_id)
         else:
             self.down_units.discard(unit_id)
-        return Reply(response, wire.sent_ns, wire.received_ns or clock.wall_ns())
+        return Reply(reply, wire.sent_ns, wire.received_ns or clock.wall_ns())
 
     def _unanswered(self, unit_id: int) -> None:
         """A request timed out: dead if no unit sharing the connection answers any more."""
@@ -409,28 +421,26 @@ class ModbusConnection:
             self.kill(f"no reply from any unit ({', '.join(map(str, sorted(units)))}) since the last answer")
 
 
+def _expire(future: asyncio.Future[bytes]) -> None:
+    """A request's deadline: its reply has not come (a timer per request, cheaper than
+    ``asyncio.timeout``; a cancellation of the waiting task stays a cancellation)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 _REFUSED = "connection refused"
 
 
-async def _connect_error(host: str, port: int, timeout_s: float) -> str:
-    """Why a TCP connection to ``host:port`` fails: pymodbus only says that it did.
-
-    One more plain connect, made only after pymodbus' failed, gives the operating system's
-    reason (refused: nothing listens there; unreachable or timed out: the network or a firewall).
-    """
-    try:
-        async with asyncio.timeout(timeout_s):
-            _reader, writer = await asyncio.open_connection(host, port)
-    except TimeoutError:
+def _connect_error(error: BaseException, timeout_s: float) -> str:
+    """Why a TCP connection failed, in the operating system's words (refused: nothing listens
+    there; unreachable or timed out: the network or a firewall)."""
+    if isinstance(error, TimeoutError):
         return f"no answer to the TCP handshake within {timeout_s} s"
-    except ConnectionRefusedError:
+    if isinstance(error, ConnectionRefusedError):
         return f"{_REFUSED} (nothing listens on that port)"
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return "the connection failed once and worked on a second try"
+    if isinstance(error, OSError):
+        return error.strerror or str(error) or type(error).__name__
+    return str(error) or type(error).__name__
 
 
 class ConnectionHub:
@@ -457,6 +467,7 @@ class ConnectionHub:
                 connection.kill("closed by the peer")
             connection = self.connections[key] = ModbusConnection(host, port)
         connection.users[id(owner)] = user
+        connection.users_changed()
         try:
             await connection.open(timeout_s)
         except BaseException:
@@ -467,6 +478,7 @@ class ConnectionHub:
     def release(self, owner: object, connection: ModbusConnection) -> None:
         """``owner`` no longer uses the connection; the last user closes it."""
         user = connection.users.pop(id(owner), None)
+        connection.users_changed()
         if user is not None and all(other.unit_id != user.unit_id for other in connection.users.values()):
             connection.forget(user.unit_id)
         if not connection.users:
@@ -497,6 +509,8 @@ class ModbusDriver(ConnectionScope):
         self.plan = plan or build_plan(self.profile)
         self._hub = hub
         self._connection: ModbusConnection | None = None
+        # each block of the plan with its request's description, built once
+        self._blocks = tuple((block, self._what(block)) for block in self.plan.blocks)
 
     @property
     def connected(self) -> bool:
@@ -548,11 +562,11 @@ class ModbusDriver(ConnectionScope):
             raise DeviceUnavailable(self.name, f"not connected to {self._where}" + (f": {reason}" if reason else ""))
         return connection
 
-    def _check_reply(self, response: Any, what: str, doing: str = "") -> Any:
+    def _check_reply(self, pdu: bytes, what: str, doing: str = "") -> None:
         """An exception reply becomes :class:`DeviceFault`, or :class:`DeviceUnavailable` for 10/11."""
-        if not response.isError():
-            return response
-        code = getattr(response, "exception_code", None) or 0
+        if not pdu[0] & 0x80:
+            return
+        code = pdu[1]  # the wire checked that an exception reply is two bytes
         meaning = EXCEPTION_CODES.get(code, "not a code the Modbus specification defines")
         if code in GATEWAY_NO_DEVICE:
             # The gateway answered, so the shared connection is fine: only this unit is missing.
@@ -563,57 +577,34 @@ class ModbusDriver(ConnectionScope):
             )
         raise DeviceFault(self.name, f"{doing}Modbus exception {code} ({meaning})", address=what)
 
-    async def _send(self, call: Call, what: str, *, locked: bool = False, doing: str = "") -> Reply:
-        """One request with this device's timeout; pymodbus/socket errors become driver errors."""
+    async def _send(self, pdu: bytes, what: str, *, locked: bool = False, doing: str = "") -> Reply:
+        """One request with this device's timeout; socket and wire errors become driver errors."""
         connection = self._link()
         unit, timeout_s = self.device.unit_id, self.device.timeout_s
         try:
             if locked:
-                response = await connection.request_locked(unit, timeout_s, call)
+                reply = await connection.request_locked(unit, timeout_s, pdu)
             else:
-                response = await connection.request(unit, timeout_s, call)
+                reply = await connection.request(unit, timeout_s, pdu)
         except TimeoutError as exc:
             raise DeviceTimeout(self.name, f"{doing}no reply within {timeout_s} s", address=what) from exc
-        except ModbusIOException as exc:
-            raise DeviceTimeout(self.name, f"{doing}no reply: {exc}", address=what) from exc
         except ConnectionDead as exc:
             raise DeviceUnavailable(self.name, f"{doing}{exc}", address=what) from exc
         except ReplyMalformed as exc:
             raise MalformedReply(self.name, f"{doing}malformed reply: {exc}", address=what) from exc
-        except ModbusException as exc:
-            raise MalformedReply(self.name, f"{doing}malformed reply: {exc}", address=what) from exc
-        self._check_reply(response.response, what, doing)
-        return response
+        if reply.pdu[0] & 0x80:
+            self._check_reply(reply.pdu, what, doing)
+        return reply
 
-    def _read_call(self, table: Table, address: int, count: int) -> Call:
-        unit = self.device.unit_id
+    def _what(self, block: Block) -> str:
+        """``unit 1 holding_register 100-105 (6 signals)``: where a block's failure happened."""
+        return f"unit {self.device.unit_id} {block.describe(self.profile.addressing)}"
 
-        def call(client: AsyncModbusTcpClient) -> Awaitable[Any]:
-            method = {
-                Table.COIL: client.read_coils,
-                Table.DISCRETE_INPUT: client.read_discrete_inputs,
-                Table.INPUT_REGISTER: client.read_input_registers,
-                Table.HOLDING_REGISTER: client.read_holding_registers,
-            }[table]
-            return method(address, count=count, device_id=unit)
-
-        return call
-
-    async def _read_block_reply(self, block: Block, *, locked: bool = False) -> tuple[list[int], Reply]:
-        what = f"unit {self.device.unit_id} {block.describe(self.profile.addressing)}"
-        reply = await self._send(self._read_call(block.table, block.start, block.count), what, locked=locked)
-        response = reply.response
-        # The byte count was checked against the quantity (modbus_wire); bits come padded to bytes.
-        bits_or_words = response.bits if block.table.is_bit else response.registers
-        if len(bits_or_words) < block.count:  # cannot pass the byte-count check; kept as a guard
-            raise MalformedReply(self.name, f"asked for {block.count} values, got {len(bits_or_words)}", address=what)
-        return [int(value) for value in bits_or_words[: block.count]], reply
-
-    async def _read_block_data(self, block: Block, *, locked: bool = False) -> list[int]:
-        return (await self._read_block_reply(block, locked=locked))[0]
+    async def _read_block_pdu(self, block: Block, *, locked: bool = False) -> bytes:
+        return (await self._send(block.pdu, self._what(block), locked=locked)).pdu
 
     async def _read_block(self, block: Block) -> dict[str, float]:
-        return block.decode(await self._read_block_data(block))
+        return block.decode_reply(await self._read_block_pdu(block))
 
     async def read(self) -> Reading:
         """Read every block in one turn on the connection.
@@ -626,14 +617,14 @@ class ModbusDriver(ConnectionScope):
         connection = self._link()
         unit = self.device.unit_id
         connection.expect_poll(unit, self.device.poll_period_s)
-        values: dict[str, float] = {}
+        values: dict[str, float] | None = None
         texts: dict[str, str] = {}
         bad: dict[str, str] = {}
         timestamp_ns = 0
         async with connection.turn(unit):
-            for block in self.plan.blocks:
+            for block, what in self._blocks:
                 try:
-                    data, reply = await self._read_block_reply(block, locked=True)
+                    reply = await self._send(block.pdu, what, locked=True)
                 except DeviceFault as exc:
                     reason = str(exc)
                     for name in block.names:
@@ -641,11 +632,19 @@ class ModbusDriver(ConnectionScope):
                     timestamp_ns = timestamp_ns or connection.wire.sent_ns
                     continue
                 timestamp_ns = timestamp_ns or reply.sent_ns
-                values.update(block.decode(data))
+                decoded = block.decode_reply(reply.pdu)
+                if values is None:
+                    values = decoded
+                else:
+                    values.update(decoded)
                 if block.texts:
-                    texts.update(block.decode_texts(data))
+                    texts.update(block.decode_texts(block.reply_words(reply.pdu)))
         return Reading(
-            device=self.name, timestamp_ns=timestamp_ns or clock.wall_ns(), values=values, bad=bad, texts=texts
+            device=self.name,
+            timestamp_ns=timestamp_ns or clock.wall_ns(),
+            values={} if values is None else values,
+            bad=bad,
+            texts=texts,
         )
 
     def _writable(self, name: str) -> ModbusSignal:
@@ -676,18 +675,18 @@ class ModbusDriver(ConnectionScope):
         )
         return applied
 
-    def _write_call(self, signal: ModbusSignal, address: int, words: list[int]) -> tuple[Call, str]:
+    def _write_pdu(self, signal: ModbusSignal, address: int, words: list[int]) -> tuple[bytes, str]:
         """The request that writes ``words`` and the function code it uses (FC5, 6, 15 or 16)."""
-        unit = self.device.unit_id
         multiple = self.profile.write_single_with_fc16
         if signal.table is Table.COIL:
             bit = bool(words[0])
             if multiple:
-                return (lambda client: client.write_coils(address, [bit], device_id=unit)), "FC15"
-            return (lambda client: client.write_coil(address, bit, device_id=unit)), "FC5"
+                return _REQUEST.pack(15, address, 1) + bytes([1, int(bit)]), "FC15"
+            return _REQUEST.pack(5, address, 0xFF00 if bit else 0), "FC5"
         if len(words) == 1 and not multiple:
-            return (lambda client: client.write_register(address, words[0], device_id=unit)), "FC6"
-        return (lambda client: client.write_registers(address, words, device_id=unit)), "FC16"
+            return _REQUEST.pack(6, address, words[0]), "FC6"
+        data = struct.pack(f">{len(words)}H", *words)
+        return _REQUEST.pack(16, address, len(words)) + bytes([len(data)]) + data, "FC16"
 
     async def write(self, signal_name: str, value: float) -> float:
         """Write one signal (engineering units) and read it back; returns the value read back.
@@ -710,8 +709,8 @@ class ModbusDriver(ConnectionScope):
                 words = encode_value(raw, signal.type, self.profile.order_of(signal))
             except CodecError as exc:
                 raise WriteRefused(self.name, f"{signal_name}: {exc}", address=what) from exc
-            call, function = self._write_call(signal, address, words)
-            await self._send(call, what, doing=f"write ({function}) ")
+            pdu, function = self._write_pdu(signal, address, words)
+            await self._send(pdu, what, doing=f"write ({function}) ")
         readback = build_plan(self.profile, [signal_name]).blocks[0]
         back = (await self._read_block(readback))[signal_name]
         # One raw step of tolerance: the register holds a scaled integer.
@@ -726,9 +725,9 @@ class ModbusDriver(ConnectionScope):
         connection = self._link()
         block = build_plan(self.profile, [name]).blocks[0]  # just the one register
         async with connection.turn(self.device.unit_id):
-            word = (await self._read_block_data(block, locked=True))[0]
+            word = block.reply_words(await self._read_block_pdu(block, locked=True))[0]
             new_word = with_register_bit(word, signal.bit, value)
             if new_word == word:
                 return
-            call, function = self._write_call(signal, address, [new_word])
-            await self._send(call, what, locked=True, doing=f"write ({function}) ")
+            pdu, function = self._write_pdu(signal, address, [new_word])
+            await self._send(pdu, what, locked=True, doing=f"write ({function}) ")

@@ -1,7 +1,10 @@
-"""Modbus TCP replies checked byte for byte against the request they answer.
+"""Modbus TCP on the wire: our own client protocol, every reply checked byte for byte.
 
-pymodbus (3.8-3.16) frames and decodes replies, but leaves holes a wrong reply passes through
-as good values:
+:class:`ModbusTcpProtocol` is the gateway's Modbus TCP client: an :class:`asyncio.Protocol` that
+frames requests (MBAP header + PDU), sends one at a time and hands back each reply's PDU as
+bytes, which the read plan decodes directly (:meth:`~gateway.drivers.modbus_plan.Block.decode_reply`):
+no response objects, no list of register values in between. Until 2026-12-01 the gateway used
+pymodbus' client (3.8-3.16), which leaves holes a wrong reply passes through as good values:
 
 * the function code is not compared with the request's: an FC4 reply to an FC3 request, or
   any other FC, decodes as that FC's response and is returned as the answer;
@@ -14,11 +17,16 @@ as good values:
 * a non-zero protocol id stalls the receive buffer until the request times out, and a frame
   it cannot decode raises out of ``data_received``, which asyncio reports as a fatal error.
 
-:class:`StrictFramer` replaces pymodbus' socket framer on our clients and closes these holes.
-It sees every request as it is sent (pymodbus' ``trace_packet`` hook, which also gives the
-exact send time) and every reply frame once it is complete (a frame split over several TCP
-segments is reassembled first and then judged as one). A reply that does not match its request
-exactly becomes a :class:`MalformedPdu` carrying the reason, which the driver turns into
+We had replaced its framer to close these holes; the client itself still cost about three
+times the CPU of the rest of a poll (a transaction manager, ``wait_for`` per request, one
+``struct.unpack`` per register, response objects, debug strings built for a log that is off;
+bench/README.md "Speed cases"). This protocol keeps the checks and drops the rest.
+
+Every request is noted by :class:`Wire` as it is handed to the socket (which also gives the
+exact send time, the reading's timestamp) and every reply frame is judged once it is complete
+(a frame split over several TCP segments is reassembled first and then judged as one). A reply
+that does not match its request exactly fails the request with :class:`MalformedFrame`
+carrying the reason, which the driver turns into
 :class:`~gateway.drivers.base.MalformedReply`: the poll fails and nothing of it is published.
 
 A frame whose transaction id belongs to an earlier request that timed out is the late answer
@@ -31,16 +39,16 @@ the connection must be closed: :attr:`Wire.framing_lost` says so.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections import deque
 from dataclasses import dataclass
-
-from pymodbus.framer import FramerSocket
-from pymodbus.pdu import DecodePDU, ModbusPDU
+from typing import cast
 
 from gateway import clock
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+_REQUEST_HEAD = struct.Struct(">BHH")  # function code, address, quantity (or value written)
 _MBAP_SIZE = 7
 _MAX_LENGTH = 254  # unit id + PDU; a Modbus PDU is at most 253 bytes
 _MIN_LENGTH = 2  # unit id + function code
@@ -64,7 +72,7 @@ class Request:
 
     @classmethod
     def parse(cls, frame: bytes) -> Request | None:
-        """The request in a frame we send; ``None`` for a function code we do not check."""
+        """The request in a frame (a test's view of what was sent); ``None`` when too short."""
         if len(frame) < _MBAP_SIZE + 5:
             return None
         tid, _pid, _length, unit = _MBAP.unpack_from(frame)
@@ -119,16 +127,6 @@ def _check_write_reply(request: Request, pdu: bytes) -> str | None:
     return None
 
 
-class MalformedPdu(ModbusPDU):
-    """Stands in for a reply that does not match its request; the driver raises on it."""
-
-    function_code = 0  # not an error code: pymodbus returns it as the response, unchanged
-
-    def __init__(self, reason: str, *, dev_id: int, transaction_id: int) -> None:
-        super().__init__(dev_id=dev_id, transaction_id=transaction_id)
-        self.reason = reason
-
-
 class Wire:
     """What one connection sent and received: the request waiting for its reply, and times."""
 
@@ -141,16 +139,14 @@ class Wire:
         self.dropped_late = 0  # late replies to timed-out requests, dropped
         self._late: deque[int] = deque(maxlen=_LATE_TIDS_KEPT)
 
-    def trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """pymodbus' packet hook: remember each request as it is sent."""
-        if sending:
-            if self.request is not None:  # the previous request was never answered
-                self._late.append(self.request.transaction_id)
-            self.request = Request.parse(data)
-            self.sent_ns = clock.wall_ns()
-            self.received_ns = 0
-            self.buffered = 0
-        return data
+    def sending(self, request: Request) -> None:
+        """Remember a request as it is handed to the socket, and when."""
+        if self.request is not None:  # the previous request was never answered
+            self._late.append(self.request.transaction_id)
+        self.request = request
+        self.sent_ns = clock.wall_ns()
+        self.received_ns = 0
+        self.buffered = 0
 
     def abandon(self) -> None:
         """The waiting request timed out: a reply to it from now on is late, and dropped."""
@@ -174,49 +170,116 @@ class Wire:
         return check_reply(request, unit_id, pdu)
 
 
-class StrictFramer(FramerSocket):
-    """pymodbus' Modbus TCP framer, made to check every reply against its request."""
+class MalformedFrame(Exception):
+    """The reply does not match its request (the message says why); see :class:`Wire`."""
+
+
+class ConnectionLost(ConnectionError):
+    """The TCP connection closed (reset, closed by the peer or by us) with a request waiting."""
+
+
+class ModbusTcpProtocol(asyncio.Protocol):
+    """One Modbus TCP client connection: one request at a time, each reply judged by :class:`Wire`.
+
+    :meth:`send` frames a request PDU, writes it and returns a future of the reply's PDU
+    (function code onwards): its result once a matching reply is complete, else
+    :class:`MalformedFrame` or :class:`ConnectionLost`. The caller owns the timeout: it cancels
+    the future and calls :meth:`Wire.abandon`, so a late reply is recognised and dropped.
+    Nothing raised here ever reaches the event loop's exception handler.
+    """
 
     def __init__(self, wire: Wire) -> None:
-        super().__init__(DecodePDU(False))  # noqa: FBT003 - pymodbus' signature: is_server=False
         self.wire = wire
+        self.transport: asyncio.Transport | None = None
+        self.connected = False
+        self.lost_reason: str | None = None
+        self._buffer = b""
+        self._waiter: asyncio.Future[bytes] | None = None
+        self._tid = 0
 
-    def handleFrame(self, data: bytes, exp_devid: int, exp_tid: int) -> tuple[int, ModbusPDU | None]:  # noqa: N802 - pymodbus' name
-        """Take complete frames from ``data``; the reply to the waiting request, or nothing yet."""
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """asyncio: the TCP connection is open (asyncio sets TCP_NODELAY on it)."""
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
+        self.transport = cast("asyncio.Transport", transport)
+        self.connected = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """asyncio: the connection is gone; a waiting request fails with :class:`ConnectionLost`."""
+        self.connected = False
+        if self.lost_reason is None:
+            self.lost_reason = str(exc) if exc is not None else "closed by the peer"
+        self._fail(ConnectionLost(self.lost_reason))
+
+    def data_received(self, data: bytes) -> None:
+        """asyncio: bytes arrived; complete frames are judged, the rest waits for more."""
+        buffer = self._buffer + data if self._buffer else data
         wire = self.wire
         used = 0
-        while True:
-            rest = data[used:]
-            if len(rest) < _MBAP_SIZE:
-                wire.buffered = len(rest)
-                return used, None
-            tid, protocol, length, unit = _MBAP.unpack_from(rest)
+        size_all = len(buffer)
+        while size_all - used >= _MBAP_SIZE:
+            tid, protocol, length, unit = _MBAP.unpack_from(buffer, used)
             if protocol != 0 or not _MIN_LENGTH <= length <= _MAX_LENGTH:
                 what = f"protocol id {protocol}" if protocol else f"length field {length}"
-                wire.framing_lost = f"{what} in the MBAP header: the byte stream is not Modbus TCP"
-                wire.buffered = 0
-                return len(data), MalformedPdu(wire.framing_lost, dev_id=exp_devid, transaction_id=exp_tid)
-            size = 6 + length
-            if len(rest) < size:
-                wire.buffered = len(rest)
-                return used, None
-            used += size
-            pdu = rest[_MBAP_SIZE:size]
+                self._framing_lost(f"{what} in the MBAP header: the byte stream is not Modbus TCP")
+                return
+            end = used + 6 + length
+            if end > size_all:
+                break
+            pdu = buffer[used + _MBAP_SIZE : end]
+            used = end
             verdict = wire.judge(tid, unit, pdu)
             if verdict is False:
                 continue
-            wire.buffered = len(data) - used
-            if isinstance(verdict, str):
-                return used, MalformedPdu(verdict, dev_id=exp_devid, transaction_id=exp_tid)
-            try:
-                decoded = self.decoder.decode(pdu)
-            except Exception as exc:
-                decoded = None
-                reason = f"undecodable reply ({exc})"
-            else:
-                reason = f"undecodable reply with function code {pdu[0]}"
-            if decoded is None:
-                return used, MalformedPdu(reason, dev_id=exp_devid, transaction_id=exp_tid)
-            decoded.dev_id = unit
-            decoded.transaction_id = tid
-            return used, decoded
+            waiter = self._waiter
+            self._waiter = None
+            if waiter is not None and not waiter.done():
+                if verdict is None:
+                    waiter.set_result(pdu)
+                else:
+                    assert isinstance(verdict, str)
+                    waiter.set_exception(MalformedFrame(verdict))
+        self._buffer = buffer[used:] if used < size_all else b""
+        wire.buffered = len(self._buffer)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def send(self, unit_id: int, pdu: bytes) -> asyncio.Future[bytes]:
+        """Frame and write one request; the future of its reply's PDU (see the class docstring)."""
+        transport = self.transport
+        if transport is None or not self.connected:
+            raise ConnectionLost(self.lost_reason or "not connected")
+        self._tid = self._tid % 0xFFFF + 1  # 1-65535: a reply with transaction id 0 never matches
+        tid = self._tid
+        function, address, quantity = _REQUEST_HEAD.unpack_from(pdu)
+        waiter = asyncio.get_running_loop().create_future()
+        self._fail(ConnectionLost("a new request was sent before this one ended"))
+        self._waiter = waiter
+        self.wire.sending(Request(tid, unit_id, function, address, quantity))
+        transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit_id) + pdu)
+        return waiter
+
+    def close(self) -> None:
+        """Close the connection (a waiting request fails with :class:`ConnectionLost`)."""
+        if self.lost_reason is None:
+            self.lost_reason = "closed"
+        self.connected = False
+        if self.transport is not None:
+            self.transport.close()
+        self._fail(ConnectionLost(self.lost_reason))
+
+    def _framing_lost(self, reason: str) -> None:
+        self.wire.framing_lost = reason
+        self.wire.buffered = 0
+        self._buffer = b""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(MalformedFrame(reason))
+        self.lost_reason = f"malformed reply: {reason}"
+        self.close()  # nothing read from this stream can be trusted any more
+
+    def _fail(self, error: Exception) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)

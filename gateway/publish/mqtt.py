@@ -497,7 +497,9 @@ class MqttPublisher:
                 self._flush_spool()  # one write per batch: from here a kill loses nothing
                 if spool.fsync == "every_write":
                     await self._sync_spool(spool)
-            await asyncio.sleep(0)  # let pollers run between large batches
+            self.connection.flush()  # the batch goes to the socket now, not at the loop's next turn
+            if len(self.outbox):
+                await asyncio.sleep(0)  # let pollers run between large batches
 
     async def _watch_unacknowledged(self) -> None:
         """Copy messages unacknowledged for UNACKED_TO_DISK_S to the spool; retry a failed spool."""
