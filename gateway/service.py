@@ -520,6 +520,7 @@ class Gateway:
             site=self.site.config.site,
             devices=len(self._pollers),
             broker=f"{self.site.config.mqtt.host}:{self.site.config.mqtt.port}",
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],  # asyncio or uvloop
         )
         try:
             async with asyncio.TaskGroup() as group:
