@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import thread_time
 from typing import Any
 
 from gateway.config.control import ControlConfig
@@ -223,6 +224,7 @@ def run_scenario(
     what the supervisor binds (:func:`read_plan`); the supervisor sees the same values either way.
     """
     started = time.perf_counter()
+    started_cpu = thread_time()
     scenario = load_scenario(name_or_path)
     seed = scenario.seed if seed is None else seed
     plant = Plant(with_profile_resolutions(scenario.plant_config()), seed=seed)
@@ -260,6 +262,7 @@ def run_scenario(
     ramp_minutes: set[tuple[str, int]] = set()
     crash_log: list[dict[str, Any]] = []
     cycle_times_s: list[float] = []
+    supervisor_cpu_s = 0.0
     next_control_s = 0.0
     was_down = False
     duration_s = scenario.duration_s
@@ -290,8 +293,10 @@ def run_scenario(
                 else:
                     image.update(Reading(device, now_ns, plant_read(device, signals)))
             tick = time.perf_counter()
+            tick_cpu = thread_time()
             result = supervisor.step(image.snapshot(now_ns), state, time_s)
             cycle_times_s.append(time.perf_counter() - tick)
+            supervisor_cpu_s += thread_time() - tick_cpu
             state = result.state
             status = result.status
             minute = int(time_s // 60.0)
@@ -349,6 +354,10 @@ def run_scenario(
         "cycle_p99_us": round(1e6 * cycles[int(0.99 * (len(cycles) - 1))], 1) if cycles else 0.0,
         "cycle_max_us": round(1e6 * cycles[-1], 1) if cycles else 0.0,
         "supervisor_share": round(sum(cycles) / max(finished - built, 1e-9), 3),
+        # CPU seconds (this thread's): on a loaded machine the wall figures above include time
+        # the process waited for a core; these do not.
+        "cpu_s": round(thread_time() - started_cpu, 3),
+        "supervisor_cpu_s": round(supervisor_cpu_s, 3),
     }
     metrics, checks = evaluate(trace, scenario, windows, config, crash_log=crash_log, counts=counts)
     summary = Summary(
