@@ -33,6 +33,7 @@ SHIPPED = [
     "it-load-step",
     "meter-offset",
     "reference-day",
+    "row-returns",
     "utility-link-40min",
     "utility-link-lost",
 ]

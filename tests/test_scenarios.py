@@ -43,6 +43,7 @@ def test_every_shipped_scenario_ran(summaries):
         "it-load-step",
         "meter-offset",
         "reference-day",
+        "row-returns",
         "utility-link-40min",
         "utility-link-lost",
     }

@@ -400,28 +400,31 @@ def test_dh_over_temperature_override_wins_the_min_select():
     assert "override:dh_over_temperature" in str(result.status["overrides"])
 
 
-def test_cdu_valve_saturated_backs_the_setpoints_off_then_they_rise_slowly_again():
+def test_cdu_valve_saturated_backs_that_cdu_off_alone_then_it_rises_slowly_again():
+    """On a shared facility header every CDU backing off would open every valve and starve the short one."""
     sup = supervisor(cdu_raise_hold_s=300.0)
     loop = Loop(sup)
     loop.run(0.0, 10.0)
     assert value(loop.view, "cdu-2", "tcs_supply_setpoint_c") == pytest.approx(43.0)
     loop.view.set("cdu-1", valve_feedback_pct=100.0)
     result = loop.run(11.0, 70.0)  # one minute of back-off at 3 K/min
-    assert written(result, "cdu-2", "tcs_supply_setpoint_c").reason == "override:cdu_cannot_hold"  # type: ignore[union-attr]
+    assert written(result, "cdu-1", "tcs_supply_setpoint_c").reason == "override:cdu_cannot_hold"  # type: ignore[union-attr]
     assert value(loop.view, "cdu-1", "tcs_supply_setpoint_c") == pytest.approx(40.0, abs=0.06)
-    assert value(loop.view, "cdu-2", "tcs_supply_setpoint_c") == pytest.approx(40.0, abs=0.06)
+    assert value(loop.view, "cdu-2", "tcs_supply_setpoint_c") == pytest.approx(43.0)  # held
+    assert result.status["cdu_ceiling_c"] == pytest.approx(43.0)
+    assert "override:cdu_cannot_hold" in str(result.status["overrides"])
     loop.view.set("cdu-1", valve_feedback_pct=60.0)
-    table = [  # (now_s, expected setpoint): held for cdu_raise_hold_s, then +0.5 K/min
-        (100.0, 40.0),
-        (360.0, 40.0),
-        (370.0, 40.0),
-        (490.0, 41.0),
+    table = [  # (now_s, expected setpoint of cdu-1): back up at +0.5 K/min to the (held) ceiling
+        (100.0, 40.25),
+        (370.0, 42.5),
+        (490.0, 43.0),
         (1000.0, 43.0),  # never above it_limit - margin
     ]
     last_s = 70.0
     for now_s, expected_c in table:
         loop.run(last_s + 1.0, now_s)
-        assert value(loop.view, "cdu-1", "tcs_supply_setpoint_c") == pytest.approx(expected_c, abs=0.1), now_s
+        assert value(loop.view, "cdu-1", "tcs_supply_setpoint_c") == pytest.approx(expected_c, abs=0.15), now_s
+        assert value(loop.view, "cdu-2", "tcs_supply_setpoint_c") == pytest.approx(43.0), now_s
         last_s = now_s
 
 

@@ -500,12 +500,14 @@ CEILING_ROWS = [
     # A late cycle moves at most 10 cycles' worth (10 s), not the 60 s it missed.
     ("a late cycle", (cdu(),), {}, {"cdu_ceiling": RampState(value=40.0, time_s=40.0)}, True, 100.0,
      40.0 + 0.5 / 6.0, 43.0, (), "source_optimisation", "source_optimisation", 35.0 + 0.5 / 6.0),
+    # A CDU that cannot hold backs off alone (plan_writes): the ceiling, the others and the dry coolers hold.
+    ("valve saturated: that CDU alone, the ceiling holds", (cdu(valve_pct=96.0), cdu("cdu-2")), {},
+     {"cdu_ceiling": RampState(value=43.0, time_s=90.0)},
+     True, 100.0, 43.0, 43.0, (), "source_optimisation", "source_optimisation", 36.0),
     # Back off to 35 °C at 3 K/min: 10 s from 43 °C is 42.5 °C.
-    ("valve saturated: back off", (cdu(valve_pct=96.0),), {}, {"cdu_ceiling": RampState(value=43.0, time_s=90.0)},
-     True, 100.0, 42.5, 35.0, ("cdu_cannot_hold",), "override:cdu_cannot_hold", "source_optimisation", 36.0),
-    ("rack 44.2 °C, within 1 K of its 45 °C limit", (cdu(hottest_c=44.2),), {},
+    ("rack 44.2 °C, within 1 K of its 45 °C limit: every CDU backs off", (cdu(hottest_c=44.2),), {},
      {"cdu_ceiling": RampState(value=43.0, time_s=90.0)}, True, 100.0, 42.5, 35.0,
-     ("cdu_cannot_hold", "rack_near_limit"), "override:cdu_cannot_hold", "source_optimisation", 36.0),
+     ("rack_near_limit",), "override:rack_near_limit", "source_optimisation", 36.0),
     # Facility water 40 °C, 3 K above 36 + 1: back off, dry coolers 36 - 2 K/K * 3 K = 30 °C.
     ("facility water too hot", (cdu(),), {"fws_supply_c": 40.0}, {"cdu_ceiling": RampState(value=43.0, time_s=90.0)},
      True, 100.0, 42.5, 35.0, ("fws_too_hot",), "override:fws_too_hot", "fws_too_hot", 30.0),
@@ -544,8 +546,11 @@ def test_source_ceiling(name, cdus, fields, state_fields, takes_heat, now_s, cei
     assert got.backoff == backoff
     assert got.cdu_reason == reason
     assert (got.dry_cooler.name, got.dry_cooler.value) == (dc_name, pytest.approx(dc_c))
-    if backoff:
-        assert got.last_backoff_s == now_s
+    short = [c for c in cdus if c.fresh and (c.valve_pct >= 95.0 or c.hottest_c > c.active_setpoint_c + 1.0)]
+    holding_out = tuple(c.name for c in short)
+    assert got.holding_out == holding_out
+    if backoff or holding_out:
+        assert got.last_backoff_s == now_s  # no raising for cdu_raise_hold_s after either
 
 
 # -- 7. writes and 8. status, through the whole chain ------------------------------------------------
@@ -649,6 +654,25 @@ def test_status_lists_every_override_once_in_stage_order():
     assert status["order_source"] == "held"
     assert status["alarm_utility_link"] is True
     assert status["dh_takes_heat"] is False
+
+
+def test_a_cdu_that_cannot_hold_backs_off_alone_the_others_and_the_dry_coolers_hold():
+    """On a shared facility header a site-wide back-off opens every valve and starves the short one."""
+    view = View()
+    state = SupervisorState()
+    for second in range(100, 130):  # take over, the ceiling at its start (43 °C, what the CDUs hold)
+        writes, (_, state, _) = cycle(view, state, float(second))
+        view.echo(writes.writes)
+    view.set("cdu-2", valve_feedback_pct=97.0)  # saturated: it cannot cool more
+    writes, (_, after, status) = cycle(view, state, 160.0)
+    setpoints = {w.device: (w.value, w.reason) for w in writes.writes if w.signal == "tcs_supply_setpoint_c"}
+    assert setpoints["cdu-2"][1] == "override:cdu_cannot_hold"
+    assert setpoints["cdu-2"][0] < 43.0  # on its way down at the back-off ramp
+    assert all(reason != "override:cdu_cannot_hold" for device, (_, reason) in setpoints.items() if device != "cdu-2")
+    assert after.cdu_ceiling.value == pytest.approx(state.cdu_ceiling.value)  # held, not lowered
+    assert "override:cdu_cannot_hold" in status["overrides"]
+    dry = [w for w in writes.writes if w.signal == "dry_cooler_setpoint_c"]
+    assert all(w.reason == "source_optimisation" for w in dry)
 
 
 def test_mode_off_writes_nothing_and_forgets_what_was_written():

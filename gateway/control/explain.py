@@ -27,7 +27,8 @@ EXPLANATIONS: dict[str, str] = {
         "the heat goes to the dry coolers, never back into the racks"
     ),
     "fws_too_hot": "facility water supply too hot: CDU setpoints back off and the dry coolers cool harder (IT first)",
-    "cdu_cannot_hold": "a CDU cannot hold its setpoint (valve saturated): all CDU setpoints back off",
+    "cdu_cannot_hold": "a CDU cannot hold its setpoint (valve saturated or supply above it): that CDU backs off "
+    "alone, the others and the dry coolers hold",
     "rack_near_limit": "a rack loop is near its IT limit: CDU setpoints back off",
     "meter_stale": "heat-meter data are stale: the DH loops hold their safe settings until it reads again",
     "hp_plc_stale": "heat-pump PLC data are stale: its writes stop and it falls back to its own setpoints",

@@ -1089,6 +1089,9 @@ class SourceCeiling:
     """The ceiling before this cycle (the first cycle: the lowest active CDU setpoint)."""
     backoff: tuple[str, ...]
     """Why the ceiling backs off (none: it does not)."""
+    holding_out: tuple[str, ...] = ()
+    """CDUs that cannot hold their setpoint (valve saturated or supply too far above it): each backs
+    off alone while the ceiling, the other CDUs and the dry coolers hold."""
     last_backoff_s: float | None
     cdu_reason: str
     """The reason written with the CDU setpoints."""
@@ -1117,11 +1120,18 @@ def source_ceiling(
     dc_normal_c = min(dc_upper_c, previous.value - cfg.cdu_approach_k)
     fws_supply_c = inputs.fws_supply_c
     fws_hot_k = (fws_supply_c - (dc_normal_c + cfg.fws_too_hot_k)) if fws_supply_c is not None else 0.0
+    # A CDU that cannot hold backs off alone: on a shared facility header, lowering every setpoint
+    # opens every valve and takes pressure from the one that is short, and a ceiling that drops
+    # drags the dry-cooler setpoint down with it (40 MW dumped for minutes on the reference day).
+    holding_out = tuple(cdu.name for cdu in fresh_cdus if _cannot_hold(cfg, cdu))
     backoff = _backoff(cfg, fresh_cdus, fws_hot_k)
-    overrides = [f"override:{name}" for name in backoff]
+    overrides = [f"override:{name}" for name in (("cdu_cannot_hold",) if holding_out else ()) + backoff]
     last_backoff_s = state.last_backoff_s
     if backoff:
         target_c = cfg.cdu_setpoint_min_c
+        last_backoff_s = now_s
+    elif holding_out:
+        target_c = min(previous.value, upper_c)  # hold the others (and the dry coolers)
         last_backoff_s = now_s
     elif inputs.stale_cdus or (last_backoff_s is not None and now_s - last_backoff_s < cfg.cdu_raise_hold_s):
         target_c = min(previous.value, upper_c)  # stop raising
@@ -1149,6 +1159,7 @@ def source_ceiling(
         target_c=target_c,
         previous=previous,
         backoff=backoff,
+        holding_out=holding_out,
         last_backoff_s=last_backoff_s,
         cdu_reason=cdu_reason,
         dry_cooler=select_min(dc_candidates),
@@ -1156,13 +1167,13 @@ def source_ceiling(
     )
 
 
+def _cannot_hold(cfg: ControlConfig, cdu: CduReading) -> bool:
+    return cdu.valve_pct >= cfg.cdu_valve_saturated_pct or cdu.hottest_c > cdu.active_setpoint_c + cfg.cdu_deviation_k
+
+
 def _backoff(cfg: ControlConfig, fresh_cdus: tuple[CduReading, ...], fws_hot_k: float) -> tuple[str, ...]:
+    """Why every CDU backs off: a rack near its IT limit, facility water too hot (site-wide safety)."""
     backoff: list[str] = []
-    if any(
-        cdu.valve_pct >= cfg.cdu_valve_saturated_pct or cdu.hottest_c > cdu.active_setpoint_c + cfg.cdu_deviation_k
-        for cdu in fresh_cdus
-    ):
-        backoff.append("cdu_cannot_hold")
     if any(cdu.hottest_c > cdu.it_limit_c - cfg.cdu_near_limit_k for cdu in fresh_cdus):
         backoff.append("rack_near_limit")
     if fws_hot_k > 0.0:
@@ -1222,8 +1233,14 @@ def plan_writes(
         fresh_devices.add(setup.meter)
     heartbeats = _beat(setup, book, read.good, fresh_devices, state.heartbeats, now_s=now_s)
     ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
+    alone = () if ceiling.backoff else ceiling.holding_out
+    floor_c = setup.config.cdu_setpoint_min_c
     for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
-        _write_cdu(book, cdu, binding, min(ceiling_c, cdu.it_limit_c - margin_k), reason)
+        if cdu.name in alone:
+            # Its own back-off: the write book's ramp takes it down at the back-off rate.
+            _write_cdu(book, cdu, binding, min(floor_c, cdu.it_limit_c - margin_k), "override:cdu_cannot_hold")
+        else:
+            _write_cdu(book, cdu, binding, min(ceiling_c, cdu.it_limit_c - margin_k), reason)
     if ceiling.moving:
         # The common ceiling is itself the CDU setpoints' ramp (raise 0.5 K/min, back off 3 K/min).
         book.ramping.update(cdu.name for cdu in inputs.fresh_cdus)
