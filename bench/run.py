@@ -108,8 +108,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of ``pid`` and every process below it (Node-RED runs as a child of its wrapper)."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (Node-RED runs as a child of its wrapper)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -117,15 +117,23 @@ def tree_cpu_seconds(pid: int) -> float:
         except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    total, todo = 0.0, [pid]
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each of ``pids`` still running."""
+    cpu = {}
+    for pid in pids:
         try:
-            total += cpu_seconds(current)
+            cpu[pid] = cpu_seconds(pid)
         except (OSError, IndexError):
             continue
-        todo.extend(children.get(current, []))
-    return total
+    return cpu
 
 
 def rss_mib(pid: int) -> float:
@@ -306,14 +314,16 @@ def measure_gateway(
             raise SystemExit("the gateway probe did not start")
         counter.take()
         farm.start_window()
-        t0, cpu0 = time.monotonic(), tree_cpu_seconds(gateway.pid)
+        # the program's processes as the window opens; CPU counted for those alive at both ends
+        pids = process_tree(gateway.pid) if other else [gateway.pid]
+        t0, cpu0 = time.monotonic(), cpu_by_pid(pids)
         rss = []
         while gateway.poll() is None and time.monotonic() - t0 < seconds:
             rss.append(rss_mib(gateway.pid))
             time.sleep(0.5)
         gateway.stdout.readline()  # "done"
         t1 = time.monotonic()
-        elapsed, cpu1 = t1 - t0, tree_cpu_seconds(gateway.pid)
+        elapsed, cpu1 = t1 - t0, cpu_by_pid(pids)
         server_cpu, server_max = farm.cpu_pct(elapsed)
         values, messages, latencies = counter.take()
         gateway.wait(timeout=60)
@@ -327,7 +337,7 @@ def measure_gateway(
     lateness = probe.get("lateness_s", [])
     durations = in_window(probe.get("poll_durations", []), t0, t1)
     gc_pauses = in_window(probe.get("gc_pauses", []), t0, t1)
-    cpu_s = cpu1 - cpu0
+    cpu_s = sum(cpu1[pid] - cpu0[pid] for pid in cpu1 if pid in cpu0)
     return {
         "published_values_per_s": values / elapsed,
         "messages_per_s": messages / elapsed,
@@ -337,7 +347,7 @@ def measure_gateway(
         "latency_max_ms": max(latencies, default=float("nan")),
         "decoded_values_per_s": probe["values"] / seconds,
         "notifications_per_s": sum(in_window(probe.get("notifications", []), t0, t1)) / elapsed,
-        "gateway_cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
+        "gateway_cpu_pct": 100 * cpu_s / elapsed,
         "gateway_rss_mib": max(rss) if rss else float("nan"),
         "server_cpu_pct": server_cpu,
         "server_max_process_cpu_pct": server_max,

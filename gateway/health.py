@@ -87,25 +87,31 @@ def prometheus_text(lines: Iterable[str], *, prefix: str = "heat") -> str:
                 info_labels = ",".join([*labels, f'{_metric_name(_unescape(key))}="{_label_value(text)}"'])
                 samples.setdefault(f"{name}_info", []).append(f"{name}_info{{{info_labels}}} 1")
                 continue
-            if raw in ("true", "false"):
-                value = 1.0 if raw == "true" else 0.0
-            else:
-                try:
-                    value = float(raw.rstrip("iu"))
-                except ValueError:
-                    continue
-            if math.isnan(value):
-                text_value = "NaN"
-            elif math.isinf(value):
-                text_value = "+Inf" if value > 0 else "-Inf"
-            else:
-                text_value = repr(value) if not value.is_integer() else str(int(value))
+            text_value = _sample_value(raw)
+            if text_value is None:
+                continue
             samples.setdefault(name, []).append(f"{name}{{{label_text}}} {text_value}")
     out = []
     for name, rows in samples.items():
         out.append(f"# TYPE {name} gauge")
         out.extend(rows)
     return "\n".join(out) + "\n"
+
+
+def _sample_value(raw: str) -> str | None:
+    """A line-protocol field value as a Prometheus sample value (None: not a number)."""
+    if raw in ("true", "false"):
+        value = 1.0 if raw == "true" else 0.0
+    else:
+        try:
+            value = float(raw.rstrip("iu"))
+        except ValueError:
+            return None
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value) if not value.is_integer() else str(int(value))
 
 
 class HealthServer:

@@ -62,6 +62,17 @@ class Snapshot:
             return None
         return reading.values.get(signal)
 
+    def fresh(self, device: str, max_age_s: float) -> Mapping[str, float] | None:
+        """The device's good values if its reading is younger than ``max_age_s``; ``None`` otherwise.
+
+        ``fresh(device, age).get(signal)`` is ``good(device, signal, age)``: the control cycle
+        reads a device's dozen signals with one age check instead of one each.
+        """
+        reading = self.readings.get(device)
+        if reading is None or (self.taken_ns - reading.timestamp_ns) > max_age_s * 1e9:
+            return None
+        return reading.values
+
 
 class ProcessImage:
     """Latest reading per device, written by the pollers, read as snapshots."""

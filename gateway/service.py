@@ -440,6 +440,26 @@ class Gateway:
         sd_notify(f"READY=1\nSTATUS={self._status}")
         return applied
 
+    async def _swap_publisher(self, publisher: MqttPublisher) -> None:
+        """Stop the running publisher and start ``publisher``; if it cannot start, one with the running
+        settings again (never run without a publisher) and the reload fails."""
+        await self._stop("mqtt-publisher")
+        await self.publisher.stop()  # flushes, says offline, closes the spool for the new one
+        try:
+            publisher.start()  # opens the spool: the new state_dir may not be writable
+        except Exception:
+            # Never run without a publisher: one with the running mqtt settings again, the
+            # control commands routed to it; the reload fails (pollers may be swapped already).
+            publisher = self._make_publisher(self.site)
+            publisher.start()
+            self.publisher = publisher
+            self._start("mqtt-publisher", publisher.run())
+            if self.control is not None:
+                self._adopt_control(self.control)
+            raise
+        self.publisher = publisher
+        self._start("mqtt-publisher", publisher.run())
+
     async def _apply(self, new: Site, plan: ReloadPlan) -> None:
         """Build what the new site needs first (a failure there changes nothing), then swap."""
         devices = _enabled(new)
@@ -464,22 +484,7 @@ class Gateway:
             self.liveness.add(poller.progress)
             self._start(f"poll:{name}", poller.run())
         if publisher is not None:
-            await self._stop("mqtt-publisher")
-            await self.publisher.stop()  # flushes, says offline, closes the spool for the new one
-            try:
-                publisher.start()  # opens the spool: the new state_dir may not be writable
-            except Exception:
-                # Never run without a publisher: one with the running mqtt settings again, the
-                # control commands routed to it; the reload fails (pollers may be swapped already).
-                publisher = self._make_publisher(self.site)
-                publisher.start()
-                self.publisher = publisher
-                self._start("mqtt-publisher", publisher.run())
-                if self.control is not None:
-                    self._adopt_control(self.control)
-                raise
-            self.publisher = publisher
-            self._start("mqtt-publisher", publisher.run())
+            await self._swap_publisher(publisher)
         else:
             self.publisher.set_devices({d.name: d.kind for d in devices.values()})
         if plan.control:
@@ -515,6 +520,7 @@ class Gateway:
             site=self.site.config.site,
             devices=len(self._pollers),
             broker=f"{self.site.config.mqtt.host}:{self.site.config.mqtt.port}",
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],  # asyncio or uvloop
         )
         try:
             async with asyncio.TaskGroup() as group:

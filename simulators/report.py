@@ -84,6 +84,7 @@ class Trace:
         self.scenario = scenario
         self.it_limit_c = min(cdu.cfg.it_limit_c for cdu in plant.cdus)
         self.data: dict[str, list[float]] = {name: [] for name in self.CHANNELS}
+        self._appends = tuple(self.data[name].append for name in self.CHANNELS)
         self.mode: list[str] = []
         self.order_source: list[str] = []
         self.overrides: list[str] = []
@@ -97,40 +98,45 @@ class Trace:
         station = plant.station
         meter = plant.meter
         cdus = plant.cdus
-        data = self.data
         order_mw = self.scenario.input_value("utility_heat_order_mw", time_s)
         supplies = [cdu.supply_c for cdu in cdus]
         setpoints = [cdu.active_setpoint_c for cdu in cdus]
         nan = math.nan
-        data["t_s"].append(time_s)
-        data["requirement_c"].append(plant.utility_supply_temp_c)
-        data["requirement_used_c"].append(status.get("dh_requirement_c", nan))
-        data["meter_supply_c"].append(meter.flow_temp_c)
-        data["station_supply_c"].append(station.dh_out_c)
-        data["dh_return_c"].append(station.dh_return_c)
-        data["hp_setpoint_c"].append(station.hp_supply_setpoint_c)
-        data["order_kw"].append(order_mw * 1000.0 if order_mw is not None else self._order_default_kw)
-        data["order_used_kw"].append(status.get("heat_order_kw", nan))
-        data["delivered_kw"].append(meter.power_kw)
-        data["heat_limit_kw"].append(station.heat_power_limit_kw)
-        data["liquid_kw"].append(sum(cdu.load_kw for cdu in cdus))
-        data["hp_heat_kw"].append(station.hp_heat_kw)
-        data["hp_electric_kw"].append(station.hp_electric_kw)
-        data["dry_cooler_kw"].append(station.dc_heat_kw)
-        data["fws_supply_c"].append(station.fws_supply_header_c)
-        data["dry_cooler_setpoint_c"].append(station.dry_cooler_setpoint_c)
-        data["tcs_max_c"].append(max(supplies))
-        data["tcs_min_c"].append(min(supplies))
-        data["tcs_setpoint_max_c"].append(max(setpoints))
-        data["tcs_setpoint_min_c"].append(min(setpoints))
-        data["cdu_ceiling_c"].append(status.get("cdu_ceiling_c", nan))
-        data["tcs_over_limit"].append(float(any(cdu.supply_c > cdu.cfg.it_limit_c for cdu in cdus)))
-        data["hp_running"].append(float(sum(1 for pump in station.heat_pumps if pump.state is _RUNNING)))
-        data["cdu_external"].append(float(sum(1 for cdu in cdus if cdu.control_mode == 1)))
-        self.mode.append("down" if down else str(status.get("mode", "")))
-        self.order_source.append(str(status.get("order_source", "")))
-        self.overrides.append(str(status.get("overrides", "")))
-        stale = str(status.get("stale_devices", ""))
+        get = status.get
+        # One tuple in CHANNELS order, appended column by column (a day is 86,400 of these).
+        row = (
+            time_s,
+            plant.utility_supply_temp_c,
+            get("dh_requirement_c", nan),
+            meter.flow_temp_c,
+            station.dh_out_c,
+            station.dh_return_c,
+            station.hp_supply_setpoint_c,
+            order_mw * 1000.0 if order_mw is not None else self._order_default_kw,
+            get("heat_order_kw", nan),
+            meter.power_kw,
+            station.heat_power_limit_kw,
+            sum(cdu.load_kw for cdu in cdus),
+            station.hp_heat_kw,
+            station.hp_electric_kw,
+            station.dc_heat_kw,
+            station.fws_supply_header_c,
+            station.dry_cooler_setpoint_c,
+            max(supplies),
+            min(supplies),
+            max(setpoints),
+            min(setpoints),
+            get("cdu_ceiling_c", nan),
+            float(any(cdu.supply_c > cdu.cfg.it_limit_c for cdu in cdus)),
+            float(sum(1 for pump in station.heat_pumps if pump.state is _RUNNING)),
+            float(sum(1 for cdu in cdus if cdu.control_mode == 1)),
+        )
+        for append, value in zip(self._appends, row, strict=True):
+            append(value)
+        self.mode.append("down" if down else str(get("mode", "")))
+        self.order_source.append(str(get("order_source", "")))
+        self.overrides.append(str(get("overrides", "")))
+        stale = str(get("stale_devices", ""))
         self.stale.append(",".join(sorted(set(silent))) if down else stale)
         self.down.append(down)
 
@@ -309,7 +315,8 @@ def evaluate(
         "writes_rejected": _check(counts["writes_rejected"], "== 0", ok=counts["writes_rejected"] == 0),
     }
     metrics.update(steps)
-    metrics.update(_offset_metrics(t, deviation, delivering))
+    offsets = [event.at_s for event in scenario.events if event.kind == "meter_offset"]
+    metrics.update(_offset_metrics(t, deviation, delivering, start_s=min(offsets, default=None)))
     metrics["stale_handbacks"] = _stale_handbacks(trace, fault)
     metrics.update(_crash_metrics(trace, crash_log, config, checks))
     metrics.update(_link_metrics(trace, windows, config, checks))
@@ -385,13 +392,17 @@ OFFSET_LEARNED_K = 0.2
 """The offset counts as learned once a window's mean deviation is within this."""
 
 
-def _offset_metrics(t: Sequence[float], deviation: Sequence[float], delivering: Sequence[bool]) -> dict[str, Any]:
+def _offset_metrics(
+    t: Sequence[float], deviation: Sequence[float], delivering: Sequence[bool], *, start_s: float | None = None
+) -> dict[str, Any]:
     """When the meter's mean deviation first came within OFFSET_LEARNED_K, and the RMS after it.
 
-    Seconds from the first judged sample (a sensor offset is there from the start, so this is
-    how long the trims took to learn it).
+    Seconds from ``start_s`` (a scenario's ``meter_offset`` switching on: only windows that
+    start after it count), or without one from the first judged sample (an offset present from
+    the start). The RMS is every judged second from the end of that first window to the end.
     """
-    idx = [i for i in range(len(t)) if delivering[i]]
+    first_s = -math.inf if start_s is None else start_s
+    idx = [i for i in range(len(t)) if delivering[i] and t[i] >= first_s]
     if len(idx) < OFFSET_WINDOW_S:
         return {"dh_offset_learned_s": None, "dh_supply_dev_rms_after_learning_k": None}
     learned: int | None = None
@@ -406,7 +417,7 @@ def _offset_metrics(t: Sequence[float], deviation: Sequence[float], delivering: 
         return {"dh_offset_learned_s": None, "dh_supply_dev_rms_after_learning_k": None}
     after = [deviation[i] for i in idx[learned:]]
     return {
-        "dh_offset_learned_s": t[idx[learned]] - t[idx[0]],
+        "dh_offset_learned_s": t[idx[learned]] - (t[idx[0]] if start_s is None else start_s),
         "dh_supply_dev_rms_after_learning_k": _r(_rms(after)),
     }
 

@@ -24,8 +24,11 @@ Three kinds of entries:
 - plant **events**, applied to the plant by :meth:`Scenario.apply_plant_events`:
   ``heat_pump_trip`` (target ``hp-N``), ``dh_pump_trip``, ``dh_return_too_hot`` (``value``
   = the return temperature while it lasts), ``sensor_freeze`` (target ``device.signal``),
-  ``cdu_leak`` (target ``cdu-N``). ``duration_s`` is how long the cause lasts (absent: to
-  the end); trips latch in the PLC until reset.
+  ``cdu_leak`` (target ``cdu-N``), ``meter_offset`` (``value`` = K the meter reads below the
+  station from then on: the station's supply sensor shifts, see
+  :meth:`Plant.set_meter_offset <simulators.plant.Plant.set_meter_offset>`; a calibration
+  change the controller must learn, so it is no fault window in the report). ``duration_s``
+  is how long the cause lasts (absent: to the end); trips latch in the PLC until reset.
 - **harness** events, which are no plant physics: ``device_silent`` (target a device: its
   protocol server stops answering), ``gateway_crash`` (``duration_s``: until the harness
   restarts the gateway). A harness gets them from :meth:`Scenario.events_between` and acts.
@@ -56,6 +59,7 @@ from simulators.plant import INPUTS, Plant, PlantConfig
 
 __all__ = [
     "BOTH_EVENTS",
+    "CALIBRATION_EVENTS",
     "HARNESS_EVENTS",
     "PLANT_EVENTS",
     "SCENARIO_DIR",
@@ -71,7 +75,11 @@ __all__ = [
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
-PLANT_EVENTS = frozenset({"heat_pump_trip", "dh_pump_trip", "dh_return_too_hot", "sensor_freeze", "cdu_leak"})
+PLANT_EVENTS = frozenset(
+    {"heat_pump_trip", "dh_pump_trip", "dh_return_too_hot", "sensor_freeze", "cdu_leak", "meter_offset"}
+)
+CALIBRATION_EVENTS = frozenset({"meter_offset"})
+"""Plant events the controller must absorb: the report judges through them (no fault window)."""
 HARNESS_EVENTS = frozenset({"device_silent", "gateway_crash"})
 BOTH_EVENTS = frozenset({"utility_link_lost"})
 
@@ -81,6 +89,7 @@ EventKind = Literal[
     "dh_return_too_hot",
     "sensor_freeze",
     "cdu_leak",
+    "meter_offset",
     "utility_link_lost",
     "device_silent",
     "gateway_crash",
@@ -104,7 +113,9 @@ class ScenarioEvent(BaseModel):
     event: EventKind | None = Field(None, description="A plant or harness event")
     target: str | None = Field(None, description="cdu-N / hp-N / a device / device.signal, as the kind needs")
     duration_s: float | None = Field(None, gt=0.0, description="How long the event lasts; absent: to the end")
-    value: float | None = Field(None, description="dh_return_too_hot: the return temperature, °C")
+    value: float | None = Field(
+        None, description="dh_return_too_hot: the return temperature, °C; meter_offset: K the meter reads low"
+    )
     note: str | None = Field(None, description="Free text for people reading the file")
 
     @model_validator(mode="after")
@@ -141,6 +152,8 @@ class ScenarioEvent(BaseModel):
             raise ValueError("device_silent needs a target device")
         if kind == "dh_return_too_hot" and (self.value is None or self.duration_s is None):
             raise ValueError("dh_return_too_hot needs value (°C) and duration_s")
+        if kind == "meter_offset" and (self.value is None or not -10.0 <= self.value <= 10.0):
+            raise ValueError("meter_offset needs value: the offset in K (within +/-10)")
         return self
 
     @property
@@ -227,6 +240,24 @@ class _Schedule:
         self.values.append(value)
 
 
+class _Timeline:
+    """A scenario compiled: input schedules, discrete actions and the events in time order."""
+
+    __slots__ = ("action_times", "actions", "event_times", "ordered", "schedules")
+
+    def __init__(
+        self,
+        schedules: dict[tuple[str, str | None], _Schedule],
+        actions: list[_Action],
+        ordered: list[ScenarioEvent],
+    ) -> None:
+        self.schedules = schedules
+        self.actions = actions
+        self.action_times = [action.time_s for action in actions]
+        self.ordered = ordered
+        self.event_times = [event.at_s for event in ordered]
+
+
 class Criterion(BaseModel):
     """A pass criterion on one metric of the report: ``min`` and/or ``max`` (inclusive)."""
 
@@ -273,11 +304,9 @@ class Scenario(BaseModel):
         "limit, 0 writes outside limits or refused) apply to every scenario on top",
     )
 
-    _schedules: dict[tuple[str, str | None], _Schedule] = PrivateAttr(default_factory=dict)
-    _actions: list[_Action] = PrivateAttr(default_factory=list)
-    _action_times: list[float] = PrivateAttr(default_factory=list)
-    _ordered: list[ScenarioEvent] = PrivateAttr(default_factory=list)
-    _event_times: list[float] = PrivateAttr(default_factory=list)
+    # One plain object: a pydantic private attribute costs a __getattr__ per access, and the
+    # harness asks twice per simulated second.
+    _timeline: _Timeline = PrivateAttr(default_factory=lambda: _Timeline({}, [], []))
 
     @model_validator(mode="after")
     def _check_targets(self) -> Self:
@@ -352,11 +381,7 @@ class Scenario(BaseModel):
             if math.isfinite(event.end_s):
                 actions.append(_Action(event.end_s, order, event, start=False))
         actions.sort(key=lambda action: (action.time_s, action.order, action.start))
-        self._schedules = schedules
-        self._actions = actions
-        self._action_times = [action.time_s for action in actions]
-        self._ordered = [event for _, event in ordered]
-        self._event_times = [event.at_s for event in self._ordered]
+        self._timeline = _Timeline(schedules, actions, [event for _, event in ordered])
 
     def _initial(self, name: str) -> float:
         plant = self.plant
@@ -377,7 +402,7 @@ class Scenario(BaseModel):
 
     def input_value(self, name: str, time_s: float, *, target: str | None = None) -> float | None:
         """The scheduled value of an input at ``time_s``; None if the scenario never sets it."""
-        schedule = self._schedules.get((name, target))
+        schedule = self._timeline.schedules.get((name, target))
         return None if schedule is None else schedule.value_at(time_s)
 
     def events_between(self, t0_s: float, t1_s: float, *, scope: Scope | None = None) -> list[ScenarioEvent]:
@@ -385,8 +410,9 @@ class Scenario(BaseModel):
 
         ``scope="harness"`` also returns ``both`` events (a harness acts on those too).
         """
-        times = self._event_times
-        found = self._ordered[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]
+        timeline = self._timeline
+        times = timeline.event_times
+        found = timeline.ordered[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]
         if scope is None:
             return found
         if scope == "harness":
@@ -399,13 +425,14 @@ class Scenario(BaseModel):
         Scheduled inputs are set to their value just before ``t1_s``; fault causes switch on
         at their start and off at their end. Harness events are left to the harness.
         """
-        for (name, target), schedule in self._schedules.items():
+        timeline = self._timeline
+        for (name, target), schedule in timeline.schedules.items():
             value = schedule.value_before(t1_s)
             if not math.isnan(value):
                 plant.set_input(name, value, target=target)
-        times = self._action_times
+        times = timeline.action_times
         applied: list[ScenarioEvent] = []
-        for action in self._actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
+        for action in timeline.actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
             event = action.event
             if event.scope == "harness":
                 continue
@@ -423,6 +450,9 @@ def _apply(plant: Plant, event: ScenarioEvent, *, start: bool) -> None:
             plant.freeze_sensor(device, signal)
         else:
             plant.unfreeze_sensor(device, signal)
+    elif kind == "meter_offset":
+        assert event.value is not None
+        plant.set_meter_offset(event.value if start else 0.0)
     else:
         plant.set_fault(kind, start, target=event.target)
 

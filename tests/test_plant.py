@@ -727,6 +727,24 @@ def test_the_plc_holds_its_own_sensor_at_setpoint_so_a_biased_sensor_leaves_the_
     assert truth(plant, "dh.meter_flow_temp_c") == pytest.approx(setpoint - 1.0, abs=0.2)  # the meter does not
 
 
+def test_a_meter_offset_switched_on_mid_run_leaves_the_water_colder_where_only_the_meter_sees_it() -> None:
+    plant = Plant(seed=2)
+    plant.write("hp-plc", "hp_supply_setpoint_c", 72.0)
+    plant.step(1800.0)
+    before_c = truth(plant, "dh.meter_flow_temp_c")
+    plant.set_meter_offset(1.0)
+    plant.step(1800.0)
+    assert truth(plant, "dh.meter_flow_temp_c") == pytest.approx(before_c - 1.0, abs=0.15)
+    reads = [plant.read("hp-plc")["dh_supply_temp_c"] for _ in range(20)]
+    assert statistics.mean(reads) == pytest.approx(72.0, abs=0.15)  # the PLC still sees its setpoint
+    assert plant.event_log[-1].kind == "meter_offset"
+    plant.set_meter_offset(0.0)
+    plant.step(1800.0)
+    assert truth(plant, "dh.meter_flow_temp_c") == pytest.approx(before_c, abs=0.15)
+    with pytest.raises(ValueError, match="meter_offset"):
+        plant.set_meter_offset(math.nan)
+
+
 def test_a_sensor_entry_for_an_unknown_signal_names_it() -> None:
     config = PlantConfig.model_validate({"sensors": {"bias": {"heat-meter.no_such_temp_c": 1.0}}})
     with pytest.raises(KeyError, match=r"sensors.bias: 'heat-meter.no_such_temp_c'"):

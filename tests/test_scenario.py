@@ -100,6 +100,8 @@ def test_reference_day_is_a_realistic_day() -> None:
         ("events:\n  - {at_s: 5, event: sensor_freeze, target: cdu-1}\n", r"device\.signal"),
         ("events:\n  - {at_s: 5, set: {cdu_load_factor: 1.2}}\n", r"needs target: cdu-N"),
         ("events:\n  - {at_s: 5, event: dh_return_too_hot}\n", r"needs value"),
+        ("events:\n  - {at_s: 5, event: meter_offset}\n", r"events\[0\]: .*meter_offset needs value"),
+        ("events:\n  - {at_s: 5, event: meter_offset, value: 40}\n", r"within \+/-10"),
         ("unknown_key: 1\n", r"unknown_key: Extra inputs"),
     ],
 )

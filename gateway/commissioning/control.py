@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.control.roles import ROLES, role_map_of_site
+from gateway.control.roles import ROLES, DeviceRole, role_map_of_site
 from gateway.control.supervisor import Supervisor, SupervisorState
 from gateway.control.writes import HEARTBEAT_REASON, Write
 from gateway.drivers.base import DriverError
@@ -87,6 +87,43 @@ def _quality(reading: Reading | None, signal: str, unreachable: str | None) -> t
     return None, f"bad: {reading.bad.get(signal, 'not read')}"
 
 
+def _role_rows(name: str, device: DeviceRole, reading: Reading | None, unreachable: str | None) -> list[RoleRow]:
+    """One row per role signal of the device: its binding, the value read and its quality."""
+    rows: list[RoleRow] = []
+    for spec in ROLES[device.role].signals:
+        binding = device.bindings[spec.name]
+        if binding.kind == "signal":
+            value, quality = _quality(reading, binding.signal, unreachable)
+        elif binding.kind == "constant":
+            value, quality = binding.value, "constant (site file)"
+        else:
+            value, quality = None, f"absent: {spec.absent}"
+        rows.append(RoleRow(name, device.role, spec.name, spec.output, binding.describe(), value, quality))
+    return rows
+
+
+def _watchdog_line(
+    site: Site, name: str, device: DeviceRole, reading: Reading | None, unreachable: str | None
+) -> str | None:
+    """The device's watchdog timeout as declared against what it reports (None: no heartbeat or timeout)."""
+    beat = device.heartbeat
+    if beat is None or beat.timeout_s is None:
+        return None
+    watchdog = site.profile_of(site.device(name)).watchdog
+    source = watchdog.timeout_signal if watchdog is not None else None
+    if source is None:
+        return f"{name}: watchdog {beat.timeout_s:g} s as declared (not reported by the device)"
+    reported, quality = _quality(reading, source, unreachable)
+    if reported is None:
+        return f"{name}: watchdog {beat.timeout_s:g} s declared; {source} {quality}"
+    if abs(reported - beat.timeout_s) > 1e-6:
+        return (
+            f"{name}: WATCHDOG MISMATCH: the profile declares {beat.timeout_s:g} s but the device reports "
+            f"{source} = {reported:g} s; heartbeats every {beat.period_s:g} s"
+        )
+    return f"{name}: watchdog {reported:g} s as declared; heartbeat every {beat.period_s:g} s"
+
+
 async def commission_control(site: Site) -> ControlCommissioning:
     """Read every role device once and run one supervisor cycle on it, writing nothing."""
     roles = role_map_of_site(site.config, site.profiles)
@@ -113,35 +150,11 @@ async def commission_control(site: Site) -> ControlCommissioning:
 
     for name, device in roles.devices.items():
         reading = readings.get(name)
-        for spec in ROLES[device.role].signals:
-            binding = device.bindings[spec.name]
-            if binding.kind == "signal":
-                value, quality = _quality(reading, binding.signal, report.unreachable.get(name))
-            elif binding.kind == "constant":
-                value, quality = binding.value, "constant (site file)"
-            else:
-                value, quality = None, f"absent: {spec.absent}"
-            report.rows.append(RoleRow(name, device.role, spec.name, spec.output, binding.describe(), value, quality))
-        beat = device.heartbeat
-        if beat is None or beat.timeout_s is None:
-            continue
-        watchdog = site.profile_of(site.device(name)).watchdog
-        source = watchdog.timeout_signal if watchdog is not None else None
-        if source is None:
-            report.watchdogs.append(f"{name}: watchdog {beat.timeout_s:g} s as declared (not reported by the device)")
-            continue
-        reported, quality = _quality(reading, source, report.unreachable.get(name))
-        if reported is None:
-            report.watchdogs.append(f"{name}: watchdog {beat.timeout_s:g} s declared; {source} {quality}")
-        elif abs(reported - beat.timeout_s) > 1e-6:
-            report.watchdogs.append(
-                f"{name}: WATCHDOG MISMATCH: the profile declares {beat.timeout_s:g} s but the device reports "
-                f"{source} = {reported:g} s; heartbeats every {beat.period_s:g} s"
-            )
-        else:
-            report.watchdogs.append(
-                f"{name}: watchdog {reported:g} s as declared; heartbeat every {beat.period_s:g} s"
-            )
+        unreachable = report.unreachable.get(name)
+        report.rows.extend(_role_rows(name, device, reading, unreachable))
+        line = _watchdog_line(site, name, device, reading, unreachable)
+        if line is not None:
+            report.watchdogs.append(line)
 
     # Auto mode whatever the panel's switch says: this lists what auto would write.
     supervisor = Supervisor(config.model_copy(update={"follow_panel_operator_mode": False}), roles)

@@ -131,28 +131,9 @@ def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _So
 
     def replace(match: re.Match[str]) -> str:
         nonlocal used_env
-        name, default = match.group(1), match.group(2)
-        try:
-            credential = read_credential(name)  # LoadCredential= (gateway/config/credentials.py)
-        except CredentialError as exc:
-            raise ConfigError(f"{path}: {key}: {exc}") from None
-        if credential is not None:
-            used_env = True
-            sources.hidden.add(credential)
-            return credential
-        if name in os.environ:
-            text = os.environ[name]
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ConfigError(f"{path}: {key}: environment variable {name} is not valid UTF-8") from None
-            used_env = True
-            sources.hidden.add(text)
-            return text
-        if default is not None:
-            return default
-        where = f" (nor a credential {name} in ${CREDENTIALS_ENV})" if os.environ.get(CREDENTIALS_ENV) else ""
-        raise ConfigError(f"{path}: {key}: environment variable {name} is not set{where}")
+        text, from_env = _variable(match.group(1), match.group(2), path, key, sources)
+        used_env = used_env or from_env
+        return text
 
     replaced = _ENV.sub(replace, value)
     if used_env:
@@ -160,6 +141,29 @@ def _substitute(value: Any, path: Path, loc: tuple[int | str, ...], sources: _So
         if _is_secret(loc):
             sources.hidden.add(replaced)
     return replaced
+
+
+def _variable(name: str, default: str | None, path: Path, key: str, sources: _Sources) -> tuple[str, bool]:
+    """``${name:-default}``'s text, and whether it came from the environment (or a credential): hidden then."""
+    try:
+        credential = read_credential(name)  # LoadCredential= (gateway/config/credentials.py)
+    except CredentialError as exc:
+        raise ConfigError(f"{path}: {key}: {exc}") from None
+    if credential is not None:
+        sources.hidden.add(credential)
+        return credential, True
+    if name in os.environ:
+        text = os.environ[name]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{path}: {key}: environment variable {name} is not valid UTF-8") from None
+        sources.hidden.add(text)
+        return text, True
+    if default is not None:
+        return default, False
+    where = f" (nor a credential {name} in ${CREDENTIALS_ENV})" if os.environ.get(CREDENTIALS_ENV) else ""
+    raise ConfigError(f"{path}: {key}: environment variable {name} is not set{where}")
 
 
 _PATTERN_HELP = {
@@ -296,15 +300,7 @@ def _blank_unset_secrets(value: Any) -> None:
 def _load_site(path: Path, sources: _Sources, unused: Collection[str] = (), only: str | None = None) -> Site:
     raw = _read_yaml(path)
     if isinstance(raw, dict):
-        for key in OPTIONAL_SECTIONS.intersection(unused).intersection(raw):
-            try:
-                _substitute(raw[key], path, (key,), _Sources())
-            except ConfigError:
-                del raw[key]
-        if only is not None and isinstance(raw.get("devices"), list):
-            for entry in raw["devices"]:
-                if isinstance(entry, dict) and entry.get("name") != only:
-                    _blank_unset_secrets(entry)
+        _drop_unused(raw, path, unused, only)
     data = _substitute(raw, path, (), sources)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with site, devices, mqtt, ...")
@@ -312,7 +308,31 @@ def _load_site(path: Path, sources: _Sources, unused: Collection[str] = (), only
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_message(path, exc, sources=sources)) from None
+    site = Site(path=path, config=config, profiles=_load_profiles(path, config, sources))
+    # A section the command never uses is not held against it (`read` while control is set up).
+    problems = [] if "mqtt" in unused else _missing_files(config)
+    problems += [] if "control" in unused else check_roles(site)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
+    return site
 
+
+def _drop_unused(raw: dict[str, Any], path: Path, unused: Collection[str], only: str | None) -> None:
+    """An optional section the command does not use whose variables are not set is dropped; with
+    ``only`` (one device), the other devices' unset secrets are blanked."""
+    for key in OPTIONAL_SECTIONS.intersection(unused).intersection(raw):
+        try:
+            _substitute(raw[key], path, (key,), _Sources())
+        except ConfigError:
+            del raw[key]
+    if only is not None and isinstance(raw.get("devices"), list):
+        for entry in raw["devices"]:
+            if isinstance(entry, dict) and entry.get("name") != only:
+                _blank_unset_secrets(entry)
+
+
+def _load_profiles(path: Path, config: SiteConfig, sources: _Sources) -> dict[str, ModbusProfile | OpcUaProfile]:
+    """Every profile the devices name, each loaded once; a missing one or a protocol mismatch names the device."""
     profiles_dir = config.profiles_dir if config.profiles_dir.is_absolute() else path.parent / config.profiles_dir
     profiles: dict[str, ModbusProfile | OpcUaProfile] = {}
     for index, device in enumerate(config.devices):
@@ -331,13 +351,7 @@ def _load_site(path: Path, sources: _Sources, unused: Collection[str] = (), only
                 f"{path}: devices[{index}].profile: profile {device.profile!r} is for "
                 f"{profile.protocol} but the device's protocol is {device.protocol}"
             )
-    site = Site(path=path, config=config, profiles=profiles)
-    # A section the command never uses is not held against it (`read` while control is set up).
-    problems = [] if "mqtt" in unused else _missing_files(config)
-    problems += [] if "control" in unused else check_roles(site)
-    if problems:
-        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
-    return site
+    return profiles
 
 
 def _missing_files(config: SiteConfig) -> list[str]:

@@ -123,18 +123,23 @@ class ModbusSignal(_SignalBase):
             raise ValueError(
                 f"type bool needs table coil or discrete_input, or a bit (0-15) of the register, not {self.table}"
             )
-        if self.type is DataType.STRING:
-            if self.length_registers is None:
-                raise ValueError("type string needs length_registers (two characters per register)")
-            if self.byte_order not in (None, ByteOrder.ABCD, ByteOrder.BADC):
-                raise ValueError(f"a string's byte_order is ABCD or BADC, not {self.byte_order}")
-            if self.access is Access.READ_WRITE:
-                raise ValueError("a string is read-only: access must be read")
-        elif self.length_registers is not None:
-            raise ValueError(f"length_registers is for type string, not {self.type}")
+        self._check_string()
         if self.access is Access.READ_WRITE and not self.table.writable:
             raise ValueError(f"a {self.table} cannot be written: access must be read")
         return self
+
+    def _check_string(self) -> None:
+        """A string has a length, a byte order of whole registers, and is read-only; nothing else has a length."""
+        if self.type is not DataType.STRING:
+            if self.length_registers is not None:
+                raise ValueError(f"length_registers is for type string, not {self.type}")
+            return
+        if self.length_registers is None:
+            raise ValueError("type string needs length_registers (two characters per register)")
+        if self.byte_order not in (None, ByteOrder.ABCD, ByteOrder.BADC):
+            raise ValueError(f"a string's byte_order is ABCD or BADC, not {self.byte_order}")
+        if self.access is Access.READ_WRITE:
+            raise ValueError("a string is read-only: access must be read")
 
     @property
     def width(self) -> int:
@@ -300,27 +305,31 @@ class ModbusProfile(_Model):
                 raise ValueError(f"signals.{name}.address: {signal.type} at {signal.address} runs past register 65535")
             spans.setdefault(signal.table, []).append((start, end, name, signal.bit))
         for table, items in spans.items():
-            # Sweep in address order, against the signal reaching furthest so far: only bit
-            # fields of one and the same register may share it, and never the same bit.
-            items.sort(key=lambda item: (item[0], item[1], item[3] is not None, item[2]))
-            reach: tuple[int, int, str, int | None] | None = None
-            bits_used: dict[tuple[int, int], str] = {}
-            for item in items:
-                start, end, name, bit = item
-                if bit is not None:
-                    other = bits_used.setdefault((start, bit), name)
-                    if other != name:
-                        raise ValueError(
-                            f"signals.{name} uses bit {bit} of {table} {start + self.addressing} like signals.{other}"
-                        )
-                if reach is not None and start <= reach[1]:
-                    both_bits = bit is not None and reach[3] is not None and start == reach[0]
-                    if not both_bits:
-                        where = f"{table} at address {start + self.addressing}"
-                        raise ValueError(f"signals.{name} overlaps signals.{reach[2]} in {where}")
-                if reach is None or end > reach[1] or (end == reach[1] and bit is None):
-                    reach = item
+            self._check_overlaps(table, items)
         return self
+
+    def _check_overlaps(self, table: Table, items: list[tuple[int, int, str, int | None]]) -> None:
+        """(start, end, name, bit) of one table's signals: only bit fields of one register may share it."""
+        # Sweep in address order, against the signal reaching furthest so far: only bit
+        # fields of one and the same register may share it, and never the same bit.
+        items.sort(key=lambda item: (item[0], item[1], item[3] is not None, item[2]))
+        reach: tuple[int, int, str, int | None] | None = None
+        bits_used: dict[tuple[int, int], str] = {}
+        for item in items:
+            start, end, name, bit = item
+            if bit is not None:
+                other = bits_used.setdefault((start, bit), name)
+                if other != name:
+                    raise ValueError(
+                        f"signals.{name} uses bit {bit} of {table} {start + self.addressing} like signals.{other}"
+                    )
+            if reach is not None and start <= reach[1]:
+                both_bits = bit is not None and reach[3] is not None and start == reach[0]
+                if not both_bits:
+                    where = f"{table} at address {start + self.addressing}"
+                    raise ValueError(f"signals.{name} overlaps signals.{reach[2]} in {where}")
+            if reach is None or end > reach[1] or (end == reach[1] and bit is None):
+                reach = item
 
     def pdu_address(self, signal: ModbusSignal) -> int:
         """The address that goes on the wire."""

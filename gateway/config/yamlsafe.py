@@ -94,11 +94,58 @@ def _check_events(text: str) -> None:
     Expanded sizes are summed per anchor (an alias adds what its anchor stands for), so a
     bomb is refused as soon as its count passes the limit, without expanding anything.
     """
-    stack: list[_Open] = []
-    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, depth) it stands for
-    aliases = 0
+    check = _EventCheck()
+    for event in yaml.parse(text, Loader=_BaseLoader):
+        mark = event.start_mark
+        if isinstance(event, yaml.DocumentStartEvent):
+            check.anchors.clear()
+        elif isinstance(event, yaml.AliasEvent):
+            check.alias(event.anchor, mark)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                check.anchors[event.anchor] = (1, 1)
+            check.add(1, 1, mark)
+        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            check.open(event.anchor, mark)
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            check.close(mark)
 
-    def add(values: int, depth: int, mark: Any) -> None:
+
+class _EventCheck:
+    """The lists and mappings open, the anchors seen and what each stands for, the aliases counted."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Open] = []
+        self.anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, depth) it stands for
+        self.aliases = 0
+
+    def open(self, anchor: str | None, mark: Any) -> None:
+        self.stack.append(_Open(anchor))
+        if len(self.stack) > MAX_DEPTH:
+            raise YamlFileError(f"{_at(mark)}lists and mappings nested more than {MAX_DEPTH} levels deep")
+
+    def close(self, mark: Any) -> None:
+        done = self.stack.pop()
+        if done.anchor is not None:
+            self.anchors[done.anchor] = (done.values, done.depth)
+        self.add(done.values, done.depth, mark)
+
+    def alias(self, anchor: str | None, mark: Any) -> None:
+        self.aliases += 1
+        if self.aliases > MAX_ALIASES:
+            raise YamlFileError(f"{_at(mark)}more than {MAX_ALIASES} aliases (*name); refused (an alias bomb?)")
+        if any(item.anchor == anchor for item in self.stack):
+            raise YamlFileError(f"{_at(mark)}an alias (*name) refers to the list or mapping it is inside of")
+        if anchor is None or anchor not in self.anchors:
+            # The name is not echoed: an unquoted password starting with * lands here.
+            raise YamlFileError(
+                f"{_at(mark)}a value starting with * is an alias, and no anchor (&name) defines it; "
+                "quote a value that starts with * (e.g. a password)"
+            )
+        self.add(*self.anchors[anchor], mark)
+
+    def add(self, values: int, depth: int, mark: Any) -> None:
+        stack = self.stack
         if not stack:
             return
         parent = stack[-1]
@@ -108,44 +155,13 @@ def _check_events(text: str) -> None:
             raise YamlFileError(
                 f"{_at(mark)}the file stands for more than {MAX_VALUES:,} values once its aliases (*name) "
                 "are expanded; refused (an alias bomb?)"
-                if aliases
+                if self.aliases
                 else f"{_at(mark)}more than {MAX_VALUES:,} values in one file; refused (not a configuration file?)"
             )
         if parent.depth + len(stack) - 1 > MAX_DEPTH:
             raise YamlFileError(
                 f"{_at(mark)}lists and mappings nested more than {MAX_DEPTH} levels deep (aliases expanded)"
             )
-
-    for event in yaml.parse(text, Loader=_BaseLoader):
-        mark = event.start_mark
-        if isinstance(event, yaml.DocumentStartEvent):
-            anchors.clear()
-        elif isinstance(event, yaml.AliasEvent):
-            aliases += 1
-            if aliases > MAX_ALIASES:
-                raise YamlFileError(f"{_at(mark)}more than {MAX_ALIASES} aliases (*name); refused (an alias bomb?)")
-            if any(item.anchor == event.anchor for item in stack):
-                raise YamlFileError(f"{_at(mark)}an alias (*name) refers to the list or mapping it is inside of")
-            if event.anchor not in anchors:
-                # The name is not echoed: an unquoted password starting with * lands here.
-                raise YamlFileError(
-                    f"{_at(mark)}a value starting with * is an alias, and no anchor (&name) defines it; "
-                    "quote a value that starts with * (e.g. a password)"
-                )
-            add(*anchors[event.anchor], mark)
-        elif isinstance(event, yaml.ScalarEvent):
-            if event.anchor is not None:
-                anchors[event.anchor] = (1, 1)
-            add(1, 1, mark)
-        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
-            stack.append(_Open(event.anchor))
-            if len(stack) > MAX_DEPTH:
-                raise YamlFileError(f"{_at(mark)}lists and mappings nested more than {MAX_DEPTH} levels deep")
-        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
-            done = stack.pop()
-            if done.anchor is not None:
-                anchors[done.anchor] = (done.values, done.depth)
-            add(done.values, done.depth, mark)
 
 
 def _decode(data: bytes) -> str:

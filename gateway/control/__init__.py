@@ -9,4 +9,12 @@ against the plant model.
   measurement, bumpless manual/auto transfer, tracking input for override selection).
 - `gateway.control.blocks`: clamp, ramp limiter, weather curve, delayed alarm, minimum
   on/off timer, staleness, hold-then-fallback, min/max select.
+- `gateway.control.supervisor`: the supervisory controller, whose cycle is the chain of stages
+  in `gateway.control.stages` over the state records of `gateway.control.state`; roles
+  (`gateway.control.roles`), writes (`gateway.control.writes`), commands
+  (`gateway.control.commands`).
+
+What does I/O sits beside the service: `gateway.control_loop` (the live cycle) and
+`gateway.write_executor` (the per-device writers); the ``control:`` settings are
+`gateway.config.control`.
 """

@@ -18,6 +18,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "AlarmSense",
@@ -52,9 +53,12 @@ def clamp(value: float, low: float, high: float) -> float:
 # --- ramp ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RampState:
-    """Where the ramp is: its value and the time it was computed for."""
+class RampState(NamedTuple):
+    """Where the ramp is: its value and the time it was computed for.
+
+    A named tuple, not a frozen dataclass: every written setpoint makes one every cycle, and a
+    tuple is built about four times faster (immutable all the same).
+    """
 
     value: float
     time_s: float
@@ -91,7 +95,7 @@ class RampLimiter:
             _require_finite("target", target)
             _require_finite("now_s", now_s)
         if state is None:
-            return RampState(value=target, time_s=now_s)
+            return RampState(target, now_s)
         elapsed_s = now_s - state.time_s
         if elapsed_s <= 0.0:
             # Same tick or clock went backwards: no time, no movement; restart the time base
@@ -105,7 +109,7 @@ class RampLimiter:
         else:
             down_per_s = self.down_per_s if self.down_per_s is not None else self.up_per_s
             value = max(target, present - down_per_s * elapsed_s)
-        return RampState(value=value, time_s=now_s)
+        return RampState(value, now_s)
 
 
 # --- weather curve ------------------------------------------------------------------------

@@ -386,7 +386,6 @@ def _bind(
     device: str, role: Role, profile: ControlledDevice, given: Mapping[str, object], problems: list[str]
 ) -> dict[str, Binding]:
     where = f"control: device {device!r} (role {role.name})"
-    in_profile = f"in profile {profile.profile_name!r}"
     signals = profile.profile.signals
     for name in given:
         if role.signal(name) is None:
@@ -395,59 +394,62 @@ def _bind(
     bindings: dict[str, Binding] = {}
     used_outputs: dict[str, str] = {}
     for spec in role.signals:
-        kind = "output" if spec.output else "input"
         raw = given.get(spec.name, spec.name if spec.name in signals else None)
-        if raw is None:
-            hints = ["map it to a profile signal"]
-            if spec.constant:
-                hints.append(f"give a constant ({spec.name}: <value>)")
-            if spec.absent is not None:
-                hints.append(f"mark it absent ({spec.absent})")
-            problems.append(
-                f"{where}: {kind} {spec.name}: no signal {spec.name!r} {in_profile}; {' or '.join(hints)} "
-                f"under control.devices.{device}.signals"
-            )
+        bound = _bind_one(device, spec, raw, profile)
+        if isinstance(bound, str):
+            problems.append(f"{where}: {bound}")
             continue
-        if raw == ABSENT:
-            if spec.absent is None:
-                problems.append(f"{where}: {kind} {spec.name} cannot be absent: the role needs it ({spec.description})")
-                continue
-            bindings[spec.name] = Binding("absent")
-            continue
-        if isinstance(raw, bool | int | float):
-            if not spec.constant:
-                problems.append(
-                    f"{where}: {kind} {spec.name} cannot be a constant ({raw!r}): it must be read from the device"
-                )
-                continue
-            if not math.isfinite(float(raw)) or isinstance(raw, bool):
-                problems.append(f"{where}: {kind} {spec.name}: constant {raw!r} is not a finite number")
-                continue
-            bindings[spec.name] = Binding("constant", value=float(raw))
-            continue
-        if not isinstance(raw, str):
-            problems.append(f"{where}: {kind} {spec.name}: expected a signal name, a number or 'absent', got {raw!r}")
-            continue
-        signal = signals.get(raw)
-        if signal is None:
-            problems.append(f"{where}: {kind} {spec.name}: no signal {raw!r} {in_profile}")
-            continue
-        if signal.type == "string":
-            problems.append(f"{where}: {kind} {spec.name}: signal {raw!r} is text, not a number")
-            continue
-        if spec.output:
-            if signal.access is not Access.READ_WRITE:
-                problems.append(
-                    f"{where}: output {spec.name}: signal {raw!r} is read-only {in_profile} "
-                    "(access: read_write, with min and max)"
-                )
-                continue
-            other = used_outputs.setdefault(raw, spec.name)
+        if spec.output and bound.kind == "signal":
+            other = used_outputs.setdefault(bound.signal, spec.name)
             if other != spec.name:
-                problems.append(f"{where}: outputs {other} and {spec.name} are both bound to signal {raw!r}")
+                problems.append(f"{where}: outputs {other} and {spec.name} are both bound to signal {bound.signal!r}")
                 continue
-        bindings[spec.name] = Binding("signal", signal=raw)
+        bindings[spec.name] = bound
     return bindings
+
+
+def _bind_one(device: str, spec: RoleSignal, raw: object, profile: ControlledDevice) -> Binding | str:
+    """What the site gives for one role signal (``raw``) as a binding, or what is wrong with it."""
+    kind = "output" if spec.output else "input"
+    if raw is None:
+        hints = ["map it to a profile signal"]
+        if spec.constant:
+            hints.append(f"give a constant ({spec.name}: <value>)")
+        if spec.absent is not None:
+            hints.append(f"mark it absent ({spec.absent})")
+        return (
+            f"{kind} {spec.name}: no signal {spec.name!r} in profile {profile.profile_name!r}; "
+            f"{' or '.join(hints)} under control.devices.{device}.signals"
+        )
+    if raw == ABSENT:
+        if spec.absent is None:
+            return f"{kind} {spec.name} cannot be absent: the role needs it ({spec.description})"
+        return Binding("absent")
+    if isinstance(raw, bool | int | float):
+        return _constant(spec, kind, raw)
+    if not isinstance(raw, str):
+        return f"{kind} {spec.name}: expected a signal name, a number or 'absent', got {raw!r}"
+    return _signal(spec, kind, raw, profile)
+
+
+def _constant(spec: RoleSignal, kind: str, raw: float) -> Binding | str:
+    if not spec.constant:
+        return f"{kind} {spec.name} cannot be a constant ({raw!r}): it must be read from the device"
+    if not math.isfinite(float(raw)) or isinstance(raw, bool):
+        return f"{kind} {spec.name}: constant {raw!r} is not a finite number"
+    return Binding("constant", value=float(raw))
+
+
+def _signal(spec: RoleSignal, kind: str, raw: str, profile: ControlledDevice) -> Binding | str:
+    in_profile = f"in profile {profile.profile_name!r}"
+    signal = profile.profile.signals.get(raw)
+    if signal is None:
+        return f"{kind} {spec.name}: no signal {raw!r} {in_profile}"
+    if signal.type == "string":
+        return f"{kind} {spec.name}: signal {raw!r} is text, not a number"
+    if spec.output and signal.access is not Access.READ_WRITE:
+        return f"output {spec.name}: signal {raw!r} is read-only {in_profile} (access: read_write, with min and max)"
+    return Binding("signal", signal=raw)
 
 
 def _heartbeat(  # noqa: PLR0917 - private helper of build_role_map, called once
@@ -480,35 +482,8 @@ def _heartbeat(  # noqa: PLR0917 - private helper of build_role_map, called once
     if any(spec.signal == watchdog.heartbeat for spec in outputs.values()):
         problems.append(f"{where}: the heartbeat signal {watchdog.heartbeat!r} is also bound to a role output")
     extra_s = device.poll_period_s if watchdog.mode is HeartbeatMode.ECHO else 0.0
-    source = "site (control.devices)"
-    period_s = settings.heartbeat_period_s if settings is not None else None
-    if period_s is None and config.heartbeat_period_s is not None:
-        period_s, source = config.heartbeat_period_s, "site (control.heartbeat_period_s)"
-    if period_s is None and watchdog.period_s is not None:
-        period_s, source = watchdog.period_s, "profile"
-    if period_s is None:
-        if watchdog.timeout_s is None:
-            period_s, source = HEARTBEAT_NO_TIMEOUT_PERIOD_S, "default (no watchdog timeout)"
-        else:
-            # Two heartbeats may be lost and the third still arrives in time.
-            cycles = math.floor((watchdog.timeout_s - extra_s) / 3.0 / config.cycle_s)
-            period_s, source = max(cycles, 1) * config.cycle_s, "derived: a third of the watchdog timeout"
-    if period_s < config.cycle_s:
-        problems.append(
-            f"{where}: heartbeat period {period_s:g} s ({source}) is shorter than control.cycle_s {config.cycle_s:g} s"
-        )
-    if watchdog.timeout_s is not None:
-        # Worst gap between two heartbeats the device sees when one is lost: two periods, each up
-        # to a cycle late, plus (echo) the poll that brings the device's new value.
-        worst_s = 2.0 * (period_s + config.cycle_s) + extra_s
-        if worst_s > watchdog.timeout_s:
-            echo = f" + poll {extra_s:g} s (echo)" if extra_s else ""
-            problems.append(
-                f"{where}: heartbeat period {period_s:g} s ({source}) cannot keep the "
-                f"{watchdog.timeout_s:g} s watchdog armed: one lost heartbeat leaves a gap of "
-                f"2 x ({period_s:g} + cycle {config.cycle_s:g}){echo} = {worst_s:g} s; at most "
-                f"{max((watchdog.timeout_s - extra_s) / 2.0 - config.cycle_s, 0.0):g} s"
-            )
+    period_s, source = _heartbeat_period(config, settings, watchdog, extra_s)
+    problems.extend(f"{where}: {problem}" for problem in _heartbeat_timing(config, watchdog, period_s, source, extra_s))
     spec = device.profile.signals[watchdog.heartbeat]
     assert spec.min is not None
     assert spec.max is not None
@@ -524,6 +499,48 @@ def _heartbeat(  # noqa: PLR0917 - private helper of build_role_map, called once
     )
 
 
+def _heartbeat_period(
+    config: ControlConfig, settings: ControlDevice | None, watchdog: Watchdog, extra_s: float
+) -> tuple[float, str]:
+    """The heartbeat period and where it comes from: the device's setting, the site's, the profile's,
+    else a third of the watchdog timeout (less the echo's poll)."""
+    if settings is not None and settings.heartbeat_period_s is not None:
+        return settings.heartbeat_period_s, "site (control.devices)"
+    if config.heartbeat_period_s is not None:
+        return config.heartbeat_period_s, "site (control.heartbeat_period_s)"
+    if watchdog.period_s is not None:
+        return watchdog.period_s, "profile"
+    if watchdog.timeout_s is None:
+        return HEARTBEAT_NO_TIMEOUT_PERIOD_S, "default (no watchdog timeout)"
+    # Two heartbeats may be lost and the third still arrives in time.
+    cycles = math.floor((watchdog.timeout_s - extra_s) / 3.0 / config.cycle_s)
+    return max(cycles, 1) * config.cycle_s, "derived: a third of the watchdog timeout"
+
+
+def _heartbeat_timing(
+    config: ControlConfig, watchdog: Watchdog, period_s: float, source: str, extra_s: float
+) -> list[str]:
+    """What is wrong with a heartbeat period: shorter than a cycle, or too long for the watchdog."""
+    problems: list[str] = []
+    if period_s < config.cycle_s:
+        problems.append(
+            f"heartbeat period {period_s:g} s ({source}) is shorter than control.cycle_s {config.cycle_s:g} s"
+        )
+    if watchdog.timeout_s is not None:
+        # Worst gap between two heartbeats the device sees when one is lost: two periods, each up
+        # to a cycle late, plus (echo) the poll that brings the device's new value.
+        worst_s = 2.0 * (period_s + config.cycle_s) + extra_s
+        if worst_s > watchdog.timeout_s:
+            echo = f" + poll {extra_s:g} s (echo)" if extra_s else ""
+            problems.append(
+                f"heartbeat period {period_s:g} s ({source}) cannot keep the "
+                f"{watchdog.timeout_s:g} s watchdog armed: one lost heartbeat leaves a gap of "
+                f"2 x ({period_s:g} + cycle {config.cycle_s:g}){echo} = {worst_s:g} s; at most "
+                f"{max((watchdog.timeout_s - extra_s) / 2.0 - config.cycle_s, 0.0):g} s"
+            )
+    return problems
+
+
 def build_role_map(
     config: ControlConfig,
     devices: Mapping[str, ControlledDevice],
@@ -532,26 +549,7 @@ def build_role_map(
 ) -> RoleMap:
     """Bind every role device's signals; :class:`RoleError` listing every violation of the contracts."""
     problems: list[str] = []
-    assignment: dict[str, str] = {}
-    for member, member_role in (
-        *((cdu, "cdu") for cdu in cdus),
-        (config.heat_meter_device, "heat_meter"),
-        (config.heat_pump_plc_device, "station_plc"),
-        (config.panel_device, "panel"),
-    ):
-        other = assignment.setdefault(member, member_role)
-        if other != member_role:
-            problems.append(
-                f"control: device {member!r} has two roles, {other} and {member_role}: one device, one role"
-            )
-    if not cdus:
-        problems.append("control: no CDUs: set control.cdu_devices or give devices the kind control.cdu_kind")
-    problems.extend(
-        f"control.devices.{name}: {name!r} has no control role (roles: heat_meter_device, "
-        "heat_pump_plc_device, panel_device, cdu_devices)"
-        for name in config.devices
-        if name not in assignment
-    )
+    assignment = _assign_roles(config, cdus, problems)
     roles: dict[str, DeviceRole] = {}
     for name, role_name in assignment.items():
         role = ROLES[role_name]
@@ -564,26 +562,7 @@ def build_role_map(
             continue
         settings = config.devices.get(name)
         bindings = _bind(name, role, device, settings.signals if settings else {}, problems)
-        outputs: dict[str, OutputSpec] = {}
-        for spec in role.signals:
-            binding = bindings.get(spec.name)
-            if not spec.output or binding is None or binding.kind != "signal":
-                continue
-            signal = device.profile.signals[binding.signal]
-            assert signal.min is not None
-            assert signal.max is not None
-            resolution = _resolution(device.profile, binding.signal, spec.resolution)
-            economy = settings.writes.get(spec.name) if settings else None
-            deadband = economy.deadband if economy and economy.deadband is not None else resolution
-            interval = economy.min_interval_s if economy and economy.min_interval_s is not None else spec.min_interval_s
-            outputs[spec.name] = OutputSpec(
-                signal=binding.signal,
-                low=signal.min,
-                high=signal.max,
-                resolution=resolution,
-                deadband=deadband,
-                min_interval_s=interval,
-            )
+        outputs = _outputs(role, device, bindings, settings)
         if settings is not None:
             for output in settings.writes:
                 found = role.signal(output)
@@ -605,6 +584,58 @@ def build_role_map(
         panel=config.panel_device,
         cdus=tuple(cdus),
     )
+
+
+def _assign_roles(config: ControlConfig, cdus: Sequence[str], problems: list[str]) -> dict[str, str]:
+    """Device -> its role name; one device, one role; every device with settings has a role."""
+    assignment: dict[str, str] = {}
+    for member, member_role in (
+        *((cdu, "cdu") for cdu in cdus),
+        (config.heat_meter_device, "heat_meter"),
+        (config.heat_pump_plc_device, "station_plc"),
+        (config.panel_device, "panel"),
+    ):
+        other = assignment.setdefault(member, member_role)
+        if other != member_role:
+            problems.append(
+                f"control: device {member!r} has two roles, {other} and {member_role}: one device, one role"
+            )
+    if not cdus:
+        problems.append("control: no CDUs: set control.cdu_devices or give devices the kind control.cdu_kind")
+    problems.extend(
+        f"control.devices.{name}: {name!r} has no control role (roles: heat_meter_device, "
+        "heat_pump_plc_device, panel_device, cdu_devices)"
+        for name in config.devices
+        if name not in assignment
+    )
+    return assignment
+
+
+def _outputs(
+    role: Role, device: ControlledDevice, bindings: Mapping[str, Binding], settings: ControlDevice | None
+) -> dict[str, OutputSpec]:
+    """How each bound role output is written: the profile's limits, resolution, the site's write economy."""
+    outputs: dict[str, OutputSpec] = {}
+    for spec in role.signals:
+        binding = bindings.get(spec.name)
+        if not spec.output or binding is None or binding.kind != "signal":
+            continue
+        signal = device.profile.signals[binding.signal]
+        assert signal.min is not None
+        assert signal.max is not None
+        resolution = _resolution(device.profile, binding.signal, spec.resolution)
+        economy = settings.writes.get(spec.name) if settings else None
+        deadband = economy.deadband if economy and economy.deadband is not None else resolution
+        interval = economy.min_interval_s if economy and economy.min_interval_s is not None else spec.min_interval_s
+        outputs[spec.name] = OutputSpec(
+            signal=binding.signal,
+            low=signal.min,
+            high=signal.max,
+            resolution=resolution,
+            deadband=deadband,
+            min_interval_s=interval,
+        )
+    return outputs
 
 
 def role_map_of_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> RoleMap:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gateway.control.blocks import RampLimiter, RampState
 
@@ -57,6 +58,11 @@ class OutputSpec:
     """Least change worth a write (default: the resolution)."""
     min_interval_s: float
     """Least time between writes of a changed value (not for overrides and safe states)."""
+    revert_band: float = field(init=False, repr=False, compare=False)
+    """A read-back further than this from the written value means the device no longer holds it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revert_band", max(1.5 * self.resolution, 1e-9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +75,8 @@ class Write:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """The last value written to a signal and when."""
+class Lease(NamedTuple):
+    """The last value written to a signal and when (a named tuple: cheap to make, every cycle)."""
 
     value: float
     time_s: float
@@ -82,8 +87,10 @@ class WriteBook:
 
     __slots__ = (
         "_last_write_s",
+        "_leases_before",
         "_outputs",
         "_ramps_by_output",
+        "_written_s",
         "grace_s",
         "heartbeats",
         "leases",
@@ -116,9 +123,23 @@ class WriteBook:
         self.heartbeats = 0
         self.ramping: set[str] = set()
         """Devices with a setpoint still on its way (rate limit) this cycle."""
-        self._last_write_s: dict[str, float] = {}
-        for (device, _), lease in self.leases.items():
-            self._last_write_s[device] = max(lease.time_s, self._last_write_s.get(device, -math.inf))
+        self._leases_before = leases
+        self._last_write_s: dict[str, float] | None = None
+        """Per device: when any of its signals was last written before this cycle (built when first needed)."""
+        self._written_s: dict[str, float] = {}
+        """Per device: written this cycle, when."""
+
+    def _last_write(self, device: str) -> float:
+        written = self._written_s.get(device)
+        if written is not None:
+            return written
+        last = self._last_write_s
+        if last is None:
+            # Only a refresh or a small steady-state step asks: most cycles never build this.
+            last = self._last_write_s = {}
+            for (name, _), lease in self._leases_before.items():
+                last[name] = max(lease.time_s, last.get(name, -math.inf))
+        return last.get(device, -math.inf)
 
     def can_write(self, device: str, output: str) -> bool:
         """True when the device's role binds this output to a writable signal."""
@@ -137,7 +158,7 @@ class WriteBook:
         low, high = spec.low, spec.high
         if not math.isfinite(target):
             raise ValueError(f"{device}.{spec.signal}: target {target} is not finite ({reason})")
-        value = min(max(target, low), high)
+        value = target if low <= target <= high else min(max(target, low), high)
         now_s = self.now_s
         lease = self.leases.get(key)
         resolution = spec.resolution
@@ -145,27 +166,21 @@ class WriteBook:
             present is not None
             and lease is not None
             and now_s - lease.time_s >= self.grace_s
-            and abs(present - lease.value) > max(1.5 * resolution, 1e-9)
+            and abs(present - lease.value) > spec.revert_band
         )
         limiter = self._ramps_by_output.get(output)
-        ramping = False
         if limiter is not None:
             state = self.ramps.get(key)
-            if state is None or reverted:
-                start = value if present is None or not math.isfinite(present) else min(max(present, low), high)
-                state = RampState(value=start, time_s=now_s)
-            before = state.value
-            state = limiter.step(state, target=value, now_s=now_s)
-            self.ramps[key] = state
-            # Ramping: the limit holds the value back now, or held it back until this step (the
-            # step that arrives belongs to the ramp too).
-            if abs(state.value - value) > resolution or abs(before - value) > resolution:
-                ramping = True
-                self.ramping.add(device)
-            value = state.value
+            if state is not None and not reverted and state.value == value and state.time_s < now_s < math.inf:
+                # Arrived and staying there (most cycles): what the limiter's step returns, without it.
+                self.ramps[key] = RampState(value, now_s)
+            else:
+                value = self._ramp(key, device, limiter, state, value, present=present, reverted=reverted)
         wanted = value
         if resolution > 0.0:
-            value = min(max(round(value / resolution) * resolution, low), high)
+            value = round(value / resolution) * resolution
+            if not low <= value <= high:
+                value = min(max(value, low), high)
             # round() leaves binary noise (40.010000000000005); keep the decimals the resolution has.
             value = round(value, 6)
         if lease is None or reverted:
@@ -173,31 +188,60 @@ class WriteBook:
         elif value != lease.value and abs(wanted - lease.value) >= spec.deadband - 1e-9:
             # Judged on the value before rounding: a target hovering between two steps of the
             # resolution must move a whole deadband before it is written again (no dithering).
-            # A change worth writing; not more often than the output's interval unless the
-            # reason is an override or a safe state (IT first: those never wait).
-            urgent = reason.startswith(_URGENT)
-            write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or urgent
-            small = abs(wanted - lease.value) < 2.0 * spec.deadband
-            if write and small and not (urgent or ramping or device in self.ramping):
-                # Steady state (no ramp on the device, a step of less than two deadbands): one
-                # setpoint write a minute per device at most, so trims on two outputs of one PLC
-                # do not each cost a write a minute. A larger step (the end of a ramp) goes.
-                write = now_s - self._last_write_s.get(device, -math.inf) >= REFRESH_SPACING_S
+            write = self._change_due(device, spec, lease, wanted, reason)
         else:
             # A slow refresh, and at most one a minute per device (with a refresh period of
             # several minutes the outputs take turns), so an unchanged device sees at most one
             # setpoint write a minute.
-            write = (
-                now_s - lease.time_s >= self.refresh_s
-                and now_s - self._last_write_s.get(device, -math.inf) >= REFRESH_SPACING_S
-            )
+            write = now_s - lease.time_s >= self.refresh_s and now_s - self._last_write(device) >= REFRESH_SPACING_S
         if write:
             self.leases[key] = Lease(value, now_s)
-            self._last_write_s[device] = now_s
+            self._written_s[device] = now_s
             self.writes.append(Write(device, spec.signal, value, reason))
             return value
         assert lease is not None
         return lease.value
+
+    def _ramp(
+        self,
+        key: SignalKey,
+        device: str,
+        limiter: RampLimiter,
+        state: RampState | None,
+        value: float,
+        *,
+        present: float | None,
+        reverted: bool,
+    ) -> float:
+        """One step of the output's ramp towards ``value`` (from the device's present value the first
+        time or after it reverted); marks the device ramping while the limit holds the value back."""
+        spec = self._outputs[key]
+        low, high, resolution = spec.low, spec.high, spec.resolution
+        if state is None or reverted:
+            start = value if present is None or not math.isfinite(present) else min(max(present, low), high)
+            state = RampState(start, self.now_s)
+        before = state.value
+        state = limiter.step(state, target=value, now_s=self.now_s)
+        self.ramps[key] = state
+        # Ramping: the limit holds the value back now, or held it back until this step (the
+        # step that arrives belongs to the ramp too).
+        if abs(state.value - value) > resolution or abs(before - value) > resolution:
+            self.ramping.add(device)
+        return state.value
+
+    def _change_due(self, device: str, spec: OutputSpec, lease: Lease, wanted: float, reason: str) -> bool:
+        """A change worth writing: is it due? Not more often than the output's interval unless the
+        reason is an override or a safe state (IT first: those never wait)."""
+        now_s = self.now_s
+        urgent = reason.startswith(_URGENT)
+        write = now_s - lease.time_s >= spec.min_interval_s - 1e-9 or urgent
+        small = abs(wanted - lease.value) < 2.0 * spec.deadband
+        if write and small and not (urgent or device in self.ramping):
+            # Steady state (no ramp on the device (this output's ramp included), a step of less than two deadbands): one
+            # setpoint write a minute per device at most, so trims on two outputs of one PLC
+            # do not each cost a write a minute. A larger step (the end of a ramp) goes.
+            write = now_s - self._last_write(device) >= REFRESH_SPACING_S
+        return write
 
     def pulse(self, device: str, signal: str, value: float, low: float, high: float) -> None:
         """A heartbeat: written every time, clamped to its limits, with no ramp or lease."""

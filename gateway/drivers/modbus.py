@@ -385,14 +385,7 @@ class ModbusConnection:
             timer = loop.call_at(loop.time() + timeout_s, _expire, future)
             reply = await future
         except TimeoutError:
-            wire.abandon()
-            self.down_units.add(unit_id)
-            if wire.buffered:
-                # Part of a frame arrived and the rest never did: the stream is out of step.
-                what = f"incomplete reply: {wire.buffered} bytes of a frame, then nothing for {timeout_s} s"
-                self.kill(what)
-                raise ReplyMalformed(what) from None
-            self._unanswered(unit_id)
+            self._timed_out(unit_id, timeout_s)
             raise
         except MalformedFrame as exc:
             self.down_units.add(unit_id)
@@ -412,6 +405,18 @@ class ModbusConnection:
         else:
             self.down_units.discard(unit_id)
         return Reply(reply, wire.sent_ns, wire.received_ns or clock.wall_ns())
+
+    def _timed_out(self, unit_id: int, timeout_s: float) -> None:
+        """No reply in time: the unit is down; half a frame means the stream is out of step (raises)."""
+        wire = self.wire
+        wire.abandon()
+        self.down_units.add(unit_id)
+        if wire.buffered:
+            # Part of a frame arrived and the rest never did: the stream is out of step.
+            what = f"incomplete reply: {wire.buffered} bytes of a frame, then nothing for {timeout_s} s"
+            self.kill(what)
+            raise ReplyMalformed(what) from None
+        self._unanswered(unit_id)
 
     def _unanswered(self, unit_id: int) -> None:
         """A request timed out: dead if no unit sharing the connection answers any more."""

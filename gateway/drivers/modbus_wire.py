@@ -93,25 +93,37 @@ def check_reply(request: Request, unit_id: int, pdu: bytes) -> str | None:  # no
     if function != asked:
         return f"function code {function} in the reply to function code {asked}"
     if asked in _READ_REGISTERS or asked in _READ_BITS:
-        expected = 2 * request.quantity if asked in _READ_REGISTERS else (request.quantity + 7) // 8
-        what = "registers" if asked in _READ_REGISTERS else "bits"
-        if len(pdu) < 2:
-            return "reply without a byte count"
-        count = pdu[1]
-        if count != expected:
-            return f"byte count {count} for {request.quantity} {what} (expected {expected})"
-        if len(pdu) != 2 + count:
-            return f"byte count {count} but {len(pdu) - 2} data bytes follow"
-        return None
+        return _check_read_reply(request, pdu)
     if asked in _WRITE_SINGLE or asked in _WRITE_MULTIPLE:
-        if len(pdu) != 5:
-            return f"write reply of {len(pdu)} bytes, expected 5"
-        address, value = struct.unpack_from(">HH", pdu, 1)
-        if address != request.address:
-            return f"write reply for address {address}, written was {request.address}"
-        if value != request.quantity:
-            what = "value" if asked in _WRITE_SINGLE else "quantity"
-            return f"write reply echoes {what} {value}, written was {request.quantity}"
+        return _check_write_reply(request, pdu)
+    return None
+
+
+def _check_read_reply(request: Request, pdu: bytes) -> str | None:
+    """A read reply's byte count: two per register, one per eight bits, and that many bytes."""
+    asked = request.function_code
+    expected = 2 * request.quantity if asked in _READ_REGISTERS else (request.quantity + 7) // 8
+    what = "registers" if asked in _READ_REGISTERS else "bits"
+    if len(pdu) < 2:
+        return "reply without a byte count"
+    count = pdu[1]
+    if count != expected:
+        return f"byte count {count} for {request.quantity} {what} (expected {expected})"
+    if len(pdu) != 2 + count:
+        return f"byte count {count} but {len(pdu) - 2} data bytes follow"
+    return None
+
+
+def _check_write_reply(request: Request, pdu: bytes) -> str | None:
+    """A write reply echoes the address and the value (single) or quantity (multiple) written."""
+    if len(pdu) != 5:
+        return f"write reply of {len(pdu)} bytes, expected 5"
+    address, value = struct.unpack_from(">HH", pdu, 1)
+    if address != request.address:
+        return f"write reply for address {address}, written was {request.address}"
+    if value != request.quantity:
+        what = "value" if request.function_code in _WRITE_SINGLE else "quantity"
+        return f"write reply echoes {what} {value}, written was {request.quantity}"
     return None
 
 

@@ -606,19 +606,24 @@ class MqttPublisher:
                 continue
             if self._memory:
                 self._replay_memory(min(room, REPLAY_BATCH))
-            elif spool is not None:
-                try:
-                    segment, records = await spool.read(min(room, REPLAY_BATCH))
-                except OSError as error:  # closing the head flushes it
-                    self._spool_failed(error)
-                    continue
-                if segment is None or not records:
-                    await asyncio.sleep(UNACKED_CHECK_S / 10)  # held records: wait for their fate
-                    continue
-                for index, topic, payload in records:
-                    if not self._replay_one(segment, index, topic, payload):
-                        break
+            elif spool is not None and not await self._replay_spool(spool, room):
+                continue
             await asyncio.sleep(0)  # live messages and pollers go between batches
+
+    async def _replay_spool(self, spool: Spool, room: int) -> bool:
+        """Hand the spool's next batch to paho; False when there was none (or the spool failed)."""
+        try:
+            segment, records = await spool.read(min(room, REPLAY_BATCH))
+        except OSError as error:  # closing the head flushes it
+            self._spool_failed(error)
+            return False
+        if segment is None or not records:
+            await asyncio.sleep(UNACKED_CHECK_S / 10)  # held records: wait for their fate
+            return False
+        for index, topic, payload in records:
+            if not self._replay_one(segment, index, topic, payload):
+                break
+        return True
 
     def _replay_memory(self, count: int) -> None:
         for _ in range(min(count, len(self._memory))):
@@ -666,15 +671,20 @@ class MqttPublisher:
                 self._resend_lost(seq)
         self.connection.close()
         if self.spool is not None:
-            self._flush_spool()
-            try:
-                await self.spool.close()
-            except OSError as error:
-                log.exception("spool_close_failed", folder=str(self.spool.directory), error=str(error))
-            if self.spool.files:
-                log.info("mqtt_spool_kept", files=len(self.spool.files), bytes=self.spool.bytes)
+            await self._close_spool(self.spool)
         if self._memory:
             log.warning("mqtt_unsent_at_stop", pending=len(self._memory))
+
+
+    async def _close_spool(self, spool: Spool) -> None:
+        """Write what is held to the spool and close it; what it keeps, the next process replays."""
+        self._flush_spool()
+        try:
+            await spool.close()
+        except OSError as error:
+            log.exception("spool_close_failed", folder=str(spool.directory), error=str(error))
+        if spool.files:
+            log.info("mqtt_spool_kept", files=len(spool.files), bytes=spool.bytes)
 
 
 def _now() -> float:

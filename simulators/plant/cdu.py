@@ -9,6 +9,11 @@ temperature obeys a linear ODE, so one sub-step is solved exactly (stable at any
 the heat passed to the facility water is the exact mean over the sub-step, which keeps the
 plant's energy balance closed.
 
+The facility valve is equal percentage (or linear) with a finite authority; the CDU does not
+set its facility flow but a branch conductance: the plant solves the shared header pressure
+for all CDUs at once (:mod:`simulators.plant.hydraulics`), so one CDU opening its valve lowers
+the others' flow.
+
 The CDU's PI moves the valve to hold its TCS supply setpoint: the local setpoint in internal
 mode (``control_mode`` 0), the written one in external mode (1). In external mode a BMS
 watchdog watches ``heartbeat``: unchanged for ``watchdog_timeout_s`` and the CDU falls back to
@@ -22,10 +27,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from simulators.plant.config import CduConfig, SensorConfig, SiteConfig
+from simulators.plant.hydraulics import equal_percentage, installed_flow_fraction, valve_characteristic
 from simulators.plant.physics import counterflow_effectiveness, counterflow_ntu
 
 if TYPE_CHECKING:
-    from simulators.plant.sensors import NoiseTable
+    from simulators.plant.sensors import NoiseTable, SensorLayer
 
 __all__ = ["ALARM_CODES", "CDU_SIGNALS", "CDU_WRITABLE", "Cdu"]
 
@@ -74,6 +80,8 @@ CDU_SIGNALS: tuple[str, ...] = (
 )
 CDU_WRITABLE = frozenset({"tcs_supply_setpoint_c", "control_mode", "heartbeat", "watchdog_timeout_s", "alarm_reset"})
 
+_ALARM_SIGNALS = frozenset({"alarm_code", "alarm_active"})
+_SUPPLY_SENSORS = frozenset({"tcs_supply_temp_c", "tcs_supply_temp_2_c"})
 _DEVIATION_K = 2.0
 _DEVIATION_DELAY_S = 120.0
 _SENSOR_MISMATCH_K = 1.0
@@ -91,7 +99,10 @@ class Cdu:
     """A CDU's physics, controller and register-level behaviour."""
 
     __slots__ = (
+        "_authority",
+        "_conductance_open",
         "_deviation_s",
+        "_equal_percentage",
         "_glycol_cp",
         "_glycol_kg_per_lpm",
         "_heartbeat_changed_s",
@@ -104,7 +115,9 @@ class Cdu:
         "_mass_cp_kj_k",
         "_min_speed",
         "_pump_tau_s",
+        "_rangeability",
         "_rel_noise",
+        "_tcs_resistance",
         "_temp_noise",
         "_tracking_s",
         "_ua_design",
@@ -146,6 +159,7 @@ class Cdu:
         site: SiteConfig,
         sensors: SensorConfig,
         *,
+        header_dp_design_bar: float,
         facility_supply_c: float,
         run_hours_h: float,
         energy_mwh: float,
@@ -181,13 +195,19 @@ class Cdu:
         self._tracking_s = cfg.pid_tracking_time_s
         self._valve_rate_pct_s = 100.0 / cfg.valve_stroke_time_s
         self._leak_loss_pct_s = cfg.leak_loss_pct_per_h / 3600.0
+        # Valve fully open at the design header pressure passes the configured maximum flow.
+        self._conductance_open = self._m_f_max / math.sqrt(header_dp_design_bar)
+        self._equal_percentage = cfg.valve_characteristic == "equal_percentage"
+        self._rangeability = cfg.valve_rangeability
+        self._authority = cfg.valve_authority_pct / 100.0
 
         # State: start at the local setpoint with the valve where the design point puts it.
         self.load_kw = 0.0
         self.supply_c = cfg.local_setpoint_c
         self.speed_pct = 100.0
         self.tcs_flow_kg_s = self._m_t_design
-        design_valve = 100.0 * self._m_f_design / self._m_f_max
+        self._tcs_resistance = 1.0  # (flow / design flow) ** -0.7 at design flow
+        design_valve = self.design_valve_pct()
         self.valve_demand_pct = design_valve
         self.valve_pct = design_valve
         self.integral_pct = design_valve
@@ -211,6 +231,31 @@ class Cdu:
     # -- physics -------------------------------------------------------------------------
 
     @property
+    def design_flow_kg_s(self) -> float:
+        """Facility flow at rated load and the design approach."""
+        return self._m_f_design
+
+    def flow_fraction(self, valve_pct: float) -> float:
+        """Branch flow over its fully-open flow at the same header pressure, valve at ``valve_pct``."""
+        cfg = self.cfg
+        relative_kv = valve_characteristic(
+            valve_pct / 100.0, characteristic=cfg.valve_characteristic, rangeability=self._rangeability
+        )
+        return installed_flow_fraction(relative_kv, self._authority)
+
+    def design_valve_pct(self) -> float:
+        """Valve position that passes the design flow at the design header pressure (bisection)."""
+        wanted = self._m_f_design / self._m_f_max
+        low, high = 0.0, 100.0
+        for _ in range(60):
+            middle = 0.5 * (low + high)
+            if self.flow_fraction(middle) < wanted:
+                low = middle
+            else:
+                high = middle
+        return 0.5 * (low + high)
+
+    @property
     def active_setpoint_c(self) -> float:
         """The setpoint the PI holds now."""
         return self.external_setpoint_c if self.control_mode == 1 else self.cfg.local_setpoint_c
@@ -221,13 +266,19 @@ class Cdu:
         return self.supply_c + self.load_kw / (self.tcs_flow_kg_s * self._glycol_cp)
 
     def control(self, dt_s: float, now_s: float) -> float:
-        """Pump, watchdog, PI and valve for one sub-step; the facility flow the valve asks for."""
+        """Pump, watchdog, PI and valve for one sub-step; the branch conductance, kg/s per sqrt(bar).
+
+        The plant turns the conductances of all CDUs into flows through the shared header
+        pressure (:class:`~simulators.plant.hydraulics.FacilityLoop`).
+        """
         cfg = self.cfg
         # The pump holds the rack flow at the configured L/min per kW, never below min speed.
         target = 100.0 * self.load_kw / cfg.design_heat_kw
         target = self._min_speed if target < self._min_speed else min(target, 100.0)
-        self.speed_pct = target + (self.speed_pct - target) * math.exp(-dt_s / self._pump_tau_s)
-        self.tcs_flow_kg_s = self._m_t_design * self.speed_pct / 100.0
+        if self.speed_pct != target:  # settled (most sub-steps): nothing moves, skip exp and pow
+            self.speed_pct = target + (self.speed_pct - target) * math.exp(-dt_s / self._pump_tau_s)
+            self.tcs_flow_kg_s = self._m_t_design * self.speed_pct / 100.0
+            self._tcs_resistance = (self.tcs_flow_kg_s / self._m_t_design) ** _UA_FLOW_EXPONENT
 
         if self.control_mode == 1 and now_s - self._heartbeat_changed_s >= self.watchdog_timeout_s:
             self.control_mode = 0
@@ -236,7 +287,7 @@ class Cdu:
             self.on_event(self.name, "watchdog_fallback", f"heartbeat unchanged {self.watchdog_timeout_s:g} s")
 
         # PI, direct acting (too warm -> open), back-calculation anti-windup.
-        error = self.supply_c - self.active_setpoint_c
+        error = self.supply_c - (self.external_setpoint_c if self.control_mode == 1 else cfg.local_setpoint_c)
         wanted = self._kp * error + self.integral_pct
         demand = 0.0 if wanted < 0.0 else min(wanted, 100.0)
         self.integral_pct += dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
@@ -253,7 +304,14 @@ class Cdu:
             self.reservoir_level_pct = max(self.reservoir_level_pct - self._leak_loss_pct_s * dt_s, 0.0)
         if self.speed_pct > 0.0:
             self.run_hours_h += dt_s / 3600.0
-        return self._m_f_max * self.valve_pct / 100.0
+        stroke = self.valve_pct / 100.0
+        relative_kv = equal_percentage(stroke, self._rangeability) if self._equal_percentage else stroke
+        if relative_kv <= 0.0:
+            return 0.0
+        # installed_flow_fraction, inlined: this runs for every CDU every sub-step.
+        authority = self._authority
+        spread = authority + (1.0 - authority) * relative_kv * relative_kv
+        return self._conductance_open * relative_kv / math.sqrt(spread)
 
     def exchange(self, dt_s: float, facility_flow_kg_s: float, facility_inlet_c: float) -> float:
         """Exchange heat with the facility water for one sub-step; mean facility outlet temp."""
@@ -266,9 +324,7 @@ class Cdu:
         mass_cp = self._mass_cp_kj_k
         k = 0.0
         if c_f > 1e-6:
-            resistance = (self.tcs_flow_kg_s / self._m_t_design) ** _UA_FLOW_EXPONENT + (
-                facility_flow_kg_s / self._m_f_design
-            ) ** _UA_FLOW_EXPONENT
+            resistance = self._tcs_resistance + (facility_flow_kg_s / self._m_f_design) ** _UA_FLOW_EXPONENT
             ua = 2.0 * self._ua_design / resistance
             c_min, c_max = (c_t, c_f) if c_t < c_f else (c_f, c_t)
             k = counterflow_effectiveness(ua / c_min, c_min / c_max) * c_min
@@ -313,13 +369,16 @@ class Cdu:
         self,
         noise: NoiseTable,
         frozen: dict[str, float] | None = None,
-        sensors: Callable[[dict[str, float]], dict[str, float]] | None = None,
+        sensors: SensorLayer | None = None,
+        now_s: float = 0.0,
+        signals: frozenset[str] | None = None,
     ) -> dict[str, float]:
         """Every CDU signal in engineering units, with sensor noise.
 
-        ``sensors`` adds what the transmitters do (lag, bias, resolution). ``frozen`` holds
+        ``sensors`` adds what the transmitters do (lag, bias, resolution) at ``now_s``. ``frozen`` holds
         stuck readings (a scenario's sensor freeze); they replace the live value, and a stuck
-        supply sensor shows up in the sensor-mismatch alarm as it would.
+        supply sensor shows up in the sensor-mismatch alarm as it would. ``signals``: only
+        these (see :meth:`Plant.read <simulators.plant.Plant.read>`).
         """
         draw = iter(noise.take(_NOISY_SIGNALS)).__next__
         tn = self._temp_noise
@@ -355,15 +414,25 @@ class Cdu:
             "it_limit_c": self.cfg.it_limit_c,
             "alarm_reset": 0.0,  # a coil that acts on write and reads back 0
         }
+        keep = signals
+        if signals is not None:
+            # The alarm judges both supply sensors as transmitted, so they go through the layer too.
+            if not signals.isdisjoint(_ALARM_SIGNALS):
+                keep = signals | _SUPPLY_SENSORS
+            values = {name: values[name] for name in keep}
         if sensors is not None:
-            values = sensors(values)
+            values = sensors.apply(self.name, values, now_s)
         if frozen:
-            values.update(frozen)
+            values.update(frozen if keep is None else {k: v for k, v in frozen.items() if k in keep})
+        if signals is not None and signals.isdisjoint(_ALARM_SIGNALS):
+            return values
         codes = self.alarm_codes(values["tcs_supply_temp_c"], values["tcs_supply_temp_2_c"])
         if "alarm_code" not in (frozen or {}):
             values["alarm_code"] = float(codes[0]) if codes else 0.0
         if "alarm_active" not in (frozen or {}):
             values["alarm_active"] = 1.0 if codes else 0.0
+        if signals is not None and keep is not signals:
+            return {name: values[name] for name in signals}
         return values
 
     def write(self, signal: str, value: float, now_s: float) -> None:

@@ -10,7 +10,7 @@ error (``extra="forbid"``), so a typo in a scenario's ``plant:`` block fails lou
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -123,7 +123,27 @@ class CduConfig(_Section):
         10.0, gt=0.0, description="Facility-water temperature rise at rated load and design flow"
     )
     facility_max_flow_pct: float = Field(
-        150.0, ge=100.0, description="Facility flow with the valve fully open, % of design flow"
+        150.0,
+        ge=100.0,
+        description="Facility flow with the valve fully open and the headers at their design differential "
+        "pressure, % of design flow",
+    )
+    valve_characteristic: Literal["equal_percentage", "linear"] = Field(
+        "equal_percentage",
+        description="Inherent characteristic of the facility valve (Kv over stroke at a fixed pressure drop)",
+    )
+    valve_rangeability: float = Field(
+        50.0,
+        gt=1.0,
+        le=1000.0,
+        description="Equal-percentage valve: Kvs over the smallest controllable Kv (makers claim 50:1)",
+    )
+    valve_authority_pct: float = Field(
+        50.0,
+        gt=0.0,
+        le=100.0,
+        description="The valve's share of its branch's pressure drop when fully open (the rest: exchanger, "
+        "strainer, piping); 50 % is the usual design target, below 25 % the characteristic distorts",
     )
     valve_stroke_time_s: float = Field(20.0, gt=0.0, description="Valve travel time 0-100 %")
     pid_gain_pct_per_k: float = Field(10.0, gt=0.0, description="CDU valve PI gain")
@@ -163,6 +183,22 @@ class FacilityWaterConfig(_Section):
         60.0, gt=0.0, description="Minimum loop flow; the differential-pressure bypass keeps it"
     )
     max_flow_kg_s: float = Field(800.0, gt=0.0, description="Pump capacity; CDU flows share it if exceeded")
+    header_dp_design_bar: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="Differential pressure between the hall's supply and return headers at design flow "
+        "(every CDU branch's pressure drop at design)",
+    )
+    header_dp_no_flow_bar: float = Field(
+        1.5,
+        gt=0.0,
+        le=20.0,
+        description="Header differential pressure with no flow; it falls with the square of the total flow "
+        "to header_dp_design_bar at design flow (assumed: the pump holds 1.5 bar at the station and the "
+        "mains lose 0.5 bar at design flow), so one CDU opening its valve lowers the others' flow. Equal to "
+        "header_dp_design_bar: a pump that holds the header pressure exactly (no coupling)",
+    )
     supply_pipe_volume_m3: float = Field(
         25.0, gt=0.0, description="Station -> hall supply pipe (plug flow: the transport delay)"
     )
@@ -345,6 +381,11 @@ class PlantConfig(_Section):
         fws = self.facility_water
         if fws.min_flow_kg_s >= fws.max_flow_kg_s:
             raise ValueError("facility_water.min_flow_kg_s must be below max_flow_kg_s")
+        if fws.header_dp_no_flow_bar < fws.header_dp_design_bar:
+            raise ValueError(
+                "facility_water.header_dp_no_flow_bar must be at least header_dp_design_bar (a pump's head "
+                "is highest at no flow)"
+            )
         dh = self.district_heating
         if dh.min_flow_kg_s >= dh.max_flow_kg_s:
             raise ValueError("district_heating.min_flow_kg_s must be below max_flow_kg_s")

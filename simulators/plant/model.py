@@ -32,6 +32,7 @@ from typing import Final
 from simulators.plant.cdu import CDU_SIGNALS, CDU_WRITABLE, Cdu
 from simulators.plant.config import PlantConfig
 from simulators.plant.heat_meter import HEAT_METER_SIGNALS, HeatMeter
+from simulators.plant.hydraulics import FacilityLoop
 from simulators.plant.physics import MixedVolume, PlugFlowPipe, weather_curve_supply_temp_c
 from simulators.plant.sensors import NoiseTable, SensorLayer, SensorSpec, is_temperature
 from simulators.plant.station import STATION_WRITABLE, Station, station_signals
@@ -145,6 +146,7 @@ class Plant:
                 cfg.cdu,
                 cfg.site,
                 cfg.sensors,
+                header_dp_design_bar=fws.header_dp_design_bar,
                 facility_supply_c=fws.initial_supply_temp_c,
                 run_hours_h=round(self._rng.uniform(8000.0, 16000.0), 1),
                 energy_mwh=round(self._rng.uniform(20000.0, 40000.0), 1),
@@ -170,6 +172,13 @@ class Plant:
         self._pipe_loss_kw_k = dh.supply_pipe_heat_loss_kw_k
         self.meter = HeatMeter(cfg)
         self._fws_flow_kg_s = fws.min_flow_kg_s
+        design_flow_kg_s = sum(cdu.design_flow_kg_s for cdu in self.cdus)
+        self.facility_loop = FacilityLoop(
+            design_dp_bar=fws.header_dp_design_bar,
+            shutoff_dp_bar=fws.header_dp_no_flow_bar,
+            design_flow_kg_s=design_flow_kg_s,
+        )
+        self._header_dp_bar = fws.header_dp_design_bar
         self._fws_mix_c = return_c
 
         self._device_kinds: dict[str, str] = {cdu.name: _KIND_CDU for cdu in self.cdus}
@@ -266,7 +275,12 @@ class Plant:
         cp = self._cp
         cdus = self.cdus
 
-        requests = [cdu.control(dt_s, now) for cdu in cdus]
+        # Each valve sets its branch's conductance; the shared header pressure sets the flows.
+        conductances = [cdu.control(dt_s, now) for cdu in cdus]
+        header_dp = self.facility_loop.header_dp_bar(sum(conductances))
+        self._header_dp_bar = header_dp
+        root = math.sqrt(header_dp)
+        requests = [c * root for c in conductances]
         asked = sum(requests)
         fws = cfg.facility_water
         scale = 1.0 if asked <= fws.max_flow_kg_s else fws.max_flow_kg_s / asked
@@ -430,6 +444,19 @@ class Plant:
         else:
             raise KeyError(f"unknown fault {kind!r}; known: {', '.join(sorted(FAULTS))}")
 
+    def set_meter_offset(self, offset_k: float) -> None:
+        """From now on the meter reads ``offset_k`` below the station (0 ends it).
+
+        The station's DH supply sensor shifts ``offset_k`` up from its configured bias (a sensor
+        exchanged or drifted): the PLC holds that sensor at its setpoint, so the water leaves
+        ``offset_k`` colder, the PLC's ``dh_supply_temp_c`` still reads the setpoint and the heat
+        meter, which is right, shows the difference. Only a trim on the meter can correct it.
+        """
+        if not math.isfinite(offset_k) or abs(offset_k) > 10.0:
+            raise ValueError(f"meter_offset: {offset_k} K is not a finite offset within +/-10 K")
+        self.station.supply_sensor_bias_k = self.config.heat_pumps.supply_sensor_bias_k + offset_k
+        self._record("hp-plc", "meter_offset", f"{offset_k:+g} K")
+
     def _heat_pump_index(self, target: str | None) -> int:
         count = self.config.heat_pumps.count
         names = {f"hp-{i}": i for i in range(1, count + 1)}
@@ -482,25 +509,36 @@ class Plant:
         """Signals of a device that :meth:`write` accepts."""
         return self._writable[self.device_kind(device)]
 
-    def read(self, device: str) -> dict[str, float]:
-        """Every signal of a device in engineering units (bools and enumerations as floats)."""
+    def read(self, device: str, signals: frozenset[str] | None = None) -> dict[str, float]:
+        """Every signal of a device in engineering units (bools and enumerations as floats).
+
+        ``signals``: only these (a read plan: what a controller binds). The noise drawn and
+        every transmitter's state are the same as for a full read (each read takes one slice
+        of the noise table; a signal's lag only depends on its own reads), so the values are
+        identical to the same keys of a full read; only the work for the others is skipped.
+        """
         kind = self.device_kind(device)
+        if signals is not None and not signals <= self._signals[kind]:
+            unknown = ", ".join(sorted(signals - self._signals[kind]))
+            raise KeyError(f"device {device!r} has no signal(s) {unknown}")
         frozen = self._frozen.get(device)
         noise = self._noise
         layer = self._sensor_layer
         if kind == _KIND_CDU:
-            sensors = (lambda values: layer.apply(device, values, self._clock_s)) if layer.active else None
-            return self._cdu_by_name[device].read(noise, frozen, sensors)
+            cdu = self._cdu_by_name[device]
+            return cdu.read(noise, frozen, layer if layer.active else None, self._clock_s, signals)
         if kind == _KIND_METER:
             values = self.meter.read(noise)
         elif kind == _KIND_PLC:
             values = self.station.read(noise)
         else:
             values = self._read_panel(noise)
+        if signals is not None:
+            values = {name: values[name] for name in signals}
         if layer.active:
             values = layer.apply(device, values, self._clock_s)
         if frozen:
-            values.update(frozen)
+            values.update(frozen if signals is None else {k: v for k, v in frozen.items() if k in signals})
         return values
 
     def _read_panel(self, noise: NoiseTable) -> dict[str, float]:
@@ -617,6 +655,7 @@ class Plant:
         flat["truth.fws.return_temp_c"] = self._fws_mix_c
         flat["truth.fws.station_inlet_temp_c"] = station.fws_in_c
         flat["truth.fws.flow_kg_s"] = self._fws_flow_kg_s
+        flat["truth.fws.header_dp_bar"] = self._header_dp_bar
         flat["truth.dh.station_supply_temp_c"] = station.dh_out_c
         flat["truth.dh.meter_flow_temp_c"] = self.meter.flow_temp_c
         flat["truth.dh.return_temp_c"] = station.dh_return_c

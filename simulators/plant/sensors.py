@@ -26,7 +26,6 @@ from dataclasses import dataclass
 __all__ = ["NoiseTable", "SensorLayer", "SensorSpec", "is_temperature"]
 
 _TABLE_SIZE = 1 << 16
-_MAX_CACHED_WEIGHTS = 256
 
 
 def is_temperature(signal: str) -> bool:
@@ -70,28 +69,52 @@ class SensorSpec:
         return not (self.bias or self.drift_per_day or self.lag_s or self.resolution)
 
 
+class _Channel:
+    """One signal's transmitter: its spec as plain floats and its lag state (hot path: slots only)."""
+
+    __slots__ = (
+        "bias",
+        "drift_per_day",
+        "lag_s",
+        "last_dt_s",
+        "last_s",
+        "last_value",
+        "last_weight",
+        "resolution",
+        "signal",
+    )
+
+    def __init__(self, signal: str, spec: SensorSpec) -> None:
+        self.signal = signal
+        self.bias = spec.bias
+        self.drift_per_day = spec.drift_per_day
+        self.lag_s = spec.lag_s
+        self.resolution = spec.resolution
+        self.last_value = math.nan
+        self.last_s = math.nan  # nan: not read yet
+        self.last_dt_s = math.nan
+        self.last_weight = 0.0
+
+
 class SensorLayer:
     """Applies :class:`SensorSpec` per ``device.signal`` and an update period per device."""
 
-    __slots__ = ("_held", "_lagged", "_periods", "_specs", "_weights")
+    __slots__ = ("_channels", "_held", "_periods")
 
     def __init__(self, specs: Mapping[str, SensorSpec], update_periods_s: Mapping[str, float]) -> None:
-        by_device: dict[str, list[tuple[str, SensorSpec]]] = {}
+        by_device: dict[str, list[_Channel]] = {}
         for key, spec in specs.items():
             device, _, signal = key.partition(".")
             if not spec.perfect:
-                by_device.setdefault(device, []).append((signal, spec))
-        self._specs = by_device
+                by_device.setdefault(device, []).append(_Channel(signal, spec))
+        self._channels = by_device
         self._periods = {device: period for device, period in update_periods_s.items() if period > 0.0}
-        self._lagged: dict[tuple[str, str], tuple[float, float]] = {}
         self._held: dict[str, tuple[float, dict[str, float]]] = {}
-        # exp(-dt/tau) per (tau, dt): reads come at a handful of intervals, so this is a few entries.
-        self._weights: dict[tuple[float, float], float] = {}
 
     @property
     def active(self) -> bool:
         """True when any signal or device is not perfect (the plant can skip the layer otherwise)."""
-        return bool(self._specs or self._periods)
+        return bool(self._channels or self._periods)
 
     def apply(self, device: str, values: dict[str, float], now_s: float) -> dict[str, float]:
         """What the device reports at ``now_s``, given what a perfect (noisy) sensor would."""
@@ -100,34 +123,31 @@ class SensorLayer:
             held = self._held.get(device)
             if held is not None and now_s - held[0] < period:
                 return dict(held[1])
-        specs = self._specs.get(device)
-        if specs:
-            lagged = self._lagged
-            weights = self._weights
-            for signal, spec in specs:
-                value = values.get(signal)
+        channels = self._channels.get(device)
+        if channels:
+            for channel in channels:
+                value = values.get(channel.signal)
                 if value is None:
                     continue
-                lag_s = spec.lag_s
+                lag_s = channel.lag_s
                 if lag_s > 0.0:
-                    key = (device, signal)
-                    previous = lagged.get(key)
-                    if previous is not None:
-                        dt_s = now_s - previous[1]
-                        weight = weights.get((lag_s, dt_s))
-                        if weight is None:
-                            weight = -math.expm1(-max(dt_s, 0.0) / lag_s)
-                            if len(weights) > _MAX_CACHED_WEIGHTS:  # irregular reads (real path)
-                                weights.clear()
-                            weights[(lag_s, dt_s)] = weight
-                        value = previous[0] + weight * (value - previous[0])
-                    lagged[key] = (value, now_s)
-                if spec.bias or spec.drift_per_day:
-                    value += spec.bias + spec.drift_per_day * now_s / 86400.0
-                resolution = spec.resolution
+                    last_s = channel.last_s
+                    if last_s == last_s:  # read before (not nan)
+                        dt_s = now_s - last_s
+                        # exp(-dt/tau) once per interval: reads come at a handful of intervals.
+                        if dt_s != channel.last_dt_s:
+                            channel.last_dt_s = dt_s
+                            channel.last_weight = -math.expm1(-max(dt_s, 0.0) / lag_s)
+                        previous = channel.last_value
+                        value = previous + channel.last_weight * (value - previous)
+                    channel.last_value = value
+                    channel.last_s = now_s
+                if channel.bias or channel.drift_per_day:
+                    value += channel.bias + channel.drift_per_day * now_s / 86400.0
+                resolution = channel.resolution
                 if resolution > 0.0:
                     value = round(round(value / resolution) * resolution, 6)
-                values[signal] = value
+                values[channel.signal] = value
         if period is not None:
             self._held[device] = (now_s, dict(values))
         return values

@@ -250,6 +250,8 @@ class Station:
             max(hp.condenser_volume_m3, 1e-3) * cfg.site.water_density_kg_m3, dh.return_temp_c
         )
         self._plc_trim_k = 0.0
+        # The PLC's supply sensor error; a scenario's meter_offset shifts it mid-run.
+        self.supply_sensor_bias_k = hp.supply_sensor_bias_k
         self.hx_heat_kw = 0.0
         self.hp_heat_kw = 0.0
         self.hp_electric_kw = 0.0
@@ -338,7 +340,7 @@ class Station:
         # PI on its own supply sensor, which sits after the condensers' water volume. The
         # integral is a correction of the target temperature (K) that the DH flow uses too:
         # when the limit decides the heat, the flow decides the temperature.
-        measured_c = self.dh_out_c + hp_cfg.supply_sensor_bias_k
+        measured_c = self.dh_out_c + self.supply_sensor_bias_k
         error_k = setpoint - measured_c
         target_c = setpoint + self._plc_trim_k
         feedforward = c_dh * (1.0 + hp_cfg.plc_flow_error_pct / 100.0) * (target_c - self.dh_after_hx_c)
@@ -394,7 +396,7 @@ class Station:
         at_full = all(p.state is HeatPumpState.RUNNING and p.capacity >= 0.99 for p in self.heat_pumps if not p.tripped)
         short = bool(running) and (commanded >= source_max or at_full)
         rate = hp_cfg.dh_flow_trim_per_k_s * dt_s
-        measured_c = self.dh_out_c + hp_cfg.supply_sensor_bias_k
+        measured_c = self.dh_out_c + self.supply_sensor_bias_k
         if short and measured_c < setpoint - 0.5:
             self._dh_flow_trim -= rate * (setpoint - 0.5 - measured_c)
         else:
@@ -597,7 +599,7 @@ class Station:
             "fws_bypass_valve_pct": 100.0 * self.fws_bypass_kg_s / self.fws_flow_kg_s,
             "hp_source_inlet_temp_c": self.fws_after_hx_c + tn * draw(),
             "hp_source_outlet_temp_c": self.fws_after_hp_c + tn * draw(),
-            "dh_supply_temp_c": self.dh_out_c + self.cfg.heat_pumps.supply_sensor_bias_k + tn * draw(),
+            "dh_supply_temp_c": self.dh_out_c + self.supply_sensor_bias_k + tn * draw(),
             "dh_return_temp_c": self.dh_return_c + tn * draw(),
             "dh_hx_outlet_temp_c": self.dh_after_hx_c + tn * draw(),
             "dh_flow_m3h": self.dh_flow_kg_s * self._m3h_per_kg_s * (1.0 + rn * draw()),

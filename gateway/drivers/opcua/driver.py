@@ -269,30 +269,7 @@ class OpcUaDriver(ConnectionScope):
             results.extend(await client.uaclient.read(params))
         if len(results) != len(requests):
             raise MalformedReply(self.name, f"asked for {len(requests)} attributes, got {len(results)}")
-        missing: list[str] = []
-        not_variables: list[str] = []
-        for (node, attr), data in zip(requests, results, strict=True):
-            status = data.StatusCode.value if data.StatusCode is not None else 0
-            if attr is AttributeIds.DataType:
-                if status in (StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid):
-                    missing.append(f"{node.signal} ({node.ref.text})")
-                    continue
-                if status == StatusCodes.BadAttributeIdInvalid:  # an object or a method: no value
-                    not_variables.append(f"{node.signal} ({node.ref.text})")
-                    continue
-                type_id = data.Value.Value if data.Value is not None else None
-                if (
-                    isinstance(type_id, ua.NodeId)
-                    and type_id.NamespaceIndex == 0
-                    and isinstance(type_id.Identifier, int)
-                ):
-                    if 1 <= type_id.Identifier <= 25:
-                        node.variant = ua.VariantType(type_id.Identifier)
-                    else:
-                        node.variant = DATA_TYPE_ALIASES.get(type_id.Identifier)
-            elif node.variant is None and data.Value is not None and data.Value.Value is not None:
-                # An enumeration or a vendor subtype: the value's own encoding tells what to send.
-                node.variant = data.Value.VariantType
+        missing, not_variables = _take_types(requests, results)
         if missing:
             raise DeviceFault(
                 self.name,
@@ -441,3 +418,34 @@ class OpcUaDriver(ConnectionScope):
             log.debug("opcua_close_failed", device=self.name, error=repr(exc))
         finally:
             client.disconnect_socket()  # a timed-out disconnect still releases the socket
+
+
+def _take_types(
+    requests: list[tuple[Node, AttributeIds]], results: list[ua.DataValue]
+) -> tuple[list[str], list[str]]:
+    """Set each node's variant type from its DataType (or, for a writable node of a vendor type, from
+    its value's encoding); the nodes that are not on the server, and those that are not variables."""
+    missing: list[str] = []
+    not_variables: list[str] = []
+    for (node, attr), data in zip(requests, results, strict=True):
+        status = data.StatusCode.value if data.StatusCode is not None else 0
+        if attr is AttributeIds.DataType:
+            if status in (StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid):
+                missing.append(f"{node.signal} ({node.ref.text})")
+            elif status == StatusCodes.BadAttributeIdInvalid:  # an object or a method: no value
+                not_variables.append(f"{node.signal} ({node.ref.text})")
+            else:
+                _take_data_type(node, data.Value.Value if data.Value is not None else None)
+        elif node.variant is None and data.Value is not None and data.Value.Value is not None:
+            # An enumeration or a vendor subtype: the value's own encoding tells what to send.
+            node.variant = data.Value.VariantType
+    return missing, not_variables
+
+
+def _take_data_type(node: Node, type_id: object) -> None:
+    """A built-in DataType (ns=0;i=1..25) is the variant; a standard alias maps to one; else unknown."""
+    if isinstance(type_id, ua.NodeId) and type_id.NamespaceIndex == 0 and isinstance(type_id.Identifier, int):
+        if 1 <= type_id.Identifier <= 25:
+            node.variant = ua.VariantType(type_id.Identifier)
+        else:
+            node.variant = DATA_TYPE_ALIASES.get(type_id.Identifier)

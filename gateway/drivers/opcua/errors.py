@@ -49,26 +49,7 @@ def failure(  # noqa: PLR0911 - one return per kind of failure reads as a table
     if isinstance(exc, TimeoutError):
         return DeviceTimeout(name, f"{doing}: no reply within {timeout:g} s", address=address)
     if isinstance(exc, UaStatusCodeError):
-        code = int(exc.code or 0)
-        status = status_name(code)
-        if code in TIMED_OUT:
-            return DeviceTimeout(name, f"{doing}: {status}", address=address)
-        if code == StatusCodes.BadTooManySessions:
-            return DeviceUnavailable(
-                name,
-                f"{doing}: the server has no session left ({status}); other clients use them, or "
-                "sessions of an earlier gateway run that expire after their timeout",
-            )
-        if code in CONNECTION_LOST:
-            return DeviceUnavailable(name, f"{doing}: session lost ({status})", address=address)
-        if code in AUTHENTICATION:
-            return AuthenticationFailed(name, f"{doing}: {_authentication_message(device, status)}", address=address)
-        if code in SECURITY:
-            message = _security_message(device, doing, code, status)
-            if device.security.policy is OpcUaSecurityPolicy.NONE or code in _POLICY_MISMATCH:
-                return DeviceUnavailable(name, message, address=address)  # configuration, not trust
-            return AuthenticationFailed(name, message, address=address)
-        return DeviceFault(name, f"{doing}: {status}", address=address)
+        return _status_failure(device, exc, doing, address)
     if isinstance(exc, AssertionError) and channel_refused(exc):
         message = _security_message(device, doing, 0, "OpenSecureChannel answered with a fault")
         if device.security.policy is OpcUaSecurityPolicy.NONE:
@@ -80,15 +61,47 @@ def failure(  # noqa: PLR0911 - one return per kind of failure reads as a table
         what = exc.strerror or str(exc) or type(exc).__name__
         return DeviceUnavailable(name, f"{doing}: connection lost ({what})", address=address)
     if isinstance(exc, UaError) and str(exc).startswith("No matching endpoints"):
-        sec = device.security
-        if sec.policy is OpcUaSecurityPolicy.NONE:
-            return DeviceUnavailable(
-                name, _security_message(device, doing, StatusCodes.BadSecurityModeRejected, "no None endpoint")
-            )
-        return DeviceUnavailable(
-            name, f"{doing}: the server offers no endpoint with security {sec.policy}/{sec.mode} ({exc})"
-        )
+        return _endpoint_failure(device, exc, doing)
     return DeviceUnavailable(name, f"{doing}: {type(exc).__name__}: {exc}", address=address)
+
+
+def _status_failure(  # noqa: PLR0911 - one return per kind of status reads as a table
+    device: OpcUaDevice, exc: UaStatusCodeError, doing: str, address: str | None
+) -> DriverError:
+    """A bad status code as the driver error its kind calls for (timeout, session, trust, fault)."""
+    name = device.name
+    code = int(exc.code or 0)
+    status = status_name(code)
+    if code in TIMED_OUT:
+        return DeviceTimeout(name, f"{doing}: {status}", address=address)
+    if code == StatusCodes.BadTooManySessions:
+        return DeviceUnavailable(
+            name,
+            f"{doing}: the server has no session left ({status}); other clients use them, or "
+            "sessions of an earlier gateway run that expire after their timeout",
+        )
+    if code in CONNECTION_LOST:
+        return DeviceUnavailable(name, f"{doing}: session lost ({status})", address=address)
+    if code in AUTHENTICATION:
+        return AuthenticationFailed(name, f"{doing}: {_authentication_message(device, status)}", address=address)
+    if code in SECURITY:
+        message = _security_message(device, doing, code, status)
+        if device.security.policy is OpcUaSecurityPolicy.NONE or code in _POLICY_MISMATCH:
+            return DeviceUnavailable(name, message, address=address)  # configuration, not trust
+        return AuthenticationFailed(name, message, address=address)
+    return DeviceFault(name, f"{doing}: {status}", address=address)
+
+
+def _endpoint_failure(device: OpcUaDevice, exc: UaError, doing: str) -> DriverError:
+    """The server offers no endpoint with the configured security."""
+    sec = device.security
+    if sec.policy is OpcUaSecurityPolicy.NONE:
+        return DeviceUnavailable(
+            device.name, _security_message(device, doing, StatusCodes.BadSecurityModeRejected, "no None endpoint")
+        )
+    return DeviceUnavailable(
+        device.name, f"{doing}: the server offers no endpoint with security {sec.policy}/{sec.mode} ({exc})"
+    )
 
 
 def channel_refused(exc: AssertionError) -> bool:

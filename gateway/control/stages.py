@@ -1,0 +1,1483 @@
+"""The supervisor's cycle in stages, each a pure function with its inputs and outputs spelled out.
+
+``Supervisor.step`` (gateway/control/supervisor.py) composes them in this order; each stage
+reads the frozen :class:`SupervisorState` it is given and the outputs of the stages before it,
+and returns a frozen record (nothing else is shared, nothing is mutated but the one-cycle
+:class:`WriteBook` inside :func:`plan_writes`):
+
+1. :func:`read_inputs` -> :class:`Inputs`: every role input, its quality (stale, frozen), the
+   meter and outdoor filters, which devices are stale and the safe states that follow;
+2. :func:`utility_order` -> :class:`UtilityOrder`: the utility's heat order and supply
+   requirement, held through a link loss, then the weather curve;
+3. :func:`dh_acceptance` -> :class:`DhAcceptance`: can the DH side take heat, is it delivering;
+4. :func:`dh_supply` -> :class:`DhSupply`: requirement + PI trim + pipe-loss feed-forward,
+   min-selected with the over-temperature override;
+5. :func:`heat_order_limit` -> :class:`HeatLimit`: order + PI trim, min-selected with the
+   over-temperature, source, capacity and "short" limits; heat-pump enable with its timers;
+6. :func:`source_ceiling` -> :class:`SourceCeiling`: the CDUs' common setpoint ceiling (raise
+   slowly, back off fast) and the dry coolers' setpoint;
+7. :func:`plan_writes` -> :class:`Writes`: heartbeats and setpoints through the write book
+   (clamp, ramp, resolution, deadband, lease);
+8. :func:`finish` -> ``(writes, state, status)``: alarms, the status record, write budgets and
+   the next state (mode off: nothing written, nothing remembered as written).
+
+:class:`Setup` is what does not change between cycles (the configuration, the role map and the
+blocks built from them); ``Supervisor(config, roles).setup`` gives the one the supervisor uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from gateway.config.control import ControlConfig
+from gateway.config.profile import HeartbeatMode
+from gateway.control.blocks import (
+    AlarmState,
+    DelayedAlarm,
+    HoldState,
+    HoldThenFallback,
+    MinOnOffTimer,
+    OnOffState,
+    OrderSource,
+    RampLimiter,
+    RampState,
+    Selection,
+    select_min,
+    weather_curve_supply_c,
+)
+from gateway.control.commands import Mode
+from gateway.control.pid import ControlMode, PidConfig, PidState, pid_step
+from gateway.control.roles import Heartbeat, RoleMap
+from gateway.control.state import SupervisorState, TimedValue, Watch
+from gateway.control.writes import HEARTBEAT_REASON, Lease, OutputSpec, SignalKey, Write, WriteBook, spend_budget
+
+__all__ = [
+    "CduBinding",
+    "CduReading",
+    "DhAcceptance",
+    "DhSupply",
+    "HeatLimit",
+    "Inputs",
+    "Reader",
+    "Setup",
+    "SourceCeiling",
+    "UtilityOrder",
+    "Writes",
+    "dh_acceptance",
+    "dh_supply",
+    "finish",
+    "heat_order_limit",
+    "plan_writes",
+    "read_inputs",
+    "source_ceiling",
+    "utility_order",
+]
+
+WATER_CP_KJ_KGK = 4.18
+_INTERLOCK_DH_TOO_HOT = 2  # hp-plc interlock_status bit: DH water entering the condensers too hot
+_MIN_DELIVERY_DT_K = 5.0  # below this meter dT the DH side is not really delivering
+_SOURCE_NAMES = {OrderSource.UTILITY: "utility", OrderSource.HELD: "held", OrderSource.FALLBACK: "weather_curve"}
+_NOISY = 1.5
+"""A signal whose typical change is this many times its smallest is noisy: it moves every few
+reads wherever the process sits, so sitting still for ``stuck_after_s`` means frozen. A
+quantised quiet signal (0.1 K steps, 0.02 K noise) changes by one step at a time and can sit
+on one step for hours: only a witness that moved says it froze."""
+
+Good = Callable[[str, str, float], float | None]
+"""``good(device, profile_signal, max_age_s)``: the process view's good and fresh value, else None."""
+
+Bound = tuple[str | None, float]
+"""A role signal as bound on a device: (profile signal, nan), or (None, the constant)."""
+
+_CDU_SIGNALS = (
+    "tcs_supply_temp_c",
+    "tcs_supply_temp_2_c",
+    "tcs_supply_setpoint_c",
+    "it_limit_c",
+    "control_mode",
+    "valve_feedback_pct",
+    "local_setpoint_c",
+)
+_NOTHING: Mapping[str, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class CduBinding:
+    """Where one CDU's role inputs are (resolved once: the cycle reads them for every CDU)."""
+
+    name: str
+    supply: str | None
+    """The profile signal each input is read from (None: absent; a constant: a key of ``constants``)."""
+    supply_2: str | None
+    setpoint: str | None
+    it_limit: str | None
+    mode: str | None
+    """None: absent, the CDU acts on the written setpoint (mode 1)."""
+    valve: str | None
+    """None: absent, no valve feedback (NaN, never saturated)."""
+    local: str | None
+    constants: Mapping[str, float]
+    """The inputs the site gives as constants, under keys no profile signal can have."""
+    writes_mode: bool
+    """Its ``control_mode`` output is bound (it can be taken over and handed back)."""
+    writes_setpoint: bool
+    """Its ``tcs_supply_setpoint_c`` output is bound."""
+    status_key: str
+    """``{name}.tcs_supply_setpoint_c`` in the status record."""
+
+
+class _ViewValues:
+    """A device's values through ``good()``, for a view that has no ``fresh()``."""
+
+    __slots__ = ("device", "good", "max_age_s")
+
+    def __init__(self, good: Good, device: str, max_age_s: float) -> None:
+        self.good = good
+        self.device = device
+        self.max_age_s = max_age_s
+
+    def get(self, signal: str | None) -> float | None:
+        return None if signal is None else self.good(self.device, signal, self.max_age_s)
+
+
+class _WithConstants:
+    """A device's values, with the constants the site gives in place of some signals."""
+
+    __slots__ = ("constants", "values")
+
+    def __init__(self, values: Mapping[str, float] | _ViewValues, constants: Mapping[str, float]) -> None:
+        self.values = values
+        self.constants = constants
+
+    def get(self, signal: str | None) -> float | None:
+        if signal is None:
+            return None
+        constant = self.constants.get(signal)
+        return constant if constant is not None else self.values.get(signal)
+
+
+class Reader:
+    """``read(device, role_signal)``: one cycle's role inputs from a process view, by the site's bindings.
+
+    None: absent on the device, stale, bad or missing. A view with ``fresh(device, max_age_s)``
+    (the gateway's ``Snapshot``) is asked once per device per cycle; any other view (anything
+    with ``good(device, signal, max_age_s)``) once per signal.
+    """
+
+    __slots__ = ("_bindings", "_fresh", "_good", "_max_age_s", "_values")
+
+    def __init__(self, setup: Setup, view: object) -> None:
+        self._bindings = setup.bindings
+        self._good: Good = view.good  # type: ignore[attr-defined]
+        self._fresh: Callable[[str, float], Mapping[str, float] | None] | None = getattr(view, "fresh", None)
+        self._max_age_s = setup.config.input_max_age_s
+        self._values: dict[str, Mapping[str, float] | _ViewValues] = {}
+
+    @property
+    def good(self) -> Good:
+        """The view's ``good(device, profile_signal, max_age_s)``."""
+        return self._good
+
+    def values(self, device: str) -> Mapping[str, float] | _ViewValues:
+        """The device's fresh values by profile signal (``.get(signal)``: the value or None)."""
+        values = self._values.get(device)
+        if values is None:
+            if self._fresh is not None:
+                values = self._fresh(device, self._max_age_s) or _NOTHING
+            else:
+                values = _ViewValues(self._good, device, self._max_age_s)
+            self._values[device] = values
+        return values
+
+    def __call__(self, device: str, signal: str) -> float | None:
+        bound = self._bindings.get(device, _NO_BINDINGS).get(signal)
+        if bound is None:
+            return None
+        name, constant = bound
+        if name is None:
+            return constant
+        return self.values(device).get(name)
+
+
+_NO_BINDINGS: Mapping[str, Bound] = {}
+
+
+
+
+# -- what does not change between cycles -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setup:
+    """The configuration, the role map and the control blocks built from them, once per supervisor."""
+
+    config: ControlConfig
+    roles: RoleMap
+    bindings: Mapping[str, Mapping[str, Bound]]
+    """Device -> role signal -> where it is read (absent signals are not listed)."""
+    cdus: tuple[CduBinding, ...]
+    outputs: Mapping[SignalKey, OutputSpec]
+    """(device, role output) -> how it is written (only these are ever written)."""
+    ramps: Mapping[str, RampLimiter]
+    """Role output -> its write ramp."""
+    heartbeats: Mapping[str, Heartbeat]
+    budgets: Mapping[str, float]
+    """Device -> setpoint writes per hour it may take."""
+    dh_trim_pid: PidConfig
+    order_pid: PidConfig
+    hold: HoldThenFallback
+    hp_timer: MinOnOffTimer
+    deviation_alarm: DelayedAlarm
+    ceiling_ramp: RampLimiter
+    supply_tolerance_k: float
+    """The DH trim integrates only while the written setpoint is its own within this."""
+    limit_tolerance_kw: float
+    """The order trim integrates only while the written limit is its own within this."""
+
+    @property
+    def meter(self) -> str:
+        """The heat meter's device name."""
+        return self.roles.heat_meter
+
+    @property
+    def plc(self) -> str:
+        """The station PLC's device name."""
+        return self.roles.station_plc
+
+    @property
+    def panel(self) -> str:
+        """The panel PC's device name."""
+        return self.roles.panel
+
+    @classmethod
+    def build(cls, config: ControlConfig, roles: RoleMap) -> Setup:
+        """The blocks for ``config`` and ``roles`` (raises ValueError without CDUs)."""
+        cfg = config
+        if not roles.cdus:
+            raise ValueError("Supervisor: no CDUs (set control.cdu_devices or give devices the kind cdu)")
+        outputs = roles.output_specs()
+        max_dt_s = 10.0 * cfg.cycle_s
+        ceiling_ramp = RampLimiter(
+            up_per_s=cfg.cdu_setpoint_raise_k_per_min / 60.0,
+            down_per_s=cfg.cdu_setpoint_lower_k_per_min / 60.0,
+            max_dt_s=max_dt_s,
+        )
+        plc = roles.station_plc
+        bindings = {
+            device: {
+                signal: (binding.signal, math.nan) if binding.kind == "signal" else (None, binding.value)
+                for signal, binding in role.bindings.items()
+                if binding.kind != "absent"
+            }
+            for device, role in roles.devices.items()
+        }
+        return cls(
+            config=cfg,
+            roles=roles,
+            bindings=bindings,
+            cdus=tuple(_cdu_binding(name, bindings.get(name, {}), outputs) for name in roles.cdus),
+            outputs=outputs,
+            ramps={
+                "tcs_supply_setpoint_c": ceiling_ramp,
+                "hp_supply_setpoint_c": RampLimiter(up_per_s=cfg.dh_supply_ramp_k_per_min / 60.0, max_dt_s=max_dt_s),
+                "heat_power_limit_kw": RampLimiter(
+                    up_per_s=cfg.heat_power_limit_ramp_up_kw_per_s,
+                    down_per_s=cfg.heat_power_limit_ramp_down_kw_per_s,
+                    max_dt_s=max_dt_s,
+                ),
+                "dry_cooler_setpoint_c": RampLimiter(
+                    up_per_s=cfg.dry_cooler_setpoint_raise_k_per_min / 60.0,
+                    down_per_s=cfg.dry_cooler_setpoint_lower_k_per_min / 60.0,
+                    max_dt_s=max_dt_s,
+                ),
+            },
+            heartbeats={name: role.heartbeat for name, role in roles.devices.items() if role.heartbeat},
+            budgets={name: role.write_budget_per_h for name, role in roles.devices.items() if role.outputs},
+            dh_trim_pid=PidConfig(
+                kp=cfg.dh_trim_kp_k_per_k,
+                ti_s=cfg.dh_trim_ti_s,
+                out_min=-cfg.dh_trim_max_k,
+                out_max=cfg.dh_trim_max_k,
+                # P on the measurement only: a requirement step goes straight to the PLC (which
+                # holds the station supply itself) instead of kicking the trim.
+                setpoint_weight=0.0,
+                max_dt_s=max_dt_s,
+            ),
+            order_pid=PidConfig(
+                kp=cfg.order_trim_kp,
+                ti_s=cfg.order_trim_ti_s,
+                out_min=-cfg.order_trim_max_kw,
+                out_max=cfg.order_trim_max_kw,
+                setpoint_weight=0.0,
+                max_dt_s=max_dt_s,
+            ),
+            hold=HoldThenFallback(hold_s=cfg.utility_hold_s),
+            hp_timer=MinOnOffTimer(min_on_s=cfg.hp_min_on_s, min_off_s=cfg.hp_min_off_s),
+            deviation_alarm=DelayedAlarm(
+                on_threshold=cfg.deviation_alarm_k,
+                off_threshold=cfg.deviation_alarm_k - cfg.deviation_alarm_hysteresis_k,
+                on_delay_s=cfg.deviation_alarm_delay_s,
+            ),
+            ceiling_ramp=ceiling_ramp,
+            # The trims integrate only while the written value is their own output: "their own"
+            # within what the write economy lets through (deadband, resolution).
+            supply_tolerance_k=_tolerance(outputs.get((plc, "hp_supply_setpoint_c")), 0.02),
+            limit_tolerance_kw=_tolerance(outputs.get((plc, "heat_power_limit_kw")), 20.0),
+        )
+
+
+def _cdu_binding(name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalKey, OutputSpec]) -> CduBinding:
+    names: list[str | None] = []
+    constants: dict[str, float] = {}
+    for signal in _CDU_SIGNALS:
+        where = bound.get(signal)
+        if where is None:
+            names.append(None)
+        elif where[0] is None:
+            key = f"={signal}"  # not a signal name (profile signal names are identifiers)
+            constants[key] = where[1]
+            names.append(key)
+        else:
+            names.append(where[0])
+    supply, supply_2, setpoint, it_limit, mode, valve, local = names
+    return CduBinding(
+        name=name,
+        supply=supply,
+        supply_2=supply_2,
+        setpoint=setpoint,
+        it_limit=it_limit,
+        mode=mode,
+        valve=valve,
+        local=local,
+        constants=constants,
+        writes_mode=(name, "control_mode") in outputs,
+        writes_setpoint=(name, "tcs_supply_setpoint_c") in outputs,
+        status_key=f"{name}.tcs_supply_setpoint_c",
+    )
+
+
+def _tolerance(spec: OutputSpec | None, least: float) -> float:
+    return least if spec is None else max(least, spec.deadband + spec.resolution)
+
+
+# -- 1. inputs and quality -------------------------------------------------------------------------
+
+
+class CduReading(NamedTuple):
+    """One CDU as seen this cycle (not fresh: any of its needed inputs stale, bad or frozen).
+
+    A named tuple: one per CDU per cycle, built four times faster than a frozen dataclass.
+    """
+
+    name: str
+    fresh: bool
+    mode: float = 0.0
+    active_setpoint_c: float = math.nan
+    """The setpoint it acts on: the written one in external mode, else its local one."""
+    hottest_c: float = math.nan
+    """The hotter of its rack-loop supply sensors."""
+    valve_pct: float = math.nan
+    it_limit_c: float = math.nan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inputs:
+    """Every role input of the cycle (None: stale, bad, frozen or absent) and what follows from them."""
+
+    outdoor_c: float
+    """Low-passed outdoor temperature, or ``fallback_outdoor_temp_c`` before the first reading."""
+    meter_supply_c: float | None = None
+    """Heat-meter supply temperature, low-passed while the whole meter is fresh (else as read)."""
+    meter_supply_raw_c: float | None = None
+    """The same unfiltered (the over-temperature override acts on it)."""
+    meter_power_kw: float | None = None
+    """Heat-meter power, low-passed while the whole meter is fresh (else as read)."""
+    meter_return_c: float | None = None
+    station_supply_c: float | None = None
+    plc_return_c: float | None = None
+    dh_pump_tripped: float | None = None
+    interlock: float | None = None
+    source_in_c: float | None = None
+    source_out_c: float | None = None
+    running: float | None = None
+    hx_heat_kw: float | None = None
+    link_ok: float | None = None
+    order_mw: float | None = None
+    requirement_in_c: float | None = None
+    order_age_s: float | None = None
+    fws_supply_c: float | None = None
+    cdus: tuple[CduReading, ...] = ()
+    fresh_cdus: tuple[CduReading, ...] = ()
+    """The CDUs whose inputs are all fresh (read_inputs fills it in; see `with_cdus`)."""
+    stale_cdus: tuple[str, ...] = ()
+    """Names of the CDUs that are not fresh."""
+    stale: tuple[str, ...] = ()
+    """Devices whose data is stale, CDUs first."""
+    overrides: tuple[str, ...] = ()
+    """The safe states the stale data calls for."""
+    stuck: Mapping[SignalKey, Watch] = dataclasses.field(default_factory=dict)
+    """The frozen-value watches for the next cycle."""
+    outdoor: TimedValue | None = None
+    """The outdoor filter for the next cycle."""
+    meter_filtered: tuple[TimedValue, TimedValue] | None = None
+    """The meter filters for the next cycle (None while the meter is stale)."""
+
+    @property
+    def meter_ok(self) -> bool:
+        """Supply, return and power of the heat meter are all fresh."""
+        return self.meter_supply_c is not None and self.meter_power_kw is not None and self.meter_return_c is not None
+
+    @property
+    def plc_ok(self) -> bool:
+        """The station PLC is fresh (its DH supply temperature is)."""
+        return self.station_supply_c is not None
+
+    @property
+    def panel_ok(self) -> bool:
+        """The panel is fresh (link flag and requirement; the flag may be a constant)."""
+        return self.link_ok is not None and self.requirement_in_c is not None
+
+    def with_cdus(self, cdus: tuple[CduReading, ...]) -> Inputs:
+        """The same inputs with these CDUs (fresh and stale ones sorted out)."""
+        return dataclasses.replace(
+            self,
+            cdus=cdus,
+            fresh_cdus=tuple(cdu for cdu in cdus if cdu.fresh),
+            stale_cdus=tuple(cdu.name for cdu in cdus if not cdu.fresh),
+        )
+
+
+class _Watcher:
+    """Readings that must also keep moving (a frozen transmitter is stale too); one cycle's watches."""
+
+    __slots__ = ("cfg", "now_s", "stuck")
+
+    def __init__(self, stuck: Mapping[SignalKey, Watch], cfg: ControlConfig, now_s: float) -> None:
+        self.stuck = dict(stuck)
+        self.cfg = cfg
+        self.now_s = now_s
+
+    def check(self, key: SignalKey, value: float | None, witness_value: float | None) -> float | None:
+        """``value``, or None when it has sat still too long (its witness: a related signal, or None)."""
+        stuck, cfg, now_s = self.stuck, self.cfg, self.now_s
+        if value is None or cfg.stuck_after_s <= 0.0:
+            stuck.pop(key, None)
+            return value
+        seen = stuck.get(key)
+        if seen is None:
+            stuck[key] = Watch(value, now_s, math.inf, math.nan, _nan_if_none(witness_value))
+            return value
+        if seen.value != value:
+            step = abs(value - seen.value)
+            typical = step if math.isnan(seen.typical_step) else seen.typical_step + 0.2 * (step - seen.typical_step)
+            stuck[key] = Watch(value, now_s, min(seen.smallest_step, step), typical, _nan_if_none(witness_value))
+            return value
+        return None if _frozen(seen, now_s, witness_value, cfg) else value
+
+
+def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Reader) -> Inputs:
+    """Stage 1: every role input with its quality, the filters, the stale devices and their safe states."""
+    cfg = setup.config
+    meter, plc, panel = setup.meter, setup.plc, setup.panel
+    watched = _Watcher(state.stuck, cfg, now_s)
+    station_supply_c = read(plc, "dh_supply_temp_c")
+    meter_supply_c = watched.check((meter, "flow_temp_c"), read(meter, "flow_temp_c"), station_supply_c)
+    meter_power_kw = watched.check((meter, "heat_power_kw"), read(meter, "heat_power_kw"), None)
+    meter_return_c = read(meter, "return_temp_c")
+    meter_supply_raw_c = meter_supply_c
+    meter_filtered: tuple[TimedValue, TimedValue] | None = None
+    if meter_supply_c is not None and meter_power_kw is not None and meter_return_c is not None:
+        before = state.meter_filtered
+        supply = _low_pass(before[0] if before else None, meter_supply_c, now_s, cfg.meter_filter_s)
+        power = _low_pass(before[1] if before else None, meter_power_kw, now_s, cfg.meter_filter_s)
+        meter_filtered = (supply, power)
+        meter_supply_c, meter_power_kw = supply.value, power.value
+    fws_supply_c = read(plc, "fws_supply_temp_c")
+    if fws_supply_c is None:
+        fws_supply_c = read(panel, "fws_supply_temp_c")
+    outdoor_c = read(panel, "outdoor_temp_c")
+    if outdoor_c is None:
+        outdoor_c = read(plc, "outdoor_temp_c")
+    outdoor = state.outdoor
+    if outdoor_c is not None:
+        outdoor = _low_pass(outdoor, outdoor_c, now_s, cfg.outdoor_filter_s)
+    cdus = tuple(_read_cdu(read.values(cdu.name), watched, cdu) for cdu in setup.cdus)
+    fresh_cdus = tuple(cdu for cdu in cdus if cdu.fresh)
+    inputs = Inputs(
+        outdoor_c=outdoor.value if outdoor is not None else cfg.fallback_outdoor_temp_c,
+        meter_supply_c=meter_supply_c,
+        meter_supply_raw_c=meter_supply_raw_c,
+        meter_power_kw=meter_power_kw,
+        meter_return_c=meter_return_c,
+        station_supply_c=station_supply_c,
+        plc_return_c=read(plc, "dh_return_temp_c"),
+        dh_pump_tripped=read(plc, "dh_pump_tripped"),
+        interlock=read(plc, "interlock_status"),
+        source_in_c=read(plc, "hp_source_inlet_temp_c"),
+        source_out_c=read(plc, "hp_source_outlet_temp_c"),
+        running=read(plc, "hp_running_count"),
+        hx_heat_kw=read(plc, "hx_heat_kw"),
+        link_ok=read(panel, "utility_link_ok"),
+        order_mw=read(panel, "utility_heat_order_mw"),
+        requirement_in_c=read(panel, "utility_supply_temp_c"),
+        order_age_s=read(panel, "utility_order_age_s"),
+        fws_supply_c=fws_supply_c,
+        cdus=cdus,
+        fresh_cdus=fresh_cdus,
+        stale_cdus=tuple(cdu.name for cdu in cdus if not cdu.fresh) if len(fresh_cdus) < len(cdus) else (),
+        stuck=watched.stuck,
+        outdoor=outdoor,
+        meter_filtered=meter_filtered,
+    )
+    if inputs.meter_ok and inputs.plc_ok and inputs.panel_ok and not inputs.stale_cdus:
+        return inputs  # all fresh: nothing stale, no safe state (the usual cycle)
+    stale, overrides = _staleness(setup, inputs)
+    return dataclasses.replace(inputs, stale=stale, overrides=overrides)
+
+
+def _staleness(setup: Setup, inputs: Inputs) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Which devices are stale (CDUs first) and the safe states that calls for."""
+    stale_cdus = inputs.stale_cdus
+    stale = list(stale_cdus)
+    overrides: list[str] = []
+    if not inputs.meter_ok:
+        stale.append(setup.meter)
+        overrides.append("safe_state:meter_stale")
+    if not inputs.plc_ok:
+        stale.append(setup.plc)
+        overrides.append("safe_state:hp_plc_stale")
+    if not inputs.panel_ok:
+        stale.append(setup.panel)
+    if stale_cdus:
+        overrides.append("safe_state:cdu_data_stale")
+    return tuple(stale), tuple(overrides)
+
+
+def _read_cdu(values: Mapping[str, float] | _ViewValues, watched: _Watcher, cdu: CduBinding) -> CduReading:
+    name = cdu.name
+    # An absent input's name is None, and None is no key: get(None) is None.
+    get: Callable[[str | None], float | None] = (  # type: ignore[assignment]  # a dict's get(None) is None
+        _WithConstants(values, cdu.constants) if cdu.constants else values
+    ).get
+    supply_2_c = get(cdu.supply_2)
+    supply_c = watched.check((name, "tcs_supply_temp_c"), get(cdu.supply), supply_2_c)
+    setpoint_c = get(cdu.setpoint)
+    it_limit_c = get(cdu.it_limit)
+    # A signal the site marked absent is None by design, not stale: the role says what the
+    # control does without it (a CDU without a mode register acts on the written setpoint).
+    mode = get(cdu.mode) if cdu.mode is not None else 1.0
+    valve_pct = get(cdu.valve) if cdu.valve is not None else math.nan
+    local_c = get(cdu.local)
+    if supply_c is None or mode is None or setpoint_c is None or valve_pct is None or it_limit_c is None:
+        return CduReading(name=name, fresh=False)
+    if mode != 1.0 and local_c is None and cdu.local is not None:
+        return CduReading(name=name, fresh=False)
+    return CduReading._make(  # by position: built per CDU per cycle (fields in CduReading's order)
+        (
+            name,
+            True,  # fresh
+            mode,
+            setpoint_c if mode == 1.0 or local_c is None else local_c,  # the setpoint it acts on
+            supply_c if supply_2_c is None else max(supply_c, supply_2_c),  # the hotter sensor
+            valve_pct,
+            it_limit_c,
+        )
+    )
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _frozen(seen: Watch, now_s: float, witness: float | None, cfg: ControlConfig) -> bool:
+    """Unchanged for ``stuck_after_s``, and either noisy before or its witness has moved since."""
+    if now_s - seen.since_s < cfg.stuck_after_s:
+        return False
+    if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
+        return True
+    return witness is not None and abs(witness - seen.witness) > cfg.stuck_witness_k
+
+
+def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
+    """First-order low-pass, exact for any step; starts at the first value, restarts after a gap."""
+    if previous is None or time_constant_s <= 0.0:
+        return TimedValue(value=value, time_s=now_s)
+    weight = -math.expm1(-max(now_s - previous.time_s, 0.0) / time_constant_s)
+    return TimedValue(value=previous.value + weight * (value - previous.value), time_s=now_s)
+
+
+# -- 2. the utility's order and requirement ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UtilityOrder:
+    """The heat order and supply requirement this cycle, and where they come from."""
+
+    link_up: bool
+    curve_c: float
+    """The weather curve's supply temperature at the filtered outdoor temperature."""
+    order_kw: float
+    """Heat order, >= 0."""
+    requirement_c: float
+    """Supply requirement, within the DH supply range."""
+    source: OrderSource
+    hold_remaining_s: float
+    order_hold: HoldState
+    requirement_hold: HoldState
+
+
+def utility_order(setup: Setup, state: SupervisorState, now_s: float, *, inputs: Inputs) -> UtilityOrder:
+    """Stage 2: the utility's order and requirement; held through a link loss, then the weather curve."""
+    cfg = setup.config
+    order_mw, requirement_in_c, order_age_s = inputs.order_mw, inputs.requirement_in_c, inputs.order_age_s
+    link_up = (
+        inputs.link_ok == 1.0
+        and order_mw is not None
+        and requirement_in_c is not None
+        and (order_age_s is None or order_age_s <= cfg.utility_order_max_age_s)
+    )
+    curve_c = weather_curve_supply_c(
+        inputs.outdoor_c,
+        slope=cfg.weather_curve_slope,
+        room_c=cfg.weather_curve_room_c,
+        offset_k=cfg.weather_curve_offset_k,
+        min_c=cfg.weather_curve_min_c,
+        max_c=cfg.weather_curve_max_c,
+    )
+    last_order_kw = state.order_hold.last_order
+    if cfg.fallback_heat_order_mw is not None:
+        fallback_order_kw = cfg.fallback_heat_order_mw * 1000.0
+    else:
+        fallback_order_kw = last_order_kw if last_order_kw is not None else 0.0
+    order = setup.hold.step(
+        state.order_hold,
+        order=order_mw * 1000.0 if order_mw is not None else None,
+        link_up=link_up,
+        fallback=fallback_order_kw,
+        now_s=now_s,
+    )
+    requirement = setup.hold.step(
+        state.requirement_hold, order=requirement_in_c, link_up=link_up, fallback=curve_c, now_s=now_s
+    )
+    return UtilityOrder(
+        link_up=link_up,
+        curve_c=curve_c,
+        order_kw=max(order.value, 0.0),
+        requirement_c=min(max(requirement.value, cfg.dh_min_supply_temp_c), cfg.dh_max_supply_temp_c),
+        source=requirement.source,
+        hold_remaining_s=requirement.hold_remaining_s,
+        order_hold=order.state,
+        requirement_hold=requirement.state,
+    )
+
+
+# -- 3. can the DH side take heat? ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DhAcceptance:
+    """Why the DH side cannot take heat (none: it can), and whether heat is really flowing."""
+
+    refusals: tuple[str, ...]
+    delivering: bool
+    """The meter is fresh, the DH side takes heat, and the meter sees power at a real dT."""
+
+    @property
+    def takes_heat(self) -> bool:
+        """No refusal."""
+        return not self.refusals
+
+
+def dh_acceptance(config: ControlConfig, inputs: Inputs, order_kw: float) -> DhAcceptance:
+    """Stage 3: zero order, DH pump tripped or DH water too hot refuse heat; delivering needs a real dT."""
+    refusals: list[str] = []
+    if order_kw <= 0.0:
+        refusals.append("order_zero")
+    if inputs.dh_pump_tripped == 1.0:
+        refusals.append("dh_pump_trip")
+    return_c = inputs.meter_return_c if inputs.meter_return_c is not None else inputs.plc_return_c
+    interlock = inputs.interlock
+    if (return_c is not None and return_c > config.dh_return_max_c) or (
+        interlock is not None and int(interlock) & _INTERLOCK_DH_TOO_HOT
+    ):
+        refusals.append("dh_return_too_hot")
+    supply_c, return_c, power_kw = inputs.meter_supply_c, inputs.meter_return_c, inputs.meter_power_kw
+    delivering = (
+        not refusals
+        and supply_c is not None
+        and return_c is not None
+        and power_kw is not None
+        and power_kw > 0.0
+        and supply_c - return_c > _MIN_DELIVERY_DT_K
+    )
+    return DhAcceptance(refusals=tuple(refusals), delivering=delivering)
+
+
+# -- 4. DH supply: requirement + PI trim (+ pipe-loss feed-forward) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DhSupply:
+    """The heat pumps' supply setpoint this cycle and how it was chosen."""
+
+    feedforward_k: float
+    disturbed_s: float
+    """Last time the requirement moved or the station was off its setpoint."""
+    settled: bool
+    """Undisturbed for ``dh_settle_s``: the trims may integrate."""
+    trim_k: float
+    trim: PidState
+    normal: str
+    """The normal controller's name: ``dh_trim`` or ``manual``."""
+    normal_c: float
+    over_k: float
+    """How far the hotter of meter (raw) and station is above the DH maximum (<= 0: not)."""
+    choice: Selection
+    setpoint_c: float
+
+
+def dh_supply(
+    setup: Setup,
+    state: SupervisorState,
+    now_s: float,
+    *,
+    inputs: Inputs,
+    utility: UtilityOrder,
+    acceptance: DhAcceptance,
+) -> DhSupply:
+    """Stage 4: requirement + trim + feed-forward (or the operator's value), min-selected with over-temperature."""
+    cfg = setup.config
+    requirement_c = utility.requirement_c
+    meter_supply_c = inputs.meter_supply_c
+    delivering = acceptance.delivering
+    feedforward_k = _pipe_feedforward_k(cfg, inputs) if delivering else 0.0
+    supply_lease = state.leases.get((setup.plc, "hp_supply_setpoint_c"))
+    disturbed_s = _disturbed_s(
+        cfg, inputs, state, now_s, requirement_c=requirement_c, supply_lease=supply_lease, delivering=delivering
+    )
+    # Trims integrate only when the station has been settled for longer than the pipe
+    # takes: a requirement step, a heat pump starting or a restart pushing cold water out
+    # of the pipe is the PLC's transient (or physics), and it reaches the meter a pipe
+    # later. Deliberately not "meter agrees with station": a lasting offset between the
+    # two (sensor calibration, pipe loss) is exactly what the trim is there to learn, and
+    # during a weather-driven requirement ramp the meter trails the station by a pipe.
+    settled = now_s - disturbed_s >= cfg.dh_settle_s
+    if state.mode is Mode.MANUAL:
+        manual_supply_c = state.manual_supply_temp_c
+        if manual_supply_c is None:
+            manual_supply_c = supply_lease.value if supply_lease is not None else requirement_c
+        normal_c = manual_supply_c
+        normal = "manual"
+        trim_k, trim = _track(
+            setup.dh_trim_pid,
+            state.dh_trim,
+            manual_supply_c - requirement_c - feedforward_k,
+            setpoint=requirement_c,
+            measurement=meter_supply_c,
+            now_s=now_s,
+        )
+    else:
+        trim_k, trim = _dh_trim(
+            setup, state, requirement_c, meter_supply_c, now_s, delivering=delivering, settled=settled
+        )
+        normal_c = requirement_c + trim_k + feedforward_k
+        normal = "dh_trim"
+    measured_dh_c = max(
+        (value for value in (inputs.meter_supply_raw_c, inputs.station_supply_c) if value is not None),
+        default=math.nan,
+    )
+    over_threshold_c = cfg.dh_max_supply_temp_c
+    over_k = measured_dh_c - over_threshold_c if math.isfinite(measured_dh_c) else 0.0
+    candidates = {normal: normal_c, "dh_max_supply": cfg.dh_max_supply_temp_c}
+    if over_k > 0.0:
+        # Below what the heat pumps hold now (not merely below the maximum): the water is
+        # already too hot at that setpoint, so the setpoint goes down while this lasts.
+        present_c = supply_lease.value if supply_lease is not None else normal_c
+        candidates["dh_over_temperature"] = (
+            min(present_c, over_threshold_c) - cfg.dh_over_temperature_gain_k_per_k * over_k
+        )
+    choice = select_min(candidates)
+    return DhSupply(
+        feedforward_k=feedforward_k,
+        disturbed_s=disturbed_s,
+        settled=settled,
+        trim_k=trim_k,
+        trim=trim,
+        normal=normal,
+        normal_c=normal_c,
+        over_k=over_k,
+        choice=choice,
+        setpoint_c=max(choice.value, cfg.dh_min_supply_temp_c),
+    )
+
+
+def _pipe_feedforward_k(cfg: ControlConfig, inputs: Inputs) -> float:
+    """The DH pipe's heat loss as a supply temperature drop at the metered flow (0 without a loss)."""
+    supply_c, return_c, power_kw = inputs.meter_supply_c, inputs.meter_return_c, inputs.meter_power_kw
+    if cfg.dh_pipe_heat_loss_kw <= 0.0 or supply_c is None or return_c is None or power_kw is None:
+        return 0.0
+    dt_k = supply_c - return_c
+    flow_kg_s = power_kw / (WATER_CP_KJ_KGK * dt_k)  # m_dot = Q / (cp dT)
+    return cfg.dh_pipe_heat_loss_kw / (flow_kg_s * WATER_CP_KJ_KGK)
+
+
+def _disturbed_s(
+    cfg: ControlConfig,
+    inputs: Inputs,
+    state: SupervisorState,
+    now_s: float,
+    *,
+    requirement_c: float,
+    supply_lease: Lease | None,
+    delivering: bool,
+) -> float:
+    """Now, if the requirement moved or the station is off what was written; else when that last was."""
+    last_requirement_c = state.last_requirement_c
+    station_supply_c = inputs.station_supply_c
+    if (
+        state.dh_disturbed_s is None
+        or not delivering
+        or inputs.meter_supply_c is None
+        or last_requirement_c is None
+        or abs(requirement_c - last_requirement_c) > 0.05
+        or station_supply_c is None
+        or supply_lease is None
+        or abs(station_supply_c - supply_lease.value) > cfg.dh_settle_band_k
+    ):
+        return now_s
+    return state.dh_disturbed_s
+
+
+def _dh_trim(
+    setup: Setup,
+    state: SupervisorState,
+    requirement_c: float,
+    meter_supply_c: float | None,
+    now_s: float,
+    *,
+    delivering: bool,
+    settled: bool,
+) -> tuple[float, PidState]:
+    """DH supply PI trim; 0 and reset (the PLC's own supply control) while not delivering."""
+    if not delivering or meter_supply_c is None:
+        # No trim: the PLC holds the requirement by itself; restart bumplessly from 0.
+        return 0.0, PidState(last_output=0.0)
+    # Conditional integration: a transient (a requirement step plus ~70 s of pipe, a heat
+    # pump starting) is the PLC's to correct; the trim is for the lasting offset.
+    return _trim(
+        setup.dh_trim_pid,
+        state.dh_trim,
+        state.dh_applied_trim_k,
+        setpoint=requirement_c,
+        measurement=meter_supply_c,
+        now_s=now_s,
+        hold=not settled,
+        applied_tolerance=setup.supply_tolerance_k,
+    )
+
+
+def _trim(
+    config: PidConfig,
+    pid: PidState,
+    applied: float | None,
+    *,
+    setpoint: float,
+    measurement: float,
+    now_s: float,
+    hold: bool,
+    applied_tolerance: float,
+) -> tuple[float, PidState]:
+    """One step of a trim PI with conditional integration.
+
+    The trim integrates only while what was written last cycle is its own output: while an
+    override won the min-select or a write ramp held the value back, it holds (instead of
+    tracking the override, which would drag the trim to its limit and keep the setpoint
+    there long after the override has gone; the write ramp makes the return smooth).
+    """
+    if pid.mode is ControlMode.MANUAL:
+        pid = dataclasses.replace(pid, mode=ControlMode.AUTO)
+    held = pid.last_output if pid.last_output is not None else 0.0
+    if applied is not None and abs(applied - held) > applied_tolerance:
+        hold = True
+    if hold:
+        return _track(config, pid, held, setpoint=setpoint, measurement=measurement, now_s=now_s)
+    result = pid_step(config, pid, setpoint=setpoint, measurement=measurement, now_s=now_s)
+    if result.output is None:
+        return held, pid
+    return result.output, result.state
+
+
+def _track(
+    config: PidConfig,
+    pid: PidState,
+    output: float,
+    *,
+    setpoint: float,
+    measurement: float | None,
+    now_s: float,
+) -> tuple[float, PidState]:
+    """Hold a PI at ``output`` (manual mode, tracking) so the return to auto is bumpless."""
+    output = config.clamp(output)
+    if measurement is None:
+        return output, PidState(last_output=output)
+    result = pid_step(
+        config,
+        dataclasses.replace(pid, mode=ControlMode.MANUAL),
+        setpoint=setpoint,
+        measurement=measurement,
+        now_s=now_s,
+        track=output,
+    )
+    if result.output is None:
+        return output, PidState(last_output=output)
+    return result.output, dataclasses.replace(result.state, mode=ControlMode.AUTO)
+
+
+# -- 5. heat-order limit: order + PI trim, min-selected with the heat pumps' limits --------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeatLimit:
+    """The heat-power limit this cycle, how it was chosen, and the heat-pump enable."""
+
+    trim_kw: float
+    trim: PidState
+    normal: str
+    """The normal controller's name: ``heat_order`` or ``manual``."""
+    choice: Selection
+    hp_enable: OnOffState
+
+
+def heat_order_limit(
+    setup: Setup,
+    state: SupervisorState,
+    now_s: float,
+    *,
+    inputs: Inputs,
+    utility: UtilityOrder,
+    acceptance: DhAcceptance,
+    supply: DhSupply,
+) -> HeatLimit:
+    """Stage 5: order + trim (or the operator's value), min-selected with over-temperature, source,
+    capacity and short-supply limits; the heat pumps are enabled (with their timers) while it is > 0."""
+    order_kw = utility.order_kw
+    if state.mode is Mode.MANUAL:
+        manual_heat_kw = state.manual_heat_power_kw
+        if manual_heat_kw is None:
+            lease = state.leases.get((setup.plc, "heat_power_limit_kw"))
+            manual_heat_kw = lease.value if lease is not None else order_kw
+        normal_kw = manual_heat_kw
+        normal = "manual"
+        trim_kw, trim = _track(
+            setup.order_pid,
+            state.order_trim,
+            manual_heat_kw - order_kw,
+            setpoint=order_kw,
+            measurement=inputs.meter_power_kw,
+            now_s=now_s,
+        )
+    else:
+        trim_kw, trim = _order_trim(
+            setup,
+            state,
+            order_kw,
+            inputs.meter_power_kw,
+            now_s,
+            delivering=acceptance.delivering,
+            settled=supply.settled,
+        )
+        normal_kw = max(order_kw + trim_kw, 0.0) if order_kw > 0.0 else 0.0
+        normal = "heat_order"
+    candidates = {normal: normal_kw}
+    candidates.update(_heat_pump_limits(setup, inputs, acceptance, supply, state))
+    choice = select_min(candidates)
+    hp_enable = setup.hp_timer.step(state.hp_enable, request_on=choice.value > 0.0, now_s=now_s)
+    return HeatLimit(trim_kw=trim_kw, trim=trim, normal=normal, choice=choice, hp_enable=hp_enable)
+
+
+def _heat_pump_limits(
+    setup: Setup, inputs: Inputs, acceptance: DhAcceptance, supply: DhSupply, state: SupervisorState
+) -> dict[str, float]:
+    """The limits that override the order: DH too hot, source too cold, capacity, supply short."""
+    cfg = setup.config
+    limits: dict[str, float] = {}
+    delivered_kw = inputs.meter_power_kw if inputs.meter_power_kw is not None else 0.0
+    if supply.over_k > 0.0:
+        limits["dh_over_temperature"] = max(delivered_kw - cfg.dh_over_temperature_limit_kw_per_k * supply.over_k, 0.0)
+    # Source limit: evaporator inlet (the PLC's source-too-cold interlock) or outlet (the
+    # heat pumps at their source minimum cannot lift the whole DH flow to setpoint: less
+    # flow, hot water, instead of full flow that is too cold).
+    source_in_c, source_out_c = inputs.source_in_c, inputs.source_out_c
+    source_short_k = max(
+        cfg.hp_source_min_temp_c - source_in_c if source_in_c is not None else 0.0,
+        cfg.hp_source_outlet_min_temp_c - source_out_c if source_out_c is not None else 0.0,
+    )
+    if source_short_k > 0.0:
+        limits["heat_pump_source_limit"] = max(delivered_kw - cfg.hp_source_limit_kw_per_k * source_short_k, 0.0)
+    running, hx_heat_kw = inputs.running, inputs.hx_heat_kw
+    if running is None or running < 1.0:
+        return limits
+    if hx_heat_kw is not None:
+        # Heat-pump limit: the PLC lets its DH flow run 10 % ahead of the running heat
+        # pumps, so an order above their capacity sags the supply until the next one has
+        # started. Keep the limit just below it; at 95 % the PLC stages the next one up.
+        capacity_kw = running * cfg.heat_pump_rated_kw * (1.0 - cfg.heat_pump_capacity_margin_pct / 100.0)
+        limits["heat_pump_capacity"] = hx_heat_kw + capacity_kw
+    supply_lease = state.leases.get((setup.plc, "hp_supply_setpoint_c"))
+    limit_lease = state.leases.get((setup.plc, "heat_power_limit_kw"))
+    station_supply_c = inputs.station_supply_c
+    if (
+        acceptance.delivering
+        and station_supply_c is not None
+        and supply_lease is not None
+        and limit_lease is not None
+        and station_supply_c < supply_lease.value - cfg.station_short_k
+    ):
+        # The heat pumps cannot hold the setpoint right now (a heat pump starting and the
+        # PLC shifting load onto it, a source limit): more flow would only sag the supply.
+        limits["heat_pump_short"] = limit_lease.value
+    return limits
+
+
+def _order_trim(
+    setup: Setup,
+    state: SupervisorState,
+    order_kw: float,
+    delivered_kw: float | None,
+    now_s: float,
+    *,
+    delivering: bool,
+    settled: bool,
+) -> tuple[float, PidState]:
+    """Order PI trim; frozen while the meter is stale or the DH side takes no heat, held in transients."""
+    pid = state.order_trim
+    held = pid.last_output if pid.last_output is not None else 0.0
+    if delivered_kw is None or not delivering or order_kw <= 0.0:
+        # Freeze: keep the trim, do not integrate, restart the time base when back.
+        return held, dataclasses.replace(pid, last_time_s=None, last_measurement=None, last_output=held)
+    # Far from the order, or the DH supply still moving: a transient or a capacity
+    # shortfall that the trim cannot fix (heat read while the pipe still holds water of
+    # the old temperature says nothing about the limit's offset).
+    hold = not settled or abs(order_kw - delivered_kw) > order_kw * setup.config.order_trim_band_pct / 100.0
+    return _trim(
+        setup.order_pid,
+        pid,
+        state.order_applied_trim_kw,
+        setpoint=order_kw,
+        measurement=delivered_kw,
+        now_s=now_s,
+        hold=hold,
+        applied_tolerance=setup.limit_tolerance_kw,
+    )
+
+
+# -- 6. source ceiling: the CDUs' setpoints raised slowly, backed off fast; the dry coolers ------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceCeiling:
+    """The CDUs' common setpoint ceiling and the dry coolers' setpoint this cycle."""
+
+    ceiling: RampState
+    """The ceiling after this cycle's ramp step."""
+    target_c: float
+    previous: RampState
+    """The ceiling before this cycle (the first cycle: the lowest active CDU setpoint)."""
+    backoff: tuple[str, ...]
+    """Why the ceiling backs off (none: it does not)."""
+    last_backoff_s: float | None
+    cdu_reason: str
+    """The reason written with the CDU setpoints."""
+    dry_cooler: Selection
+    overrides: tuple[str, ...]
+
+    @property
+    def moving(self) -> bool:
+        """The ceiling is still on its way (its ramp holds it back, or just did)."""
+        return abs(self.ceiling.value - self.target_c) > 0.01 or abs(self.ceiling.value - self.previous.value) > 0.005
+
+
+def source_ceiling(
+    setup: Setup, state: SupervisorState, now_s: float, *, inputs: Inputs, acceptance: DhAcceptance
+) -> SourceCeiling:
+    """Stage 6: raise the CDU setpoints towards the IT limits less a margin; back off when a CDU cannot
+    hold, a rack nears its limit or the facility water runs hot; the dry coolers take the rest."""
+    cfg = setup.config
+    fresh_cdus = inputs.fresh_cdus
+    upper_c = max((cdu.it_limit_c - cfg.it_margin_k for cdu in fresh_cdus), default=cfg.cdu_conservative_setpoint_c)
+    previous = state.cdu_ceiling
+    if previous is None:
+        start_c = min((cdu.active_setpoint_c for cdu in fresh_cdus), default=cfg.cdu_conservative_setpoint_c)
+        previous = RampState(value=start_c, time_s=now_s)
+    dc_upper_c = cfg.fws_supply_limit_c - cfg.fws_margin_k
+    dc_normal_c = min(dc_upper_c, previous.value - cfg.cdu_approach_k)
+    fws_supply_c = inputs.fws_supply_c
+    fws_hot_k = (fws_supply_c - (dc_normal_c + cfg.fws_too_hot_k)) if fws_supply_c is not None else 0.0
+    backoff = _backoff(cfg, fresh_cdus, fws_hot_k)
+    overrides = [f"override:{name}" for name in backoff]
+    last_backoff_s = state.last_backoff_s
+    if backoff:
+        target_c = cfg.cdu_setpoint_min_c
+        last_backoff_s = now_s
+    elif inputs.stale_cdus or (last_backoff_s is not None and now_s - last_backoff_s < cfg.cdu_raise_hold_s):
+        target_c = min(previous.value, upper_c)  # stop raising
+    else:
+        target_c = upper_c
+    cdu_reason = f"override:{backoff[0]}" if backoff else "source_optimisation"
+    if fws_supply_c is None:
+        # Facility water unknown (station and panel stale): never hold the last value,
+        # go to the conservative setpoint the CDUs would run on their own.
+        target_c = min(target_c, cfg.cdu_conservative_setpoint_c)
+        overrides.append("safe_state:fws_unknown")
+        cdu_reason = "safe_state:fws_unknown"
+    ceiling = setup.ceiling_ramp.step(previous, target=target_c, now_s=now_s)
+    # Dry coolers: take whatever the DH side does not.
+    dc_candidates = {"source_optimisation": min(dc_upper_c, ceiling.value - cfg.cdu_approach_k)}
+    if fws_hot_k > 0.0:
+        dc_candidates["fws_too_hot"] = dc_candidates["source_optimisation"] - cfg.fws_too_hot_gain_k_per_k * fws_hot_k
+    if inputs.stale_cdus:
+        dc_candidates["cdu_data_stale"] = cfg.stale_dry_cooler_setpoint_c
+    if not acceptance.takes_heat:
+        # Never above the facility limit: the heat goes to the dry coolers, not to the racks.
+        dc_candidates["dh_cannot_take_heat"] = dc_upper_c
+    return SourceCeiling(
+        ceiling=ceiling,
+        target_c=target_c,
+        previous=previous,
+        backoff=backoff,
+        last_backoff_s=last_backoff_s,
+        cdu_reason=cdu_reason,
+        dry_cooler=select_min(dc_candidates),
+        overrides=tuple(overrides),
+    )
+
+
+def _backoff(cfg: ControlConfig, fresh_cdus: tuple[CduReading, ...], fws_hot_k: float) -> tuple[str, ...]:
+    backoff: list[str] = []
+    if any(
+        cdu.valve_pct >= cfg.cdu_valve_saturated_pct or cdu.hottest_c > cdu.active_setpoint_c + cfg.cdu_deviation_k
+        for cdu in fresh_cdus
+    ):
+        backoff.append("cdu_cannot_hold")
+    if any(cdu.hottest_c > cdu.it_limit_c - cfg.cdu_near_limit_k for cdu in fresh_cdus):
+        backoff.append("rack_near_limit")
+    if fws_hot_k > 0.0:
+        backoff.append("fws_too_hot")
+    return tuple(backoff)
+
+
+# -- 7. writes ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Writes:
+    """This cycle's writes in send order, the write memory for the next cycle, and what the devices hold."""
+
+    writes: list[Write]
+    heartbeat_writes: int
+    ramps: Mapping[SignalKey, RampState]
+    leases: Mapping[SignalKey, Lease]
+    heartbeats: Mapping[str, Lease]
+    ramping: frozenset[str]
+    """Devices with a setpoint still on its way."""
+    applied_supply_c: float
+    """The DH supply setpoint the PLC holds (or is being given)."""
+    applied_limit_kw: float
+    """The heat-power limit the PLC holds (or is being given)."""
+
+
+def plan_writes(
+    setup: Setup,
+    state: SupervisorState,
+    now_s: float,
+    *,
+    read: Reader,
+    inputs: Inputs,
+    acceptance: DhAcceptance,
+    supply: DhSupply,
+    limit: HeatLimit,
+    ceiling: SourceCeiling,
+) -> Writes:
+    """Stage 7: heartbeats to fresh devices, then the CDUs, then the PLC (nothing to a stale PLC)."""
+    plc = setup.plc
+    book = WriteBook(
+        setup.outputs,
+        setup.ramps,
+        ramps=state.ramps,
+        leases=state.leases,
+        now_s=now_s,
+        refresh_s=setup.config.write_refresh_s,
+        grace_s=setup.config.readback_grace_s,
+    )
+    fresh_devices = {cdu.name for cdu in inputs.fresh_cdus}
+    if inputs.plc_ok:
+        fresh_devices.add(plc)
+    if inputs.panel_ok:
+        fresh_devices.add(setup.panel)
+    if inputs.meter_ok:
+        fresh_devices.add(setup.meter)
+    heartbeats = _beat(setup, book, read.good, fresh_devices, state.heartbeats, now_s=now_s)
+    ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
+    for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
+        _write_cdu(book, cdu, binding, min(ceiling_c, cdu.it_limit_c - margin_k), reason)
+    if ceiling.moving:
+        # The common ceiling is itself the CDU setpoints' ramp (raise 0.5 K/min, back off 3 K/min).
+        book.ramping.update(cdu.name for cdu in inputs.fresh_cdus)
+    applied_supply_c = supply.setpoint_c
+    applied_limit_kw = limit.choice.value
+    if inputs.plc_ok:
+        # A stale PLC gets nothing at all: its watchdog returns it to local values.
+        def propose(signal: str, value: float, reason: str) -> float:
+            if not book.can_write(plc, signal):
+                return value
+            return book.propose(plc, signal, value, reason, present=read(plc, signal))
+
+        on = limit.hp_enable.on
+        propose("hp_enable", 1.0 if on else 0.0, "heat_order" if on else "no_heat_wanted")
+        supply_reason = _reason(supply.choice.name, supply.normal)
+        applied_supply_c = propose("hp_supply_setpoint_c", supply.setpoint_c, supply_reason)
+        applied_limit_kw = propose("heat_power_limit_kw", limit.choice.value, _reason(limit.choice.name, limit.normal))
+        takes_heat = acceptance.takes_heat
+        propose("dry_cooler_enable", 1.0, "cooling_first" if takes_heat else "override:dh_cannot_take_heat")
+        dc = ceiling.dry_cooler
+        propose("dry_cooler_setpoint_c", dc.value, _reason(dc.name, "source_optimisation"))
+    return Writes(
+        writes=book.writes,
+        heartbeat_writes=book.heartbeats,
+        ramps=book.ramps,
+        leases=book.leases,
+        heartbeats=heartbeats,
+        ramping=frozenset(book.ramping),
+        applied_supply_c=applied_supply_c,
+        applied_limit_kw=applied_limit_kw,
+    )
+
+
+def _beat(
+    setup: Setup, book: WriteBook, good: Good, fresh: set[str], sent: Mapping[str, Lease], *, now_s: float
+) -> dict[str, Lease]:
+    """Declared heartbeats, each at its device's period, only to devices fresh in their role.
+
+    A device we cannot see gets no heartbeat: its watchdog must take over (and return it to
+    its local values), since nothing the gateway decides for it is based on data any more.
+    """
+    beats = dict(sent)
+    max_age_s = setup.config.input_max_age_s
+    for device, beat in setup.heartbeats.items():
+        if device not in fresh:
+            continue
+        last = beats.get(device)
+        if last is not None and now_s - last.time_s < beat.period_s - 1e-9:
+            continue
+        value = _beat_value(beat, last, good, device, max_age_s)
+        if value is None:
+            continue  # nothing fresh to echo: the watchdog sees no answer
+        book.pulse(device, beat.signal, value, beat.low, beat.high)
+        beats[device] = Lease(value, now_s)
+    return beats
+
+
+def _beat_value(beat: Heartbeat, last: Lease | None, good: Good, device: str, max_age_s: float) -> float | None:
+    """The next heartbeat value: the echoed signal, the other toggle state, or the counter + 1."""
+    if beat.mode is HeartbeatMode.ECHO:
+        assert beat.echo_of is not None
+        return good(device, beat.echo_of, max_age_s)
+    previous = last.value if last is not None else good(device, beat.signal, max_age_s)
+    if beat.mode is HeartbeatMode.TOGGLE:
+        return beat.low if previous == beat.high else beat.high
+    span = int(beat.high - beat.low) + 1
+    base = previous if previous is not None and math.isfinite(previous) else beat.low
+    return beat.low + (int(base - beat.low) + 1) % span
+
+
+def _write_cdu(book: WriteBook, cdu: CduReading, binding: CduBinding, target_c: float, reason: str) -> None:
+    """Take a fresh CDU over and give it ``target_c``; hand a stale one back to its local setpoint."""
+    name = cdu.name
+    if not cdu.fresh:
+        # Blind: hand the CDU back to its own local setpoint (if the write gets through)
+        # and stop its heartbeat (if it does not, the watchdog does the same).
+        if binding.writes_mode:
+            book.propose(name, "control_mode", 0.0, "safe_state:cdu_data_stale")
+        return
+    if binding.writes_mode:
+        # External mode first, then the setpoint from where the CDU is now (bumpless).
+        book.propose(name, "control_mode", 1.0, "take_over", present=cdu.mode)
+    if binding.writes_setpoint:
+        book.propose(name, "tcs_supply_setpoint_c", target_c, reason, present=cdu.active_setpoint_c)
+
+
+def _reason(chosen: str, normal: str) -> str:
+    return chosen if chosen == normal else f"override:{chosen}"
+
+
+# -- 8. alarms, status and the next state ---------------------------------------------------------------
+
+
+def finish(
+    setup: Setup,
+    state: SupervisorState,
+    now_s: float,
+    *,
+    inputs: Inputs,
+    utility: UtilityOrder,
+    acceptance: DhAcceptance,
+    supply: DhSupply,
+    limit: HeatLimit,
+    ceiling: SourceCeiling,
+    writes: Writes,
+) -> tuple[list[Write], SupervisorState, dict[str, float | str | bool]]:
+    """Stage 8: the deviation alarm, the status record, the write budgets and the next state."""
+    deviation_alarm = state.deviation_alarm
+    deviation_k = math.nan
+    meter_supply_c = inputs.meter_supply_c
+    if acceptance.delivering and meter_supply_c is not None:
+        deviation_k = meter_supply_c - utility.requirement_c
+        deviation_alarm = setup.deviation_alarm.step(deviation_alarm, abs(deviation_k), now_s)
+    status = _status(
+        setup=setup,
+        inputs=inputs,
+        utility=utility,
+        acceptance=acceptance,
+        supply=supply,
+        limit=limit,
+        ceiling=ceiling,
+        writes=writes,
+        state=state,
+        deviation_k=deviation_k,
+        deviation_alarm=deviation_alarm,
+    )
+    spent: dict[str, int] = {}
+    for write in writes.writes:
+        if write.reason != HEARTBEAT_REASON:
+            spent[write.device] = spent.get(write.device, 0) + 1
+    budgets, overdrawn = spend_budget(state.budgets, spent, setup.budgets, now_s)
+    status["write_budget_exceeded"] = ",".join(overdrawn)
+    setpoint_writes = len(writes.writes) - writes.heartbeat_writes
+    new_state = SupervisorState(
+        mode=state.mode,
+        manual_supply_temp_c=state.manual_supply_temp_c,
+        manual_heat_power_kw=state.manual_heat_power_kw,
+        dh_trim=supply.trim,
+        dh_applied_trim_k=writes.applied_supply_c - utility.requirement_c - supply.feedforward_k,
+        last_requirement_c=utility.requirement_c,
+        dh_disturbed_s=supply.disturbed_s,
+        order_trim=limit.trim,
+        order_applied_trim_kw=writes.applied_limit_kw - utility.order_kw,
+        order_hold=utility.order_hold,
+        requirement_hold=utility.requirement_hold,
+        cdu_ceiling=ceiling.ceiling,
+        last_backoff_s=ceiling.last_backoff_s,
+        ramps=writes.ramps,
+        leases=writes.leases,
+        heartbeats=writes.heartbeats,
+        budgets=budgets,
+        setpoint_writes_total=state.setpoint_writes_total + setpoint_writes,
+        heartbeat_writes_total=state.heartbeat_writes_total + writes.heartbeat_writes,
+        hp_enable=limit.hp_enable,
+        deviation_alarm=deviation_alarm,
+        stuck=inputs.stuck,
+        panel_seen=state.panel_seen,
+        outdoor=inputs.outdoor,
+        meter_filtered=inputs.meter_filtered,
+    )
+    if state.mode is Mode.OFF:
+        # Off: nothing is written, and nothing is remembered as written, so the way back
+        # starts from the devices' present values.
+        new_state = dataclasses.replace(
+            new_state,
+            ramps={},
+            leases={},
+            dh_trim=PidState(),
+            order_trim=PidState(),
+            cdu_ceiling=None,
+            heartbeats={},
+        )
+        status["writes"] = status["setpoint_writes"] = status["heartbeat_writes"] = 0
+        return [], new_state, status
+    return writes.writes, new_state, status
+
+
+def overrides_of(
+    inputs: Inputs, acceptance: DhAcceptance, supply: DhSupply, limit: HeatLimit, ceiling: SourceCeiling
+) -> list[str]:
+    """Every override and safe state active this cycle, once each, in priority order of their stages."""
+    overrides = list(inputs.overrides)
+    if not acceptance.takes_heat:
+        overrides.append("override:dh_cannot_take_heat")
+    overrides.extend(ceiling.overrides)
+    for name, normal in ((supply.choice.name, supply.normal), (limit.choice.name, limit.normal)):
+        if name != normal:
+            overrides.append(f"override:{name}")
+    if ceiling.dry_cooler.name not in ("source_optimisation", "dh_cannot_take_heat"):
+        overrides.append(f"override:{ceiling.dry_cooler.name}")
+    return list(dict.fromkeys(overrides))
+
+
+def _status(
+    *,
+    setup: Setup,
+    inputs: Inputs,
+    utility: UtilityOrder,
+    acceptance: DhAcceptance,
+    supply: DhSupply,
+    limit: HeatLimit,
+    ceiling: SourceCeiling,
+    writes: Writes,
+    state: SupervisorState,
+    deviation_k: float,
+    deviation_alarm: AlarmState,
+) -> dict[str, float | str | bool]:
+    """The flat status record published every cycle (measurement ``control``)."""
+    meter_power_kw = inputs.meter_power_kw
+    meter_supply_c = inputs.meter_supply_c
+    order_kw = utility.order_kw
+    hottest = max(inputs.fresh_cdus, key=lambda cdu: cdu.hottest_c, default=None)
+    overrides = overrides_of(inputs, acceptance, supply, limit, ceiling)
+    n_writes = len(writes.writes)
+    status: dict[str, float | str | bool] = {
+        "mode": state.mode.value,
+        "order_source": _SOURCE_NAMES[utility.source],
+        "utility_link_up": utility.link_up,
+        "hold_remaining_s": utility.hold_remaining_s,
+        "heat_order_kw": order_kw,
+        "heat_delivered_kw": meter_power_kw if meter_power_kw is not None else math.nan,
+        "heat_error_pct": (order_kw - meter_power_kw) / order_kw * 100.0
+        if meter_power_kw is not None and order_kw > 0.0
+        else math.nan,
+        "dh_requirement_c": utility.requirement_c,
+        "dh_weather_curve_c": utility.curve_c,
+        "dh_supply_c": meter_supply_c if meter_supply_c is not None else math.nan,
+        "dh_deviation_k": deviation_k,
+        "dh_trim_k": supply.trim_k,
+        "dh_feedforward_k": supply.feedforward_k,
+        "hp_supply_setpoint_c": writes.applied_supply_c,
+        "order_trim_kw": limit.trim_kw,
+        "heat_power_limit_kw": writes.applied_limit_kw,
+        "hp_enable": limit.hp_enable.on,
+        "dh_takes_heat": acceptance.takes_heat,
+        "dh_refusals": ",".join(acceptance.refusals),
+        "cdu_ceiling_c": ceiling.ceiling.value,
+        "dry_cooler_setpoint_c": ceiling.dry_cooler.value,
+        "fws_supply_c": inputs.fws_supply_c if inputs.fws_supply_c is not None else math.nan,
+        "tcs_hottest_c": hottest.hottest_c if hottest is not None else math.nan,
+        "tcs_hottest_device": hottest.name if hottest is not None else "",
+        "overrides": ",".join(overrides),
+        "override_count": len(overrides),
+        "stale_devices": ",".join(inputs.stale),
+        "alarm_dh_deviation": deviation_alarm.active,
+        "alarm_utility_link": not utility.link_up,
+        "alarm_stale_data": bool(inputs.stale),
+        "writes": n_writes,
+        "setpoint_writes": n_writes - writes.heartbeat_writes,
+        "heartbeat_writes": writes.heartbeat_writes,
+        "ramping_devices": ",".join(sorted(writes.ramping)),
+    }
+    leases = writes.leases
+    for cdu in setup.cdus:
+        lease = leases.get((cdu.name, "tcs_supply_setpoint_c"))
+        status[cdu.status_key] = lease.value if lease is not None else math.nan
+    return status

@@ -1,0 +1,71 @@
+# Copyright 2026 heat-gateway contributors
+# SPDX-License-Identifier: Apache-2.0
+"""The model-level harness reads only what the supervisor binds, and that changes nothing it sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config.control import ControlConfig
+from simulators.harness import plant_role_map, read_plan, run_scenario
+from simulators.plant import Plant
+
+# 20 min with what a read plan could get wrong: a frozen meter reading, a silent CDU, a
+# requirement step and a load step (each second judged, nothing excluded but the faults).
+WINDOW = """\
+name: read-plan-window
+duration_s: 1200
+seed: 5
+plant:
+  site: {it_load_mw: 16.0, warm_start_s: 600}
+  sensors: {temp_resolution_k: 0.01, bias: {cdu-2.tcs_supply_temp_c: 0.2}}
+events:
+  - {at_s: 300, event: device_silent, target: cdu-3, duration_s: 120}
+  - {at_s: 400, event: sensor_freeze, target: heat-meter.flow_temp_c, duration_s: 200}
+  - {at_s: 500, set: {utility_supply_temp_c: 74.0}}
+  - {at_s: 700, set: {it_load_mw: 20.0}}
+"""
+
+
+def test_read_plan_binds_what_the_roles_read_and_write() -> None:
+    plant = Plant()
+    plan = read_plan(plant_role_map(plant, ControlConfig()), plant)
+    assert set(plan) == set(plant.device_names())
+    assert {"tcs_supply_temp_c", "tcs_supply_temp_2_c", "valve_feedback_pct", "tcs_supply_setpoint_c"} <= plan["cdu-1"]
+    assert "heartbeat" in plan["cdu-1"]
+    assert "facility_flow_lpm" not in plan["cdu-1"]  # nobody reads it
+    assert {"flow_temp_c", "return_temp_c", "heat_power_kw"} <= plan["heat-meter"]
+    assert sum(len(signals) for signals in plan.values()) < 0.4 * sum(len(plant.signals(d)) for d in plan)
+
+
+def test_a_planned_read_is_the_same_keys_of_a_full_read() -> None:
+    """Same seed, same calls: the planned plant's values equal the full plant's, key for key."""
+    full, planned = Plant(seed=9), Plant(seed=9)
+    plan = read_plan(plant_role_map(planned, ControlConfig()), planned)
+    plan["cdu-4"] = frozenset({"alarm_code", "alarm_active"})  # the alarm judges both supply sensors
+    for plant in (full, planned):
+        plant.write("cdu-4", "tcs_supply_setpoint_c", 30.0)  # far off: a deviation alarm after 2 min
+        plant.write("cdu-4", "control_mode", 1)
+    for _ in range(150):
+        for plant in (full, planned):
+            plant.step(1.0)
+        for device, signals in plan.items():
+            whole = full.read(device)
+            part = planned.read(device, signals)
+            assert part == {name: whole[name] for name in signals}, device
+    assert planned.read("cdu-4", plan["cdu-4"])["alarm_code"] > 0.0
+    with pytest.raises(KeyError, match="no_such_signal"):
+        planned.read("cdu-1", frozenset({"no_such_signal"}))
+
+
+def test_planned_and_full_reads_give_the_same_run(tmp_path: Path) -> None:
+    path = tmp_path / "window.yaml"
+    path.write_text(WINDOW, encoding="utf-8")
+    planned = run_scenario(path, plot=False).as_dict()
+    full = run_scenario(path, plot=False, full_reads=True).as_dict()
+    for summary in (planned, full):
+        summary.pop("timings")
+    assert planned["counts"]["setpoint_writes"] > 0
+    assert planned == full
