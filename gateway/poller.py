@@ -115,6 +115,15 @@ class StaleWatch:
         return {name: age for name, age in self.unchanged_s().items() if age > self.stale_after_s[name]}
 
 
+def first_start(now: float, period_s: float, phase_s: float) -> float:
+    """The first slot at or after ``now`` on the grid every poller shares: a whole number of
+    cycles (the period, at most 1 s) of the loop's clock plus the phase."""
+    cycle = min(period_s, 1.0)
+    phase = phase_s % cycle
+    slot = math.ceil((now - phase) / cycle)  # an integer: pollers of one slot get the same float
+    return slot * cycle + phase
+
+
 class ReadingSink(Protocol):
     """Where a poller hands its readings (the publisher's :class:`Outbox`); never blocks."""
 
@@ -237,12 +246,8 @@ class DevicePoller:
         loop = asyncio.get_running_loop()
         period = self.period_s
         # Without a phase from the service, a random one spreads such pollers over the cycle.
-        cycle = min(period, 1.0)
-        phase = (self._rng.uniform(0, cycle) if self._phase_s is None else self._phase_s) % cycle
-        now = loop.time()
-        next_start = now - now % cycle + phase  # on the shared grid (see the module docstring)
-        if next_start < now:
-            next_start += cycle
+        phase = self._rng.uniform(0, min(period, 1.0)) if self._phase_s is None else self._phase_s
+        next_start = first_start(loop.time(), period, phase)
         try:
             while True:
                 delay = next_start - loop.time()
