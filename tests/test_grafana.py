@@ -140,7 +140,8 @@ def parse_line(line: str) -> tuple[str, dict[str, str], set[str]]:
 
 
 def control_status_fields() -> set[str]:
-    """Keys the supervisor puts in its status (``status.update({...})``, ``status["key"] = ...``).
+    """Keys the supervisor puts in its status (``status = {...}``, ``status.update({...})``,
+    ``status["key"] = ...``).
 
     A module-level ``STATUS_FIELDS`` constant in gateway/control wins if one is ever added.
     """
@@ -165,6 +166,17 @@ def control_status_fields() -> set[str]:
                         keys.update(
                             k.value for k in arg.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
                         )
+            elif (
+                isinstance(node, (ast.Assign, ast.AnnAssign))
+                and isinstance(node.value, ast.Dict)
+                and any(
+                    isinstance(t, ast.Name) and t.id == "status"
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                )
+            ):
+                keys.update(
+                    k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                )
             elif (
                 isinstance(node, ast.Subscript)
                 and isinstance(node.ctx, ast.Store)
