@@ -63,6 +63,7 @@ __all__ = [
     "run_scenario",
     "run_scenario_cli",
     "run_scenarios",
+    "summarize",
     "with_profile_resolutions",
 ]
 
@@ -360,7 +361,25 @@ def run_scenario(
         "supervisor_cpu_s": round(supervisor_cpu_s, 3),
     }
     metrics, checks = evaluate(trace, scenario, windows, config, crash_log=crash_log, counts=counts)
-    summary = Summary(
+    summary = summarize(scenario, duration_s, seed, metrics, checks, counts, timings, windows, plant)
+    if report_dir is not None:
+        summary.files = write_report(summary, trace, windows, config, Path(report_dir), plot=plot)
+    return summary
+
+
+def summarize(
+    scenario: Scenario,
+    duration_s: float,
+    seed: int,
+    metrics: dict[str, Any],
+    checks: dict[str, dict[str, Any]],
+    counts: dict[str, Any],
+    timings: dict[str, float],
+    windows: list[Window],
+    plant: Plant,
+) -> Summary:
+    """A run's summary (model level or real path): figures, checks, fault windows, plant events."""
+    return Summary(
         scenario=scenario.name,
         description=scenario.description,
         duration_s=duration_s,
@@ -383,9 +402,6 @@ def run_scenario(
             for e in plant.event_log
         ],
     )
-    if report_dir is not None:
-        summary.files = write_report(summary, trace, windows, config, Path(report_dir), plot=plot)
-    return summary
 
 
 def run_scenarios(

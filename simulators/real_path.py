@@ -61,6 +61,7 @@ from simulators.harness import (
     _watchdog_timeouts,
     _windows,
     format_summary,
+    summarize,
     with_profile_resolutions,
 )
 from simulators.modbus_server import Fault
@@ -459,29 +460,7 @@ def run_real_path(
     metrics, checks = evaluate(trace, scenario, windows, config, crash_log=crash_log, counts=counts)
     if scenario.duration_s < full_duration_s:
         _not_in_window(checks, scenario.duration_s)
-    summary = Summary(
-        scenario=scenario.name,
-        description=scenario.description,
-        duration_s=scenario.duration_s,
-        seed=seed,
-        metrics=metrics,
-        checks=checks,
-        counts=counts,
-        timings=timings,
-        windows=[
-            {
-                "kind": w.kind,
-                "target": w.target,
-                "start_s": w.start_s,
-                "end_s": w.end_s if math.isfinite(w.end_s) else None,
-            }
-            for w in windows
-        ],
-        plant_events=[
-            {"time_s": round(e.time_s, 1), "device": e.device, "kind": e.kind, "detail": e.detail}
-            for e in plant.event_log
-        ],
-    )
+    summary = summarize(scenario, scenario.duration_s, seed, metrics, checks, counts, timings, windows, plant)
     if report_dir is not None:
         summary.files = write_report(summary, trace, windows, config, Path(report_dir), plot=plot)
     return summary, run
