@@ -249,8 +249,25 @@ def start_farm(case: Case, first_port: int) -> Farm:
         assert process.stdout is not None
         if process.stdout.readline().strip() != "ready":
             reports = farm.stop()
-            raise SystemExit(f"a {case.protocol} farm did not start: {' '.join(reports)}")
+            raise FarmError(f"a {case.protocol} farm did not start: {' '.join(reports)}")
     return farm
+
+
+class FarmError(Exception):
+    """A farm process did not get ready (most often: one of its ports was taken)."""
+
+
+def start_farm_somewhere(case: Case) -> tuple[Farm, int]:
+    """A farm on a run of free ports; another run if one of them turns out taken (3 tries)."""
+    for attempt in range(3):
+        base = port_base(case.devices)
+        try:
+            return start_farm(case, base), base
+        except FarmError as error:
+            if attempt == 2 or "address already in use" not in str(error):
+                raise SystemExit(str(error)) from None
+            print(f"ports {base}..{base + case.devices - 1}: one is taken, trying another run", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def device_entry(case: Case, index: int, port: int) -> str:
@@ -364,10 +381,22 @@ def measure_gateway(
     }
 
 
+def port_base(count: int) -> int:
+    """The first of ``count`` consecutive ports for the farms, below the kernel's ephemeral range.
+
+    A range inside it (32768-60999 by default) collides now and then with the local port of some
+    outgoing connection, and the farm fails with "address already in use" (seen 2026-12-01).
+    Below it, a listening service may still hold one (RabbitMQ's 25672 here):
+    :func:`start_farm_somewhere` then tries another run."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    span = max(low - 10000 - count, 1)
+    return 10000 + (free_port() % span)
+
+
 def run_case(case: Case, broker: MosquittoServer, seconds: float, workdir: Path, *, uvloop: bool) -> dict[str, Any]:
-    # a run of free ports: the farms bind them, so pick a high base (collisions are unlikely)
-    base = 21000 + (free_port() % 20000)
-    farm = start_farm(case, base)
+    farm, base = start_farm_somewhere(case)
     try:
         site = write_site(case, base, broker, workdir)
         measured = measure_gateway(site, farm, broker, seconds, workdir, warmup_s=case.warmup_s, uvloop=uvloop)
