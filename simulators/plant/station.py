@@ -28,17 +28,13 @@ What the PLC does on its own, as real station PLCs do:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 from simulators.plant.config import PlantConfig
 from simulators.plant.physics import MixedVolume, counterflow_effectiveness, counterflow_ntu, heat_pump_cop
 
-if TYPE_CHECKING:
-    from simulators.plant.sensors import NoiseTable
-
-__all__ = ["HeatPump", "HeatPumpState", "Interlock", "Station", "station_signals"]
+__all__ = ["NOISE_DRAWS", "HeatPump", "HeatPumpState", "Interlock", "Station", "station_signals"]
 
 _TINY_FLOW_KG_S = 1e-3
 _UA_FLOW_EXPONENT = -0.7
@@ -47,7 +43,7 @@ _UA_FLOW_EXPONENT = -0.7
 _CAPACITY_HEADROOM = 0.1
 _PLC_TRIM_MAX_K = 5.0  # the PLC corrects its target by at most this (anti-windup)
 _PLC_INTEGRAL_BAND_K = 2.0  # ... and integrates only while within this of its setpoint
-_NOISY_SIGNALS = 18  # signals of a read that carry noise (one draw each)
+NOISE_DRAWS = 18  # signals of a read that carry noise (one draw each)
 
 
 class HeatPumpState(IntEnum):
@@ -582,70 +578,77 @@ class Station:
             return HeatPumpState.STANDBY
         return HeatPumpState.BLOCKED
 
-    def read(self, noise: NoiseTable) -> dict[str, float]:
-        """Every ``hp-plc`` signal in engineering units, with sensor noise."""
-        draw = iter(noise.take(_NOISY_SIGNALS)).__next__
-        tn = self._temp_noise
-        rn = self._rel_noise
+    def signal_readers(self) -> dict[str, Callable[[Sequence[float]], float]]:
+        """Per ``hp-plc`` signal in profile order, its reading from one read's noise draws ``z``.
+
+        A read takes :data:`NOISE_DRAWS` draws whatever it reads, each noisy signal its own one,
+        so a read of some signals gives the same values as those keys of a full read.
+        """
         cfg = self.cfg
         dh = cfg.district_heating
-        flow_ratio = self.dh_flow_kg_s / dh.max_flow_kg_s
         fws = cfg.facility_water
-        values: dict[str, float] = {
-            "fws_supply_temp_c": self.fws_supply_header_c + tn * draw(),
-            "fws_return_temp_c": self.fws_in_c + tn * draw(),
-            "fws_flow_m3h": self.fws_flow_kg_s * self._m3h_per_kg_s * (1.0 + rn * draw()),
-            "fws_pump_speed_pct": 100.0 * self.fws_flow_kg_s / fws.max_flow_kg_s,
-            "fws_bypass_valve_pct": 100.0 * self.fws_bypass_kg_s / self.fws_flow_kg_s,
-            "hp_source_inlet_temp_c": self.fws_after_hx_c + tn * draw(),
-            "hp_source_outlet_temp_c": self.fws_after_hp_c + tn * draw(),
-            "dh_supply_temp_c": self.dh_out_c + self.supply_sensor_bias_k + tn * draw(),
-            "dh_return_temp_c": self.dh_return_c + tn * draw(),
-            "dh_hx_outlet_temp_c": self.dh_after_hx_c + tn * draw(),
-            "dh_flow_m3h": self.dh_flow_kg_s * self._m3h_per_kg_s * (1.0 + rn * draw()),
-            "dh_supply_pressure_bar": (dh.static_pressure_bar + dh.pump_head_bar * flow_ratio * flow_ratio)
-            * (1.0 + rn * draw()),
-            "dh_return_pressure_bar": dh.return_pressure_bar * (1.0 + rn * draw()),
-            "dh_pump_speed_pct": 100.0 * flow_ratio if self.dh_pump_on else 0.0,
-            "dh_pump_running": 1.0 if self.dh_pump_on else 0.0,
-            "dh_pump_tripped": 1.0 if self.dh_pump_tripped else 0.0,
-            "hx_valve_pct": self.hx_valve_pct,
-            "hx_heat_kw": self.hx_heat_kw * (1.0 + rn * draw()),
-            "hp_heat_kw": self.hp_heat_kw * (1.0 + rn * draw()),
-            "dh_heat_kw": (self.hx_heat_kw + self.hp_heat_kw) * (1.0 + rn * draw()),
-            "hp_electric_kw": self.hp_electric_kw * (1.0 + rn * draw()),
-            "hp_cop": self.cop,
-            "hp_enable": 1.0 if self.hp_enable else 0.0,
-            "hp_supply_setpoint_c": self.hp_supply_setpoint_c,
-            "heat_power_limit_kw": self.heat_power_limit_kw,
-            "hp_state": float(self.station_state()),
-            "hp_running_count": float(sum(1 for p in self.heat_pumps if p.state is HeatPumpState.RUNNING)),
-            "hp_trip_active": 1.0 if any(p.tripped for p in self.heat_pumps) else 0.0,
-            "dry_cooler_leaving_temp_c": self.fws_out_c + tn * draw(),
-            "dry_cooler_setpoint_c": self.dry_cooler_setpoint_c,
-            "dry_cooler_enable": 1.0 if self.dry_cooler_enable else 0.0,
-            "dry_cooler_forced": 1.0 if self.dc_forced else 0.0,
-            "dry_cooler_fan_speed_pct": self.dc_fan_pct,
-            "dry_cooler_heat_kw": self.dc_heat_kw * (1.0 + rn * draw()),
-            "outdoor_temp_c": self.outdoor_c + tn * 5.0 * draw(),
-            "heartbeat": float(self.heartbeat),
-            "heartbeat_echo": float(self.heartbeat),
-            "watchdog_timeout_s": self.watchdog_timeout_s,
-            "watchdog_tripped": 1.0 if self.watchdog_tripped else 0.0,
-            "local_hp_supply_setpoint_c": cfg.heat_pumps.local_supply_setpoint_c,
-            "local_heat_power_limit_kw": cfg.heat_pumps.local_heat_power_limit_kw,
-            "local_dry_cooler_setpoint_c": cfg.dry_coolers.local_setpoint_c,
-            "interlock_status": float(self.interlock),
-            "interlock_active": 1.0 if self.interlock & ~Interlock.WATCHDOG_FALLBACK else 0.0,
-            "alarm_reset": 0.0,
+
+        def dh_supply_pressure_bar(z: Sequence[float]) -> float:
+            flow_ratio = self.dh_flow_kg_s / dh.max_flow_kg_s
+            pressure_bar = dh.static_pressure_bar + dh.pump_head_bar * flow_ratio * flow_ratio
+            return pressure_bar * (1.0 + self._rel_noise * z[9])
+
+        readers: dict[str, Callable[[Sequence[float]], float]] = {
+            "fws_supply_temp_c": lambda z: self.fws_supply_header_c + self._temp_noise * z[0],
+            "fws_return_temp_c": lambda z: self.fws_in_c + self._temp_noise * z[1],
+            "fws_flow_m3h": lambda z: self.fws_flow_kg_s * self._m3h_per_kg_s * (1.0 + self._rel_noise * z[2]),
+            "fws_pump_speed_pct": lambda _: 100.0 * self.fws_flow_kg_s / fws.max_flow_kg_s,
+            "fws_bypass_valve_pct": lambda _: 100.0 * self.fws_bypass_kg_s / self.fws_flow_kg_s,
+            "hp_source_inlet_temp_c": lambda z: self.fws_after_hx_c + self._temp_noise * z[3],
+            "hp_source_outlet_temp_c": lambda z: self.fws_after_hp_c + self._temp_noise * z[4],
+            "dh_supply_temp_c": lambda z: self.dh_out_c + self.supply_sensor_bias_k + self._temp_noise * z[5],
+            "dh_return_temp_c": lambda z: self.dh_return_c + self._temp_noise * z[6],
+            "dh_hx_outlet_temp_c": lambda z: self.dh_after_hx_c + self._temp_noise * z[7],
+            "dh_flow_m3h": lambda z: self.dh_flow_kg_s * self._m3h_per_kg_s * (1.0 + self._rel_noise * z[8]),
+            "dh_supply_pressure_bar": dh_supply_pressure_bar,
+            "dh_return_pressure_bar": lambda z: dh.return_pressure_bar * (1.0 + self._rel_noise * z[10]),
+            "dh_pump_speed_pct": lambda _: (
+                100.0 * (self.dh_flow_kg_s / dh.max_flow_kg_s) if self.dh_pump_on else 0.0
+            ),
+            "dh_pump_running": lambda _: 1.0 if self.dh_pump_on else 0.0,
+            "dh_pump_tripped": lambda _: 1.0 if self.dh_pump_tripped else 0.0,
+            "hx_valve_pct": lambda _: self.hx_valve_pct,
+            "hx_heat_kw": lambda z: self.hx_heat_kw * (1.0 + self._rel_noise * z[11]),
+            "hp_heat_kw": lambda z: self.hp_heat_kw * (1.0 + self._rel_noise * z[12]),
+            "dh_heat_kw": lambda z: (self.hx_heat_kw + self.hp_heat_kw) * (1.0 + self._rel_noise * z[13]),
+            "hp_electric_kw": lambda z: self.hp_electric_kw * (1.0 + self._rel_noise * z[14]),
+            "hp_cop": lambda _: self.cop,
+            "hp_enable": lambda _: 1.0 if self.hp_enable else 0.0,
+            "hp_supply_setpoint_c": lambda _: self.hp_supply_setpoint_c,
+            "heat_power_limit_kw": lambda _: self.heat_power_limit_kw,
+            "hp_state": lambda _: float(self.station_state()),
+            "hp_running_count": lambda _: float(sum(1 for p in self.heat_pumps if p.state is HeatPumpState.RUNNING)),
+            "hp_trip_active": lambda _: 1.0 if any(p.tripped for p in self.heat_pumps) else 0.0,
+            "dry_cooler_leaving_temp_c": lambda z: self.fws_out_c + self._temp_noise * z[15],
+            "dry_cooler_setpoint_c": lambda _: self.dry_cooler_setpoint_c,
+            "dry_cooler_enable": lambda _: 1.0 if self.dry_cooler_enable else 0.0,
+            "dry_cooler_forced": lambda _: 1.0 if self.dc_forced else 0.0,
+            "dry_cooler_fan_speed_pct": lambda _: self.dc_fan_pct,
+            "dry_cooler_heat_kw": lambda z: self.dc_heat_kw * (1.0 + self._rel_noise * z[16]),
+            "outdoor_temp_c": lambda z: self.outdoor_c + self._temp_noise * 5.0 * z[17],
+            "heartbeat": lambda _: float(self.heartbeat),
+            "heartbeat_echo": lambda _: float(self.heartbeat),
+            "watchdog_timeout_s": lambda _: self.watchdog_timeout_s,
+            "watchdog_tripped": lambda _: 1.0 if self.watchdog_tripped else 0.0,
+            "local_hp_supply_setpoint_c": lambda _: cfg.heat_pumps.local_supply_setpoint_c,
+            "local_heat_power_limit_kw": lambda _: cfg.heat_pumps.local_heat_power_limit_kw,
+            "local_dry_cooler_setpoint_c": lambda _: cfg.dry_coolers.local_setpoint_c,
+            "interlock_status": lambda _: float(self.interlock),
+            "interlock_active": lambda _: 1.0 if self.interlock & ~Interlock.WATCHDOG_FALLBACK else 0.0,
+            "alarm_reset": lambda _: 0.0,
         }
         for pump in self.heat_pumps:
             prefix = f"hp_{pump.index}_"
-            values[prefix + "state"] = float(pump.state)
-            values[prefix + "capacity_pct"] = 100.0 * pump.capacity
-            values[prefix + "run_hours_h"] = pump.run_hours_h
-            values[prefix + "tripped"] = 1.0 if pump.tripped else 0.0
-        return values
+            readers[prefix + "state"] = lambda _, pump=pump: float(pump.state)
+            readers[prefix + "capacity_pct"] = lambda _, pump=pump: 100.0 * pump.capacity
+            readers[prefix + "run_hours_h"] = lambda _, pump=pump: pump.run_hours_h
+            readers[prefix + "tripped"] = lambda _, pump=pump: 1.0 if pump.tripped else 0.0
+        return readers
 
     def write(self, signal: str, value: float, now_s: float) -> None:
         """Apply a write as the PLC would: clamp setpoints, reject bad enumerations."""
