@@ -80,6 +80,8 @@ class Channel:
         "last_s",
         "last_value",
         "last_weight",
+        "offset",
+        "quantised",
         "resolution",
         "signal",
     )
@@ -94,6 +96,10 @@ class Channel:
         self.last_s = math.nan  # nan: not read yet
         self.last_dt_s = math.nan
         self.last_weight = 0.0
+        self.offset = bool(spec.bias or spec.drift_per_day)
+        # Steps of the resolution -> the reported value. round(x, 6) is the costly part of a
+        # read (a correctly rounded decimal conversion); a sensor sees a few thousand steps a day.
+        self.quantised: dict[int, float] = {}
 
 
 class SensorLayer:
@@ -175,9 +181,13 @@ class SensorLayer:
                     value = previous + channel.last_weight * (value - previous)
                 channel.last_value = value
                 channel.last_s = now_s
-            if channel.bias or channel.drift_per_day:
+            if channel.offset:
                 value += channel.bias + channel.drift_per_day * now_s / 86400.0
             resolution = channel.resolution
             if resolution > 0.0:
-                value = round(round(value / resolution) * resolution, 6)
+                steps = round(value / resolution)
+                quantised = channel.quantised.get(steps)
+                if quantised is None:
+                    quantised = channel.quantised[steps] = round(steps * resolution, 6)
+                value = quantised
             values[channel.signal] = value
