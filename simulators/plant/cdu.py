@@ -268,14 +268,21 @@ class Cdu:
         The plant turns the conductances of all CDUs into flows through the shared header
         pressure (:class:`~simulators.plant.hydraulics.FacilityLoop`).
         """
+        # Hot path (every CDU, every sub-step): attributes read once into locals, and
+        # conditionals where min()/max() would cost a call (same values, NaN included).
         cfg = self.cfg
         # The pump holds the rack flow at the configured L/min per kW, never below min speed.
         target = 100.0 * self.load_kw / cfg.design_heat_kw
-        target = self._min_speed if target < self._min_speed else min(target, 100.0)
-        if self.speed_pct != target:  # settled (most sub-steps): nothing moves, skip exp and pow
-            self.speed_pct = target + (self.speed_pct - target) * math.exp(-dt_s / self._pump_tau_s)
-            self.tcs_flow_kg_s = self._m_t_design * self.speed_pct / 100.0
-            self._tcs_resistance = (self.tcs_flow_kg_s / self._m_t_design) ** _UA_FLOW_EXPONENT
+        min_speed = self._min_speed
+        target = min_speed if target < min_speed else (100.0 if target > 100.0 else target)  # noqa: FURB136 - no call
+        speed = self.speed_pct
+        if speed != target:  # settled (most sub-steps): nothing moves, skip exp and pow
+            speed = target + (speed - target) * math.exp(-dt_s / self._pump_tau_s)
+            self.speed_pct = speed
+            m_t_design = self._m_t_design
+            tcs_flow = m_t_design * speed / 100.0
+            self.tcs_flow_kg_s = tcs_flow
+            self._tcs_resistance = (tcs_flow / m_t_design) ** _UA_FLOW_EXPONENT
 
         if self.control_mode == 1 and now_s - self._heartbeat_changed_s >= self.watchdog_timeout_s:
             self.control_mode = 0
@@ -285,13 +292,16 @@ class Cdu:
 
         # PI, direct acting (too warm -> open), back-calculation anti-windup.
         error = self.supply_c - (self.external_setpoint_c if self.control_mode == 1 else cfg.local_setpoint_c)
-        wanted = self._kp * error + self.integral_pct
-        demand = 0.0 if wanted < 0.0 else min(wanted, 100.0)
-        self.integral_pct += dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
+        integral = self.integral_pct
+        wanted = self._kp * error + integral
+        demand = 0.0 if wanted < 0.0 else (100.0 if wanted > 100.0 else wanted)  # noqa: FURB136 - no call
+        self.integral_pct = integral + dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
         self.valve_demand_pct = demand
         step = self._valve_rate_pct_s * dt_s
-        move = demand - self.valve_pct
-        self.valve_pct += -step if move < -step else min(move, step)
+        valve = self.valve_pct
+        move = demand - valve
+        valve += -step if move < -step else (step if move > step else move)  # noqa: FURB136 - no call
+        self.valve_pct = valve
 
         if abs(error) > _DEVIATION_K:
             self._deviation_s += dt_s
@@ -299,9 +309,9 @@ class Cdu:
             self._deviation_s = 0.0
         if self.leak:
             self.reservoir_level_pct = max(self.reservoir_level_pct - self._leak_loss_pct_s * dt_s, 0.0)
-        if self.speed_pct > 0.0:
+        if speed > 0.0:
             self.run_hours_h += dt_s / 3600.0
-        stroke = self.valve_pct / 100.0
+        stroke = valve / 100.0
         relative_kv = equal_percentage(stroke, self._rangeability) if self._equal_percentage else stroke
         if relative_kv <= 0.0:
             return 0.0
@@ -323,8 +333,10 @@ class Cdu:
         if c_f > 1e-6:
             resistance = self._tcs_resistance + (facility_flow_kg_s / self._m_f_design) ** _UA_FLOW_EXPONENT
             ua = 2.0 * self._ua_design / resistance
-            c_min, c_max = (c_t, c_f) if c_t < c_f else (c_f, c_t)
-            k = counterflow_effectiveness(ua / c_min, c_min / c_max) * c_min
+            if c_t < c_f:
+                k = counterflow_effectiveness(ua / c_t, c_t / c_f) * c_t
+            else:
+                k = counterflow_effectiveness(ua / c_f, c_f / c_t) * c_f
         if k > 1e-6:
             # Q = k * (return - inlet), return = supply + load / c_t: linear in the supply.
             steady = facility_inlet_c - load / c_t + load / k
