@@ -238,7 +238,8 @@ def evaluate(
     n = len(t)
     fault = [any(w.start_s <= ti < w.end_s + FAULT_SETTLE_S for w in windows) for ti in t]
     since_order = _since_change(t, d["order_kw"], 1.0)
-    base = [t[i] >= STARTUP_S and not fault[i] and not trace.down[i] for i in range(n)]
+    down = trace.down
+    base = [t[i] >= STARTUP_S and not fault[i] and not down[i] for i in range(n)]
     delivering = [
         base[i]
         and d["order_kw"][i] > 0.0
@@ -474,9 +475,10 @@ def _stale_handbacks(trace: Trace, fault: Sequence[bool]) -> int:
     """CDUs newly reported stale (and so handed back to local control) outside any fault window."""
     count = 0
     previous: set[str] = set()
+    down = trace.down
     for i, stale in enumerate(trace.stale):
         cdus = {name for name in stale.split(",") if name.startswith("cdu-")} if stale else set()
-        if not fault[i] and not trace.down[i]:
+        if not fault[i] and not down[i]:
             count += len(cdus - previous)
         previous = cdus
     return count
@@ -582,6 +584,7 @@ def _detection_metrics(trace: Trace, windows: Sequence[Window]) -> dict[str, Any
     """Per silent device or frozen sensor: how long until the supervisor called it stale."""
     t = trace.data["t_s"]
     found = []
+    stale = trace.stale
     for window in windows:
         if window.kind not in ("device_silent", "sensor_freeze"):
             continue
@@ -590,7 +593,7 @@ def _detection_metrics(trace: Trace, windows: Sequence[Window]) -> dict[str, Any
             (
                 t[i]
                 for i in range(len(t))
-                if window.start_s <= t[i] < window.end_s and device in trace.stale[i].split(",")
+                if window.start_s <= t[i] < window.end_s and device in stale[i].split(",")
             ),
             None,
         )
