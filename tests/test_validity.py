@@ -6,10 +6,8 @@ serving such values to the real driver and poller, and the ranges a site with co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,12 @@ from gateway import clock
 from gateway import validity as validity_module
 from gateway.config.loader import load_site
 from gateway.config.profile import ModbusProfile, Table
-from gateway.config.site import ModbusDevice
 from gateway.control.roles import VALID_INPUTS
-from gateway.drivers.modbus import ModbusDriver
-from gateway.poller import DevicePoller
-from gateway.process_image import ProcessImage
 from gateway.sample import Quality, Reading
 from gateway.service import Gateway
 from gateway.validity import RECOVERED_AFTER_S, ValueCheck, valid_ranges
-from simulators.modbus_server import ModbusEndpoint, UnitImage
-from tests.live import cancel_all
+from simulators.modbus_server import UnitImage
+from tests.live import polling_unit
 
 REPO = Path(__file__).resolve().parent.parent
 FLOW = (1.0, 150.0, "role heat_meter.flow_temp_c")
@@ -147,45 +141,17 @@ PROFILE = ModbusProfile.model_validate(
 )
 
 
-class Outbox:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    def put(self, item: Reading) -> None:
-        self.readings.append(item)
-
-
-@contextlib.asynccontextmanager
-async def polling(unit: UnitImage) -> AsyncIterator[tuple[DevicePoller, Outbox]]:
-    endpoint = ModbusEndpoint("127.0.0.1", 0)
-    endpoint.units[1] = unit
-    await endpoint.start()
-    device = ModbusDevice(
+def polling(unit: UnitImage):
+    return polling_unit(
+        unit,
+        PROFILE,
         name="meter",
         kind="heat_meter",
-        protocol="modbus",
-        host="127.0.0.1",
-        port=endpoint.port,
-        profile="test",
-        timeout_s=0.5,
-        poll_period_s=0.05,
-    )
-    outbox = Outbox()
-    poller = DevicePoller(
-        ModbusDriver(device, PROFILE),
         period_s=0.05,
+        timeout_s=0.5,
         backoff_max_s=0.2,
-        image=ProcessImage(),
-        outbox=outbox,
         valid_ranges=valid_ranges({name: s.valid_range() for name, s in PROFILE.signals.items()}, {}),
     )
-    try:
-        async with asyncio.TaskGroup() as group:
-            task = group.create_task(poller.run(), name="poll:meter")
-            yield poller, outbox
-            await cancel_all([task])
-    finally:
-        await endpoint.stop()
 
 
 async def test_a_device_serving_nan_and_out_of_range_values_publishes_only_the_good_ones(logs) -> None:
