@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import clock
 from gateway.config.loader import ConfigError, Site, load_site
 from gateway.config.site import Device, ModbusDevice
-from gateway.control.roles import RoleMap, role_map_of_site
+from gateway.control.roles import RoleMap
 from gateway.control_loop import ControlLoop
 from gateway.drivers.base import Driver
 from gateway.drivers.factory import make_driver
@@ -49,7 +49,7 @@ from gateway.publish.lineprotocol import encode_fields, series_prefix
 from gateway.publish.mqtt import MqttPublisher
 from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
-from gateway.validity import valid_ranges
+from gateway.validity import site_ranges, site_roles
 
 if TYPE_CHECKING:
     from gateway.historian import Historian
@@ -70,21 +70,6 @@ POLL_GROUP = 8
 
 def _endpoint(device: Device) -> str:
     return f"{device.host}:{device.port}" if isinstance(device, ModbusDevice) else device.name
-
-
-def _roles(site: Site) -> RoleMap | None:
-    """The site's control roles, when it has a control section (their inputs' valid ranges)."""
-    return role_map_of_site(site.config, site.profiles) if site.config.control is not None else None
-
-
-def _valid_ranges(site: Site, device: Device, roles: RoleMap | None) -> dict[str, tuple[float, float, str]]:
-    """What a device's values must lie in (gateway.validity): its profile's measuring ranges and,
-    for the signals its control role reads, the role's physics."""
-    signals = site.profile_of(device).signals
-    return valid_ranges(
-        {name: signal.valid_range() for name, signal in signals.items()},
-        roles.valid_ranges(device.name) if roles is not None else {},
-    )
 
 
 def poll_phases(devices: Iterable[Device]) -> dict[str, float]:
@@ -197,7 +182,7 @@ class Gateway:
         self.liveness = Liveness()
         self.publisher = self._make_publisher(site)
         phases = poll_phases(_enabled(site).values())
-        roles = _roles(site)
+        roles = site_roles(site)
         self._pollers = {
             name: self._make_poller(site, device, phases[name], roles) for name, device in _enabled(site).items()
         }
@@ -251,7 +236,7 @@ class Gateway:
                 for name, signal in site.profile_of(device).signals.items()
                 if signal.stale_after_s is not None
             },
-            valid_ranges=_valid_ranges(site, device, roles),
+            valid_ranges=site_ranges(site, device, roles),
             # watched (self.liveness.add) from when it starts
             progress=Progress(f"poll:{device.name}", bound_s=poll_bound_s(device)),
         )
@@ -485,7 +470,7 @@ class Gateway:
         """Build what the new site needs first (a failure there changes nothing), then swap."""
         devices = _enabled(new)
         phases = poll_phases(devices.values())
-        roles = _roles(new)
+        roles = site_roles(new)
         fresh = {
             name: self._make_poller(new, devices[name], phases[name], roles) for name in (*plan.added, *plan.changed)
         }
@@ -508,7 +493,7 @@ class Gateway:
             self.liveness.add(poller.progress)
             self._start(f"poll:{name}", poller.run())
         for name in plan.kept:  # the control section may bind other signals now
-            self._pollers[name].check.ranges = _valid_ranges(new, devices[name], roles)
+            self._pollers[name].check.ranges = site_ranges(new, devices[name], roles)
         if publisher is not None:
             await self._swap_publisher(publisher)
         else:

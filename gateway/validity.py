@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from gateway import clock
 from gateway.logs import get_logger
 from gateway.sample import Reading
+
+if TYPE_CHECKING:
+    from gateway.config.loader import Site
+    from gateway.config.site import Device
+    from gateway.control.roles import RoleMap
 
 log = get_logger(__name__)
 
@@ -41,12 +46,14 @@ HINT: Final = "check the profile's byte_order, word order, scale and offset agai
 class ValueCheck:
     """One device's check of its readings: finite values, and each ranged signal within its range."""
 
-    __slots__ = ("_bad_since", "_last_bad", "device", "ranges")
+    __slots__ = ("_bad_since", "_last_bad", "device", "logs", "ranges")
 
-    def __init__(self, device: str, ranges: Mapping[str, tuple[float, float, str]]) -> None:
-        """``ranges``: profile signal -> (lowest, highest, where the range comes from)."""
+    def __init__(self, device: str, ranges: Mapping[str, tuple[float, float, str]], *, logs: bool = True) -> None:
+        """``ranges``: profile signal -> (lowest, highest, where the range comes from); ``logs``:
+        False for a one-off read whose caller prints the reasons itself (``heat-gateway read``)."""
         self.device = device
         self.ranges = dict(ranges)
+        self.logs = logs
         self._bad_since: dict[str, float] = {}  # signal -> monotonic time it went bad (logged)
         self._last_bad: dict[str, float] = {}  # signal -> monotonic time of its latest invalid value
 
@@ -78,7 +85,10 @@ class ValueCheck:
             self._last_bad[name] = now
             if name not in self._bad_since:
                 self._bad_since[name] = now
-                log.warning("signal_invalid", device=self.device, signal=name, value=repr(value), reason=why, hint=HINT)
+                if self.logs:
+                    log.warning(
+                        "signal_invalid", device=self.device, signal=name, value=repr(value), reason=why, hint=HINT
+                    )
         if len(self._bad_since) > len(failed):
             self._recover(now)
 
@@ -88,7 +98,9 @@ class ValueCheck:
             if now - last >= RECOVERED_AFTER_S:
                 since = self._bad_since.pop(name)
                 del self._last_bad[name]
-                log.info("signal_valid_again", device=self.device, signal=name, invalid_for_s=round(last - since, 1))
+                if self.logs:
+                    invalid_for_s = round(last - since, 1)
+                    log.info("signal_valid_again", device=self.device, signal=name, invalid_for_s=invalid_for_s)
 
 
 def valid_ranges(
@@ -110,3 +122,21 @@ def valid_ranges(
                 f"the profile's valid_min/valid_max and {role[2]}",
             )
     return ranges
+
+
+def site_ranges(site: Site, device: Device, roles: RoleMap | None) -> dict[str, tuple[float, float, str]]:
+    """What a device's values must lie in: its profile's measuring ranges and, for the signals its
+    control role reads (``roles``: the site's role map, None without a control section), the
+    role's physics."""
+    signals = site.profile_of(device).signals
+    return valid_ranges(
+        {name: signal.valid_range() for name, signal in signals.items()},
+        roles.valid_ranges(device.name) if roles is not None else {},
+    )
+
+
+def site_roles(site: Site) -> RoleMap | None:
+    """The site's control roles when it has a control section (for :func:`site_ranges`)."""
+    from gateway.control.roles import role_map_of_site  # noqa: PLC0415 - the roles import the config models
+
+    return role_map_of_site(site.config, site.profiles) if site.config.control is not None else None
