@@ -193,7 +193,8 @@ def test_a_site_under_control_checks_its_role_inputs() -> None:
     meter = gateway._pollers["heat-meter"].check.ranges
     assert meter["flow_temp_c"] == (1.0, 150.0, "role heat_meter.flow_temp_c")
     assert meter["return_temp_c"][:2] == (1.0, 150.0)
-    assert "heat_power_kw" not in meter  # the role sets no range for powers
+    assert meter["heat_power_kw"][:2] == (-1000.0, 1.0e6)
+    assert "flow_m3h" not in meter  # not a role input: only a profile range would apply
     cdu = gateway._pollers["cdu-1"].check.ranges
     assert cdu["tcs_supply_temp_c"] == (1.0, 100.0, "role cdu.tcs_supply_temp_c")
 

@@ -113,6 +113,10 @@ VALID_INPUTS: dict[str, tuple[float, float]] = {
     "hp_source_outlet_temp_c": _FACILITY_WATER_C,
     "outdoor_temp_c": (-60.0, 60.0),
     "valve_feedback_pct": (-5.0, 105.0),
+    # Heat flows: a site's meter or exchanger sees tens of MW at most; a little negative is a
+    # meter's zero drift with the pumps off, 1 GW is no data center's.
+    "heat_power_kw": (-1000.0, 1.0e6),
+    "hx_heat_kw": (-1000.0, 1.0e6),
 }
 """Role inputs and the values physics allows them (wide on purpose). A reading outside is not
 believed: the poller marks it bad with the reason (:mod:`gateway.validity`), so a wrong byte order,
