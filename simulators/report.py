@@ -11,6 +11,11 @@ the control-quality metrics (DH supply deviation, heat vs order) when they lie
 
 The safety figures (seconds of rack loop above its IT limit, writes outside profile limits)
 count every second of the run, faults included.
+
+Every scenario also checks ``stale_outside_faults_s == 0``: outside the take-over and the fault
+windows, no second in which the supervisor found a device's inputs stale or bad. A data path
+that loses or garbles a device's values (a wrong byte order in a profile, values outside their
+valid range) fails the run even when the plant's own local control happens to hold the targets.
 """
 
 from __future__ import annotations
@@ -367,6 +372,10 @@ def evaluate(
     offsets = [event.at_s for event in scenario.events if event.kind == "meter_offset"]
     metrics.update(_offset_metrics(t, deviation, delivering, start_s=min(offsets, default=None)))
     metrics["stale_handbacks"] = _stale_handbacks(trace, fault)
+    stale_at = [i for i in range(n) if base[i] and trace.stale[i]]
+    metrics["stale_outside_faults_s"] = stale_s = len(stale_at)
+    metrics["stale_outside_faults_devices"] = sorted({name for i in stale_at for name in trace.stale[i].split(",")})
+    checks["stale_outside_faults_s"] = _check(stale_s, "== 0", ok=stale_s == 0)
     metrics.update(_crash_metrics(trace, crash_log, config, checks))
     metrics.update(_link_metrics(trace, windows, config, checks))
     metrics.update(_detection_metrics(trace, windows))

@@ -476,7 +476,11 @@ class _Watcher:
             typical = step if math.isnan(seen.typical_step) else seen.typical_step + 0.2 * (step - seen.typical_step)
             stuck[key] = Watch(value, now_s, min(seen.smallest_step, step), typical, _nan_if_none(witness_value))
             return value
-        return None if _frozen(seen, now_s, witness_value, cfg) else value
+        if witness_value is not None and not math.isnan(seen.witness):
+            away = abs(witness_value - seen.witness) > cfg.stuck_witness_k
+            if away == math.isnan(seen.witness_away_s):  # it went away, or came back
+                seen = stuck[key] = seen._replace(witness_away_s=now_s if away else math.nan)
+        return None if _frozen(seen, now_s, cfg) else value
 
 
 def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Reader) -> Inputs:
@@ -593,13 +597,15 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _frozen(seen: Watch, now_s: float, witness: float | None, cfg: ControlConfig) -> bool:
-    """Unchanged for ``stuck_after_s``, and either noisy before or its witness has moved since."""
+def _frozen(seen: Watch, now_s: float, cfg: ControlConfig) -> bool:
+    """Unchanged for ``stuck_after_s``, and either noisy before or its witness has been away since
+    for ``stuck_witness_delay_s`` (the meter sees a change of the station's supply only after the
+    DH pipe's transport delay: a witness that has just moved proves nothing yet)."""
     if now_s - seen.since_s < cfg.stuck_after_s:
         return False
     if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
         return True
-    return witness is not None and abs(witness - seen.witness) > cfg.stuck_witness_k
+    return now_s - seen.witness_away_s >= cfg.stuck_witness_delay_s  # NaN (not away) compares False
 
 
 def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
