@@ -372,9 +372,10 @@ def evaluate(
     offsets = [event.at_s for event in scenario.events if event.kind == "meter_offset"]
     metrics.update(_offset_metrics(t, deviation, delivering, start_s=min(offsets, default=None)))
     metrics["stale_handbacks"] = _stale_handbacks(trace, fault)
-    stale_at = [i for i in range(n) if base[i] and trace.stale[i]]
+    stale = trace.stale
+    stale_at = [i for i in range(n) if base[i] and stale[i]]
     metrics["stale_outside_faults_s"] = stale_s = len(stale_at)
-    metrics["stale_outside_faults_devices"] = sorted({name for i in stale_at for name in trace.stale[i].split(",")})
+    metrics["stale_outside_faults_devices"] = sorted({name for i in stale_at for name in stale[i].split(",")})
     checks["stale_outside_faults_s"] = _check(stale_s, "== 0", ok=stale_s == 0)
     metrics.update(_crash_metrics(trace, crash_log, config, checks))
     metrics.update(_link_metrics(trace, windows, config, checks))
