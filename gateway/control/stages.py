@@ -53,7 +53,16 @@ from gateway.control.commands import Mode
 from gateway.control.pid import ControlMode, PidConfig, PidState, pid_step
 from gateway.control.roles import Heartbeat, RoleMap
 from gateway.control.state import SupervisorState, TimedValue, Watch
-from gateway.control.writes import HEARTBEAT_REASON, Lease, OutputSpec, SignalKey, Write, WriteBook, spend_budget
+from gateway.control.writes import (
+    HEARTBEAT_REASON,
+    Lease,
+    OutputSpec,
+    SignalKey,
+    Write,
+    WriteBook,
+    settled_value,
+    spend_budget,
+)
 
 __all__ = [
     "CduBinding",
@@ -102,7 +111,60 @@ _CDU_SIGNALS = (
     "valve_feedback_pct",
     "local_setpoint_c",
 )
+_METER_INPUTS = ("flow_temp_c", "heat_power_kw", "return_temp_c")
+"""The heat meter's role inputs, in the order :func:`read_inputs` unpacks them."""
+_PLC_INPUTS = (
+    "dh_supply_temp_c",
+    "fws_supply_temp_c",
+    "outdoor_temp_c",
+    "dh_return_temp_c",
+    "dh_pump_tripped",
+    "interlock_status",
+    "hp_source_inlet_temp_c",
+    "hp_source_outlet_temp_c",
+    "hp_running_count",
+    "hx_heat_kw",
+)
+"""The station PLC's role inputs, in the order :func:`read_inputs` unpacks them."""
+_PANEL_INPUTS = (
+    "fws_supply_temp_c",
+    "outdoor_temp_c",
+    "utility_link_ok",
+    "utility_heat_order_mw",
+    "utility_supply_temp_c",
+    "utility_order_age_s",
+)
+"""The panel PC's role inputs, in the order :func:`read_inputs` unpacks them."""
 _NOTHING: Mapping[str, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInputs:
+    """Where a device's role inputs are, resolved once (the cycle reads them all every cycle)."""
+
+    name: str
+    names: tuple[str | None, ...]
+    """Per role input (in the order the stage asks for them): the profile signal, None (absent)
+    or a key of ``constants``."""
+    constants: Mapping[str, float]
+    """The inputs the site gives as constants, under keys no profile signal can have."""
+
+
+def _resolve(bound: Mapping[str, Bound], signals: tuple[str, ...]) -> tuple[tuple[str | None, ...], dict[str, float]]:
+    """The profile signal of each role signal (None: absent; a constant: a key of the dict returned)."""
+    names: list[str | None] = []
+    constants: dict[str, float] = {}
+    for signal in signals:
+        where = bound.get(signal)
+        if where is None:
+            names.append(None)
+        elif where[0] is None:
+            key = f"={signal}"  # not a signal name (profile signal names are identifiers)
+            constants[key] = where[1]
+            names.append(key)
+        else:
+            names.append(where[0])
+    return tuple(names), constants
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +190,23 @@ class CduBinding:
     """Its ``tcs_supply_setpoint_c`` output is bound."""
     status_key: str
     """``{name}.tcs_supply_setpoint_c`` in the status record."""
+    names: tuple[str | None, ...]
+    """The seven names above in the order of ``_CDU_SIGNALS`` (read in one ``map``)."""
+    supply_key: SignalKey
+    """``(name, "tcs_supply_temp_c")``: the key of its frozen-value watch."""
+    steady: _SteadyCdu | None
+    """What it takes to see that this cycle's writes to it change nothing (None: always ask the book)."""
+
+
+class _SteadyCdu(NamedTuple):
+    """A CDU's two outputs, resolved for :func:`_steady`: its external mode and its setpoint (with a ramp)."""
+
+    mode_key: SignalKey
+    mode_value: float
+    """What the book makes of the mode 1.0 it is given (clamped, rounded)."""
+    mode_band: float
+    setpoint_key: SignalKey
+    setpoint: OutputSpec
 
 
 class _ViewValues:
@@ -193,6 +272,12 @@ class Reader:
             self._values[device] = values
         return values
 
+    def getter(self, device: str, constants: Mapping[str, float]) -> Callable[[str | None], float | None]:
+        """``get(name)`` for the names of a :class:`DeviceInputs` or :class:`CduBinding`: the fresh
+        value, the constant, or None (None for a None name too: None is no key)."""
+        values = self.values(device)
+        return (_WithConstants(values, constants) if constants else values).get  # type: ignore[return-value]
+
     def __call__(self, device: str, signal: str) -> float | None:
         bound = self._bindings.get(device, _NO_BINDINGS).get(signal)
         if bound is None:
@@ -204,8 +289,6 @@ class Reader:
 
 
 _NO_BINDINGS: Mapping[str, Bound] = {}
-
-
 
 
 # -- what does not change between cycles -----------------------------------------------------------
@@ -220,6 +303,9 @@ class Setup:
     bindings: Mapping[str, Mapping[str, Bound]]
     """Device -> role signal -> where it is read (absent signals are not listed)."""
     cdus: tuple[CduBinding, ...]
+    meter_inputs: DeviceInputs
+    plc_inputs: DeviceInputs
+    panel_inputs: DeviceInputs
     outputs: Mapping[SignalKey, OutputSpec]
     """(device, role output) -> how it is written (only these are ever written)."""
     ramps: Mapping[str, RampLimiter]
@@ -275,26 +361,33 @@ class Setup:
             }
             for device, role in roles.devices.items()
         }
+        ramps: dict[str, RampLimiter] = {
+            "tcs_supply_setpoint_c": ceiling_ramp,
+            "hp_supply_setpoint_c": RampLimiter(up_per_s=cfg.dh_supply_ramp_k_per_min / 60.0, max_dt_s=max_dt_s),
+            "heat_power_limit_kw": RampLimiter(
+                up_per_s=cfg.heat_power_limit_ramp_up_kw_per_s,
+                down_per_s=cfg.heat_power_limit_ramp_down_kw_per_s,
+                max_dt_s=max_dt_s,
+            ),
+            "dry_cooler_setpoint_c": RampLimiter(
+                up_per_s=cfg.dry_cooler_setpoint_raise_k_per_min / 60.0,
+                down_per_s=cfg.dry_cooler_setpoint_lower_k_per_min / 60.0,
+                max_dt_s=max_dt_s,
+            ),
+        }
         return cls(
             config=cfg,
             roles=roles,
             bindings=bindings,
-            cdus=tuple(_cdu_binding(name, bindings.get(name, {}), outputs) for name in roles.cdus),
+            cdus=tuple(
+                _cdu_binding(name, bindings.get(name, {}), outputs, ramped="tcs_supply_setpoint_c" in ramps)
+                for name in roles.cdus
+            ),
+            meter_inputs=DeviceInputs(roles.heat_meter, *_resolve(bindings.get(roles.heat_meter, {}), _METER_INPUTS)),
+            plc_inputs=DeviceInputs(plc, *_resolve(bindings.get(plc, {}), _PLC_INPUTS)),
+            panel_inputs=DeviceInputs(roles.panel, *_resolve(bindings.get(roles.panel, {}), _PANEL_INPUTS)),
             outputs=outputs,
-            ramps={
-                "tcs_supply_setpoint_c": ceiling_ramp,
-                "hp_supply_setpoint_c": RampLimiter(up_per_s=cfg.dh_supply_ramp_k_per_min / 60.0, max_dt_s=max_dt_s),
-                "heat_power_limit_kw": RampLimiter(
-                    up_per_s=cfg.heat_power_limit_ramp_up_kw_per_s,
-                    down_per_s=cfg.heat_power_limit_ramp_down_kw_per_s,
-                    max_dt_s=max_dt_s,
-                ),
-                "dry_cooler_setpoint_c": RampLimiter(
-                    up_per_s=cfg.dry_cooler_setpoint_raise_k_per_min / 60.0,
-                    down_per_s=cfg.dry_cooler_setpoint_lower_k_per_min / 60.0,
-                    max_dt_s=max_dt_s,
-                ),
-            },
+            ramps=ramps,
             heartbeats={name: role.heartbeat for name, role in roles.devices.items() if role.heartbeat},
             budgets={name: role.write_budget_per_h for name, role in roles.devices.items() if role.outputs},
             dh_trim_pid=PidConfig(
@@ -330,20 +423,22 @@ class Setup:
         )
 
 
-def _cdu_binding(name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalKey, OutputSpec]) -> CduBinding:
-    names: list[str | None] = []
-    constants: dict[str, float] = {}
-    for signal in _CDU_SIGNALS:
-        where = bound.get(signal)
-        if where is None:
-            names.append(None)
-        elif where[0] is None:
-            key = f"={signal}"  # not a signal name (profile signal names are identifiers)
-            constants[key] = where[1]
-            names.append(key)
-        else:
-            names.append(where[0])
+def _cdu_binding(
+    name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalKey, OutputSpec], *, ramped: bool
+) -> CduBinding:
+    names, constants = _resolve(bound, _CDU_SIGNALS)
     supply, supply_2, setpoint, it_limit, mode, valve, local = names
+    mode_spec = outputs.get((name, "control_mode"))
+    setpoint_spec = outputs.get((name, "tcs_supply_setpoint_c"))
+    steady = None
+    if mode_spec is not None and setpoint_spec is not None and ramped:
+        steady = _SteadyCdu(
+            mode_key=(name, "control_mode"),
+            mode_value=settled_value(mode_spec, min(max(1.0, mode_spec.low), mode_spec.high)),
+            mode_band=mode_spec.revert_band,
+            setpoint_key=(name, "tcs_supply_setpoint_c"),
+            setpoint=setpoint_spec,
+        )
     return CduBinding(
         name=name,
         supply=supply,
@@ -357,6 +452,9 @@ def _cdu_binding(name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalK
         writes_mode=(name, "control_mode") in outputs,
         writes_setpoint=(name, "tcs_supply_setpoint_c") in outputs,
         status_key=f"{name}.tcs_supply_setpoint_c",
+        names=names,
+        supply_key=(name, "tcs_supply_temp_c"),
+        steady=steady,
     )
 
 
@@ -454,40 +552,71 @@ class Inputs:
 class _Watcher:
     """Readings that must also keep moving (a frozen transmitter is stale too); one cycle's watches."""
 
-    __slots__ = ("cfg", "now_s", "stuck")
+    __slots__ = ("after_s", "now_s", "stuck", "witness_k")
 
     def __init__(self, stuck: Mapping[SignalKey, Watch], cfg: ControlConfig, now_s: float) -> None:
         self.stuck = dict(stuck)
-        self.cfg = cfg
+        self.after_s = cfg.stuck_after_s
+        self.witness_k = cfg.stuck_witness_k
         self.now_s = now_s
 
     def check(self, key: SignalKey, value: float | None, witness_value: float | None) -> float | None:
         """``value``, or None when it has sat still too long (its witness: a related signal, or None)."""
-        stuck, cfg, now_s = self.stuck, self.cfg, self.now_s
-        if value is None or cfg.stuck_after_s <= 0.0:
+        stuck = self.stuck
+        if value is None or self.after_s <= 0.0:
             stuck.pop(key, None)
             return value
         seen = stuck.get(key)
         if seen is None:
-            stuck[key] = Watch(value, now_s, math.inf, math.nan, _nan_if_none(witness_value))
+            witness = math.nan if witness_value is None else witness_value
+            stuck[key] = _new_watch((value, self.now_s, math.inf, math.nan, witness))
             return value
-        if seen.value != value:
-            step = abs(value - seen.value)
-            typical = step if math.isnan(seen.typical_step) else seen.typical_step + 0.2 * (step - seen.typical_step)
-            stuck[key] = Watch(value, now_s, min(seen.smallest_step, step), typical, _nan_if_none(witness_value))
+        if seen[0] != value:  # seen.value: most readings change every cycle
+            step = abs(value - seen[0])
+            typical_step = seen[3]
+            typical = step if math.isnan(typical_step) else typical_step + 0.2 * (step - typical_step)
+            witness = math.nan if witness_value is None else witness_value
+            stuck[key] = _new_watch((value, self.now_s, min(seen[2], step), typical, witness))
             return value
-        return None if _frozen(seen, now_s, witness_value, cfg) else value
+        return None if self._frozen(seen, witness_value) else value
+
+    def _frozen(self, seen: Watch, witness: float | None) -> bool:
+        """Unchanged for ``stuck_after_s``, and either noisy before or its witness has moved since."""
+        if self.now_s - seen.since_s < self.after_s:
+            return False
+        if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
+            return True
+        return witness is not None and abs(witness - seen.witness) > self.witness_k
+
+
+_new_watch = Watch._make
+"""A :class:`Watch` from a tuple in field order (a named tuple's ``_make``: no keyword binding)."""
 
 
 def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Reader) -> Inputs:
     """Stage 1: every role input with its quality, the filters, the stale devices and their safe states."""
     cfg = setup.config
-    meter, plc, panel = setup.meter, setup.plc, setup.panel
+    meter, plc, panel = setup.meter_inputs, setup.plc_inputs, setup.panel_inputs
     watched = _Watcher(state.stuck, cfg, now_s)
-    station_supply_c = read(plc, "dh_supply_temp_c")
-    meter_supply_c = watched.check((meter, "flow_temp_c"), read(meter, "flow_temp_c"), station_supply_c)
-    meter_power_kw = watched.check((meter, "heat_power_kw"), read(meter, "heat_power_kw"), None)
-    meter_return_c = read(meter, "return_temp_c")
+    # Every role input of the three, each device's fresh values asked once (map: no call per input).
+    meter_supply_c, meter_power_kw, meter_return_c = map(read.getter(meter.name, meter.constants), meter.names)
+    (
+        station_supply_c,
+        plc_fws_supply_c,
+        plc_outdoor_c,
+        plc_return_c,
+        dh_pump_tripped,
+        interlock,
+        source_in_c,
+        source_out_c,
+        running,
+        hx_heat_kw,
+    ) = map(read.getter(plc.name, plc.constants), plc.names)
+    fws_supply_c, outdoor_c, link_ok, order_mw, requirement_in_c, order_age_s = map(
+        read.getter(panel.name, panel.constants), panel.names
+    )
+    meter_supply_c = watched.check((meter.name, "flow_temp_c"), meter_supply_c, station_supply_c)
+    meter_power_kw = watched.check((meter.name, "heat_power_kw"), meter_power_kw, None)
     meter_supply_raw_c = meter_supply_c
     meter_filtered: tuple[TimedValue, TimedValue] | None = None
     if meter_supply_c is not None and meter_power_kw is not None and meter_return_c is not None:
@@ -496,16 +625,14 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
         power = _low_pass(before[1] if before else None, meter_power_kw, now_s, cfg.meter_filter_s)
         meter_filtered = (supply, power)
         meter_supply_c, meter_power_kw = supply.value, power.value
-    fws_supply_c = read(plc, "fws_supply_temp_c")
-    if fws_supply_c is None:
-        fws_supply_c = read(panel, "fws_supply_temp_c")
-    outdoor_c = read(panel, "outdoor_temp_c")
+    if plc_fws_supply_c is not None:
+        fws_supply_c = plc_fws_supply_c  # the PLC's first, the panel's when the PLC has none
     if outdoor_c is None:
-        outdoor_c = read(plc, "outdoor_temp_c")
+        outdoor_c = plc_outdoor_c  # the panel's first
     outdoor = state.outdoor
     if outdoor_c is not None:
         outdoor = _low_pass(outdoor, outdoor_c, now_s, cfg.outdoor_filter_s)
-    cdus = tuple(_read_cdu(read.values(cdu.name), watched, cdu) for cdu in setup.cdus)
+    cdus = tuple(_read_cdu(read.getter(cdu.name, cdu.constants), watched, cdu) for cdu in setup.cdus)
     fresh_cdus = tuple(cdu for cdu in cdus if cdu.fresh)
     inputs = Inputs(
         outdoor_c=outdoor.value if outdoor is not None else cfg.fallback_outdoor_temp_c,
@@ -514,17 +641,17 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
         meter_power_kw=meter_power_kw,
         meter_return_c=meter_return_c,
         station_supply_c=station_supply_c,
-        plc_return_c=read(plc, "dh_return_temp_c"),
-        dh_pump_tripped=read(plc, "dh_pump_tripped"),
-        interlock=read(plc, "interlock_status"),
-        source_in_c=read(plc, "hp_source_inlet_temp_c"),
-        source_out_c=read(plc, "hp_source_outlet_temp_c"),
-        running=read(plc, "hp_running_count"),
-        hx_heat_kw=read(plc, "hx_heat_kw"),
-        link_ok=read(panel, "utility_link_ok"),
-        order_mw=read(panel, "utility_heat_order_mw"),
-        requirement_in_c=read(panel, "utility_supply_temp_c"),
-        order_age_s=read(panel, "utility_order_age_s"),
+        plc_return_c=plc_return_c,
+        dh_pump_tripped=dh_pump_tripped,
+        interlock=interlock,
+        source_in_c=source_in_c,
+        source_out_c=source_out_c,
+        running=running,
+        hx_heat_kw=hx_heat_kw,
+        link_ok=link_ok,
+        order_mw=order_mw,
+        requirement_in_c=requirement_in_c,
+        order_age_s=order_age_s,
         fws_supply_c=fws_supply_c,
         cdus=cdus,
         fresh_cdus=fresh_cdus,
@@ -557,28 +684,23 @@ def _staleness(setup: Setup, inputs: Inputs) -> tuple[tuple[str, ...], tuple[str
     return tuple(stale), tuple(overrides)
 
 
-def _read_cdu(values: Mapping[str, float] | _ViewValues, watched: _Watcher, cdu: CduBinding) -> CduReading:
-    name = cdu.name
+def _read_cdu(get: Callable[[str | None], float | None], watched: _Watcher, cdu: CduBinding) -> CduReading:
     # An absent input's name is None, and None is no key: get(None) is None.
-    get: Callable[[str | None], float | None] = (  # type: ignore[assignment]  # a dict's get(None) is None
-        _WithConstants(values, cdu.constants) if cdu.constants else values
-    ).get
-    supply_2_c = get(cdu.supply_2)
-    supply_c = watched.check((name, "tcs_supply_temp_c"), get(cdu.supply), supply_2_c)
-    setpoint_c = get(cdu.setpoint)
-    it_limit_c = get(cdu.it_limit)
+    supply_c, supply_2_c, setpoint_c, it_limit_c, mode, valve_pct, local_c = map(get, cdu.names)
+    supply_c = watched.check(cdu.supply_key, supply_c, supply_2_c)
     # A signal the site marked absent is None by design, not stale: the role says what the
     # control does without it (a CDU without a mode register acts on the written setpoint).
-    mode = get(cdu.mode) if cdu.mode is not None else 1.0
-    valve_pct = get(cdu.valve) if cdu.valve is not None else math.nan
-    local_c = get(cdu.local)
+    if cdu.mode is None:
+        mode = 1.0
+    if cdu.valve is None:
+        valve_pct = math.nan
     if supply_c is None or mode is None or setpoint_c is None or valve_pct is None or it_limit_c is None:
-        return CduReading(name=name, fresh=False)
+        return CduReading(name=cdu.name, fresh=False)
     if mode != 1.0 and local_c is None and cdu.local is not None:
-        return CduReading(name=name, fresh=False)
+        return CduReading(name=cdu.name, fresh=False)
     return CduReading._make(  # by position: built per CDU per cycle (fields in CduReading's order)
         (
-            name,
+            cdu.name,
             True,  # fresh
             mode,
             setpoint_c if mode == 1.0 or local_c is None else local_c,  # the setpoint it acts on
@@ -587,19 +709,6 @@ def _read_cdu(values: Mapping[str, float] | _ViewValues, watched: _Watcher, cdu:
             it_limit_c,
         )
     )
-
-
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def _frozen(seen: Watch, now_s: float, witness: float | None, cfg: ControlConfig) -> bool:
-    """Unchanged for ``stuck_after_s``, and either noisy before or its witness has moved since."""
-    if now_s - seen.since_s < cfg.stuck_after_s:
-        return False
-    if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
-        return True
-    return witness is not None and abs(witness - seen.witness) > cfg.stuck_witness_k
 
 
 def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
@@ -1232,15 +1341,7 @@ def plan_writes(
     if inputs.meter_ok:
         fresh_devices.add(setup.meter)
     heartbeats = _beat(setup, book, read.good, fresh_devices, state.heartbeats, now_s=now_s)
-    ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
-    alone = () if ceiling.backoff else ceiling.holding_out
-    floor_c = setup.config.cdu_setpoint_min_c
-    for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
-        if cdu.name in alone:
-            # Its own back-off: the write book's ramp takes it down at the back-off rate.
-            _write_cdu(book, cdu, binding, min(floor_c, cdu.it_limit_c - margin_k), "override:cdu_cannot_hold")
-        else:
-            _write_cdu(book, cdu, binding, min(ceiling_c, cdu.it_limit_c - margin_k), reason)
+    _write_cdus(setup, book, inputs, ceiling)
     if ceiling.moving:
         # The common ceiling is itself the CDU setpoints' ramp (raise 0.5 K/min, back off 3 K/min).
         book.ramping.update(cdu.name for cdu in inputs.fresh_cdus)
@@ -1309,6 +1410,57 @@ def _beat_value(beat: Heartbeat, last: Lease | None, good: Good, device: str, ma
     span = int(beat.high - beat.low) + 1
     base = previous if previous is not None and math.isfinite(previous) else beat.low
     return beat.low + (int(base - beat.low) + 1) % span
+
+
+def _write_cdus(setup: Setup, book: WriteBook, inputs: Inputs, ceiling: SourceCeiling) -> None:
+    """Every CDU its setpoint: the common ceiling, or its own back-off; the steady ones without the book."""
+    ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
+    alone = () if ceiling.backoff else ceiling.holding_out
+    floor_c = setup.config.cdu_setpoint_min_c
+    for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
+        if cdu.name in alone:
+            # Its own back-off: the write book's ramp takes it down at the back-off rate.
+            _write_cdu(book, cdu, binding, min(floor_c, cdu.it_limit_c - margin_k), "override:cdu_cannot_hold")
+            continue
+        target_c = min(ceiling_c, cdu.it_limit_c - margin_k)
+        if not (cdu.fresh and binding.steady is not None and _steady(book, binding.steady, cdu, target_c)):
+            _write_cdu(book, cdu, binding, target_c, reason)
+
+
+def _steady(book: WriteBook, steady: _SteadyCdu, cdu: CduReading, target_c: float) -> bool:
+    """True when proposing mode 1 and ``target_c`` to this fresh CDU would write nothing and change
+    nothing but renew its arrived setpoint ramp (renewed here): most CDUs, most cycles.
+
+    Exactly the path :meth:`WriteBook.propose` takes then, checked without it: both leases
+    younger than the refresh, neither read-back reverted, the setpoint ramp already at the
+    target, and the target rounded to what was last written.
+    """
+    leases = book.leases
+    mode_lease = leases.get(steady.mode_key)
+    setpoint_lease = leases.get(steady.setpoint_key)
+    if mode_lease is None or setpoint_lease is None or mode_lease.value != steady.mode_value:
+        return False
+    now_s, grace_s = book.now_s, book.grace_s
+    mode_age_s = now_s - mode_lease.time_s
+    setpoint_age_s = now_s - setpoint_lease.time_s
+    if mode_age_s >= book.refresh_s or setpoint_age_s >= book.refresh_s:
+        return False  # a refresh may be due
+    if mode_age_s >= grace_s and abs(cdu.mode - mode_lease.value) > steady.mode_band:
+        return False  # reverted
+    spec = steady.setpoint
+    if setpoint_age_s >= grace_s and abs(cdu.active_setpoint_c - setpoint_lease.value) > spec.revert_band:
+        return False
+    ramp = book.ramps.get(steady.setpoint_key)
+    if (
+        ramp is None
+        or ramp.value != target_c
+        or not spec.low <= target_c <= spec.high
+        or not ramp.time_s < now_s < math.inf
+        or settled_value(spec, target_c) != setpoint_lease.value
+    ):
+        return False
+    book.ramps[steady.setpoint_key] = RampState(target_c, now_s)
+    return True
 
 
 def _write_cdu(book: WriteBook, cdu: CduReading, binding: CduBinding, target_c: float, reason: str) -> None:

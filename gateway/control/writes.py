@@ -29,7 +29,17 @@ from typing import NamedTuple
 
 from gateway.control.blocks import RampLimiter, RampState
 
-__all__ = ["HEARTBEAT_REASON", "Lease", "OutputSpec", "SignalKey", "Write", "WriteBook", "WriteLimits", "spend_budget"]
+__all__ = [
+    "HEARTBEAT_REASON",
+    "Lease",
+    "OutputSpec",
+    "SignalKey",
+    "Write",
+    "WriteBook",
+    "WriteLimits",
+    "settled_value",
+    "spend_budget",
+]
 
 HEARTBEAT_REASON = "heartbeat"
 """The reason of every heartbeat write (counted apart from setpoint writes)."""
@@ -178,11 +188,7 @@ class WriteBook:
                 value = self._ramp(key, device, limiter, state, value, present=present, reverted=reverted)
         wanted = value
         if resolution > 0.0:
-            value = round(value / resolution) * resolution
-            if not low <= value <= high:
-                value = min(max(value, low), high)
-            # round() leaves binary noise (40.010000000000005); keep the decimals the resolution has.
-            value = round(value, 6)
+            value = settled_value(spec, value)
         if lease is None or reverted:
             write = True
         elif value != lease.value and abs(wanted - lease.value) >= spec.deadband - 1e-9:
@@ -247,6 +253,18 @@ class WriteBook:
         """A heartbeat: written every time, clamped to its limits, with no ramp or lease."""
         self.heartbeats += 1
         self.writes.append(Write(device, signal, min(max(value, low), high), HEARTBEAT_REASON))
+
+
+def settled_value(spec: OutputSpec, value: float) -> float:
+    """``value`` (within the limits) as the device stores it: rounded to the resolution, kept in the limits."""
+    resolution = spec.resolution
+    if resolution <= 0.0:
+        return value
+    value = round(value / resolution) * resolution
+    if not spec.low <= value <= spec.high:
+        value = min(max(value, spec.low), spec.high)
+    # round() leaves binary noise (40.010000000000005); keep the decimals the resolution has.
+    return round(value, 6)
 
 
 def spend_budget(
