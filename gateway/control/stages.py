@@ -1523,7 +1523,7 @@ def finish(
     for write in writes.writes:
         if write.reason != HEARTBEAT_REASON:
             spent[write.device] = spent.get(write.device, 0) + 1
-    budgets, overdrawn = spend_budget(state.budgets, spent, setup.budgets, now_s)
+    budgets, overdrawn = spend_budget(state.budgets, spent, setup.budgets, now_s, since_s=state.budgets_time_s)
     status["write_budget_exceeded"] = ",".join(overdrawn)
     setpoint_writes = len(writes.writes) - writes.heartbeat_writes
     new_state = SupervisorState(
@@ -1544,6 +1544,7 @@ def finish(
         leases=writes.leases,
         heartbeats=writes.heartbeats,
         budgets=budgets,
+        budgets_time_s=now_s,
         setpoint_writes_total=state.setpoint_writes_total + setpoint_writes,
         heartbeat_writes_total=state.heartbeat_writes_total + writes.heartbeat_writes,
         hp_enable=limit.hp_enable,

@@ -272,21 +272,36 @@ def spend_budget(
     spent: Mapping[str, int],
     per_hour: Mapping[str, float],
     now_s: float,
+    *,
+    since_s: float | None = None,
 ) -> tuple[dict[str, Lease], list[str]]:
     """Token bucket of setpoint writes per device: (new buckets, devices this cycle overdrew).
 
     A device earns ``per_hour / 3600`` writes a second up to ten minutes' worth; a cycle that
     writes more than it has left overdraws (the caller warns; the writes still go: IT first).
-    The bucket is a :class:`Lease` (tokens left, when).
+    The bucket is a :class:`Lease` (tokens left, when). Only buckets that are not full are
+    kept: a device without one had a full bucket at ``since_s``, the time of the call that
+    returned the buckets (None: no call yet, every bucket full), which is the same as a
+    ``Lease(capacity, since_s)``. So a cycle that writes nothing to a device whose bucket is
+    full does nothing for it (most cycles, every device).
     """
-    new = dict(budgets)
+    if not budgets and not spent and (since_s is None or now_s >= since_s):
+        return {}, []  # every bucket full and staying full
+    new: dict[str, Lease] = {}
     overdrawn: list[str] = []
     for device, rate_h in per_hour.items():
         capacity = rate_h / 6.0
-        bucket = new.get(device)
-        tokens = capacity if bucket is None else min(capacity, bucket.value + (now_s - bucket.time_s) * rate_h / 3600.0)
+        bucket = budgets.get(device)
+        if bucket is not None:
+            tokens = min(capacity, bucket.value + (now_s - bucket.time_s) * rate_h / 3600.0)
+        elif since_s is not None:
+            tokens = min(capacity, capacity + (now_s - since_s) * rate_h / 3600.0)
+        else:
+            tokens = capacity
         used = spent.get(device, 0)
         if used > tokens:
             overdrawn.append(device)
-        new[device] = Lease(max(tokens - used, 0.0), now_s)
+        left = max(tokens - used, 0.0)
+        if left != capacity:
+            new[device] = Lease(left, now_s)
     return new, overdrawn
