@@ -207,6 +207,8 @@ class _SteadyCdu(NamedTuple):
     mode_band: float
     setpoint_key: SignalKey
     setpoint: OutputSpec
+    """Its spec (one object for all the CDUs whose specs are equal: the rounding is shared)."""
+    setpoint_band: float
 
 
 class _ViewValues:
@@ -272,6 +274,13 @@ class Reader:
             self._values[device] = values
         return values
 
+    def fresh_values(self, devices: tuple[str, ...]) -> list[Mapping[str, float] | _ViewValues]:
+        """:meth:`values` of each device, without keeping them: for devices read once a cycle (the CDUs)."""
+        fresh, max_age_s = self._fresh, self._max_age_s
+        if fresh is not None:
+            return [fresh(device, max_age_s) or _NOTHING for device in devices]
+        return [_ViewValues(self._good, device, max_age_s) for device in devices]
+
     def getter(self, device: str, constants: Mapping[str, float]) -> Callable[[str | None], float | None]:
         """``get(name)`` for the names of a :class:`DeviceInputs` or :class:`CduBinding`: the fresh
         value, the constant, or None (None for a None name too: None is no key)."""
@@ -303,6 +312,7 @@ class Setup:
     bindings: Mapping[str, Mapping[str, Bound]]
     """Device -> role signal -> where it is read (absent signals are not listed)."""
     cdus: tuple[CduBinding, ...]
+    cdu_names: tuple[str, ...]
     meter_inputs: DeviceInputs
     plc_inputs: DeviceInputs
     panel_inputs: DeviceInputs
@@ -375,14 +385,18 @@ class Setup:
                 max_dt_s=max_dt_s,
             ),
         }
+        specs: dict[OutputSpec, OutputSpec] = {}
         return cls(
             config=cfg,
             roles=roles,
             bindings=bindings,
             cdus=tuple(
-                _cdu_binding(name, bindings.get(name, {}), outputs, ramped="tcs_supply_setpoint_c" in ramps)
+                _cdu_binding(
+                    name, bindings.get(name, {}), outputs, ramped="tcs_supply_setpoint_c" in ramps, specs=specs
+                )
                 for name in roles.cdus
             ),
+            cdu_names=tuple(roles.cdus),
             meter_inputs=DeviceInputs(roles.heat_meter, *_resolve(bindings.get(roles.heat_meter, {}), _METER_INPUTS)),
             plc_inputs=DeviceInputs(plc, *_resolve(bindings.get(plc, {}), _PLC_INPUTS)),
             panel_inputs=DeviceInputs(roles.panel, *_resolve(bindings.get(roles.panel, {}), _PANEL_INPUTS)),
@@ -424,7 +438,12 @@ class Setup:
 
 
 def _cdu_binding(
-    name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalKey, OutputSpec], *, ramped: bool
+    name: str,
+    bound: Mapping[str, Bound],
+    outputs: Mapping[SignalKey, OutputSpec],
+    *,
+    ramped: bool,
+    specs: dict[OutputSpec, OutputSpec],
 ) -> CduBinding:
     names, constants = _resolve(bound, _CDU_SIGNALS)
     supply, supply_2, setpoint, it_limit, mode, valve, local = names
@@ -437,7 +456,8 @@ def _cdu_binding(
             mode_value=settled_value(mode_spec, min(max(1.0, mode_spec.low), mode_spec.high)),
             mode_band=mode_spec.revert_band,
             setpoint_key=(name, "tcs_supply_setpoint_c"),
-            setpoint=setpoint_spec,
+            setpoint=specs.setdefault(setpoint_spec, setpoint_spec),
+            setpoint_band=setpoint_spec.revert_band,
         )
     return CduBinding(
         name=name,
@@ -513,6 +533,8 @@ class Inputs:
     """The CDUs whose inputs are all fresh (read_inputs fills it in; see `with_cdus`)."""
     stale_cdus: tuple[str, ...] = ()
     """Names of the CDUs that are not fresh."""
+    hottest: CduReading | None = None
+    """The fresh CDU with the hottest rack loop (the first of equals; None: no fresh CDU)."""
     stale: tuple[str, ...] = ()
     """Devices whose data is stale, CDUs first."""
     overrides: tuple[str, ...] = ()
@@ -541,11 +563,13 @@ class Inputs:
 
     def with_cdus(self, cdus: tuple[CduReading, ...]) -> Inputs:
         """The same inputs with these CDUs (fresh and stale ones sorted out)."""
+        fresh_cdus = tuple(cdu for cdu in cdus if cdu.fresh)
         return dataclasses.replace(
             self,
             cdus=cdus,
-            fresh_cdus=tuple(cdu for cdu in cdus if cdu.fresh),
+            fresh_cdus=fresh_cdus,
             stale_cdus=tuple(cdu.name for cdu in cdus if not cdu.fresh),
+            hottest=max(fresh_cdus, key=lambda cdu: cdu.hottest_c, default=None),
         )
 
 
@@ -569,14 +593,14 @@ class _Watcher:
         seen = stuck.get(key)
         if seen is None:
             witness = math.nan if witness_value is None else witness_value
-            stuck[key] = _new_watch((value, self.now_s, math.inf, math.nan, witness))
+            stuck[key] = tuple.__new__(Watch, (value, self.now_s, math.inf, math.nan, witness))
             return value
         if seen[0] != value:  # seen.value: most readings change every cycle
             step = abs(value - seen[0])
             typical_step = seen[3]
             typical = step if math.isnan(typical_step) else typical_step + 0.2 * (step - typical_step)
             witness = math.nan if witness_value is None else witness_value
-            stuck[key] = _new_watch((value, self.now_s, min(seen[2], step), typical, witness))
+            stuck[key] = tuple.__new__(Watch, (value, self.now_s, min(seen[2], step), typical, witness))
             return value
         return None if self._frozen(seen, witness_value) else value
 
@@ -587,10 +611,6 @@ class _Watcher:
         if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
             return True
         return witness is not None and abs(witness - seen.witness) > self.witness_k
-
-
-_new_watch = Watch._make
-"""A :class:`Watch` from a tuple in field order (a named tuple's ``_make``: no keyword binding)."""
 
 
 def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Reader) -> Inputs:
@@ -632,8 +652,7 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
     outdoor = state.outdoor
     if outdoor_c is not None:
         outdoor = _low_pass(outdoor, outdoor_c, now_s, cfg.outdoor_filter_s)
-    cdus = tuple(_read_cdu(read.getter(cdu.name, cdu.constants), watched, cdu) for cdu in setup.cdus)
-    fresh_cdus = tuple(cdu for cdu in cdus if cdu.fresh)
+    cdus, fresh_cdus, stale_cdus, hottest = _read_cdus(setup, read, watched)
     inputs = Inputs(
         outdoor_c=outdoor.value if outdoor is not None else cfg.fallback_outdoor_temp_c,
         meter_supply_c=meter_supply_c,
@@ -655,7 +674,8 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
         fws_supply_c=fws_supply_c,
         cdus=cdus,
         fresh_cdus=fresh_cdus,
-        stale_cdus=tuple(cdu.name for cdu in cdus if not cdu.fresh) if len(fresh_cdus) < len(cdus) else (),
+        stale_cdus=stale_cdus,
+        hottest=hottest,
         stuck=watched.stuck,
         outdoor=outdoor,
         meter_filtered=meter_filtered,
@@ -684,6 +704,27 @@ def _staleness(setup: Setup, inputs: Inputs) -> tuple[tuple[str, ...], tuple[str
     return tuple(stale), tuple(overrides)
 
 
+def _read_cdus(
+    setup: Setup, read: Reader, watched: _Watcher
+) -> tuple[tuple[CduReading, ...], tuple[CduReading, ...], tuple[str, ...], CduReading | None]:
+    """Every CDU as seen this cycle: all, the fresh ones, the names of the others, the hottest fresh one."""
+    cdus: list[CduReading] = []
+    fresh: list[CduReading] = []
+    stale: list[str] = []
+    hottest: CduReading | None = None
+    for binding, values in zip(setup.cdus, read.fresh_values(setup.cdu_names), strict=True):
+        get = (_WithConstants(values, binding.constants) if binding.constants else values).get
+        cdu = _read_cdu(get, watched, binding)  # type: ignore[arg-type]  # a dict's get(None) is None
+        cdus.append(cdu)
+        if not cdu.fresh:
+            stale.append(cdu.name)
+        else:
+            fresh.append(cdu)
+            if hottest is None or cdu.hottest_c > hottest.hottest_c:  # max(): the first of equals
+                hottest = cdu
+    return tuple(cdus), tuple(fresh), tuple(stale), hottest
+
+
 def _read_cdu(get: Callable[[str | None], float | None], watched: _Watcher, cdu: CduBinding) -> CduReading:
     # An absent input's name is None, and None is no key: get(None) is None.
     supply_c, supply_2_c, setpoint_c, it_limit_c, mode, valve_pct, local_c = map(get, cdu.names)
@@ -698,7 +739,8 @@ def _read_cdu(get: Callable[[str | None], float | None], watched: _Watcher, cdu:
         return CduReading(name=cdu.name, fresh=False)
     if mode != 1.0 and local_c is None and cdu.local is not None:
         return CduReading(name=cdu.name, fresh=False)
-    return CduReading._make(  # by position: built per CDU per cycle (fields in CduReading's order)
+    return tuple.__new__(  # by position (CduReading._make without its checks): per CDU per cycle
+        CduReading,
         (
             cdu.name,
             True,  # fresh
@@ -707,7 +749,7 @@ def _read_cdu(get: Callable[[str | None], float | None], watched: _Watcher, cdu:
             supply_c if supply_2_c is None else max(supply_c, supply_2_c),  # the hotter sensor
             valve_pct,
             it_limit_c,
-        )
+        ),
     )
 
 
@@ -1220,7 +1262,7 @@ def source_ceiling(
     hold, a rack nears its limit or the facility water runs hot; the dry coolers take the rest."""
     cfg = setup.config
     fresh_cdus = inputs.fresh_cdus
-    upper_c = max((cdu.it_limit_c - cfg.it_margin_k for cdu in fresh_cdus), default=cfg.cdu_conservative_setpoint_c)
+    upper_c, holding_out, near_limit = _cdu_limits(cfg, fresh_cdus)
     previous = state.cdu_ceiling
     if previous is None:
         start_c = min((cdu.active_setpoint_c for cdu in fresh_cdus), default=cfg.cdu_conservative_setpoint_c)
@@ -1232,8 +1274,7 @@ def source_ceiling(
     # A CDU that cannot hold backs off alone: on a shared facility header, lowering every setpoint
     # opens every valve and takes pressure from the one that is short, and a ceiling that drops
     # drags the dry-cooler setpoint down with it (40 MW dumped for minutes on the reference day).
-    holding_out = tuple(cdu.name for cdu in fresh_cdus if _cannot_hold(cfg, cdu))
-    backoff = _backoff(cfg, fresh_cdus, fws_hot_k)
+    backoff = _backoff(near_limit, fws_hot_k)
     overrides = [f"override:{name}" for name in (("cdu_cannot_hold",) if holding_out else ()) + backoff]
     last_backoff_s = state.last_backoff_s
     if backoff:
@@ -1276,18 +1317,36 @@ def source_ceiling(
     )
 
 
-def _cannot_hold(cfg: ControlConfig, cdu: CduReading) -> bool:
-    return cdu.valve_pct >= cfg.cdu_valve_saturated_pct or cdu.hottest_c > cdu.active_setpoint_c + cfg.cdu_deviation_k
+def _cdu_limits(cfg: ControlConfig, fresh_cdus: tuple[CduReading, ...]) -> tuple[float, tuple[str, ...], bool]:
+    """In one pass over the fresh CDUs: the highest setpoint their IT limits allow (the conservative
+    setpoint without any), the CDUs that cannot hold their setpoint, and whether a rack loop is near
+    its IT limit."""
+    margin_k, saturated_pct, deviation_k, near_k = (
+        cfg.it_margin_k,
+        cfg.cdu_valve_saturated_pct,
+        cfg.cdu_deviation_k,
+        cfg.cdu_near_limit_k,
+    )
+    upper_c: float | None = None
+    holding_out: list[str] = []
+    near_limit = False
+    for cdu in fresh_cdus:
+        limit_c = cdu.it_limit_c - margin_k
+        if upper_c is None or limit_c > upper_c:  # max(): the first of equals
+            upper_c = limit_c
+        # Cannot hold: its valve is saturated or its supply too far above its setpoint.
+        if cdu.valve_pct >= saturated_pct or cdu.hottest_c > cdu.active_setpoint_c + deviation_k:
+            holding_out.append(cdu.name)
+        if cdu.hottest_c > cdu.it_limit_c - near_k:
+            near_limit = True
+    return (cfg.cdu_conservative_setpoint_c if upper_c is None else upper_c), tuple(holding_out), near_limit
 
 
-def _backoff(cfg: ControlConfig, fresh_cdus: tuple[CduReading, ...], fws_hot_k: float) -> tuple[str, ...]:
+def _backoff(near_limit: bool, fws_hot_k: float) -> tuple[str, ...]:
     """Why every CDU backs off: a rack near its IT limit, facility water too hot (site-wide safety)."""
-    backoff: list[str] = []
-    if any(cdu.hottest_c > cdu.it_limit_c - cfg.cdu_near_limit_k for cdu in fresh_cdus):
-        backoff.append("rack_near_limit")
-    if fws_hot_k > 0.0:
-        backoff.append("fws_too_hot")
-    return tuple(backoff)
+    if near_limit:
+        return ("rack_near_limit", "fws_too_hot") if fws_hot_k > 0.0 else ("rack_near_limit",)
+    return ("fws_too_hot",) if fws_hot_k > 0.0 else ()
 
 
 # -- 7. writes ---------------------------------------------------------------------------------------
@@ -1352,7 +1411,9 @@ def plan_writes(
         def propose(signal: str, value: float, reason: str) -> float:
             if not book.can_write(plc, signal):
                 return value
-            return book.propose(plc, signal, value, reason, present=read(plc, signal))
+            present = read(plc, signal)
+            held = book.unchanged((plc, signal), value, present)
+            return held if held is not None else book.propose(plc, signal, value, reason, present=present)
 
         on = limit.hp_enable.on
         propose("hp_enable", 1.0 if on else 0.0, "heat_order" if on else "no_heat_wanted")
@@ -1417,49 +1478,63 @@ def _write_cdus(setup: Setup, book: WriteBook, inputs: Inputs, ceiling: SourceCe
     ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
     alone = () if ceiling.backoff else ceiling.holding_out
     floor_c = setup.config.cdu_setpoint_min_c
+    cycle = (book.leases, book.ramps, book.now_s, book.refresh_s, book.grace_s)
+    # The target as the CDUs store it, worked out once for the CDUs that share it (and its spec).
+    rounded: tuple[OutputSpec | None, float, float] = (None, math.nan, math.nan)
     for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
-        if cdu.name in alone:
+        if alone and cdu.name in alone:
             # Its own back-off: the write book's ramp takes it down at the back-off rate.
             _write_cdu(book, cdu, binding, min(floor_c, cdu.it_limit_c - margin_k), "override:cdu_cannot_hold")
             continue
         target_c = min(ceiling_c, cdu.it_limit_c - margin_k)
-        if not (cdu.fresh and binding.steady is not None and _steady(book, binding.steady, cdu, target_c)):
-            _write_cdu(book, cdu, binding, target_c, reason)
+        steady = binding.steady
+        if cdu.fresh and steady is not None:
+            spec = steady.setpoint
+            if rounded[0] is not spec or rounded[1] != target_c:
+                in_limits = math.isfinite(target_c) and spec.low <= target_c <= spec.high
+                rounded = (spec, target_c, settled_value(spec, target_c) if in_limits else math.nan)
+            if _steady(cycle, steady, cdu, target_c, rounded[2]):
+                continue
+        _write_cdu(book, cdu, binding, target_c, reason)
 
 
-def _steady(book: WriteBook, steady: _SteadyCdu, cdu: CduReading, target_c: float) -> bool:
+def _steady(
+    cycle: tuple[Mapping[SignalKey, Lease], dict[SignalKey, RampState], float, float, float],
+    steady: _SteadyCdu,
+    cdu: CduReading,
+    target_c: float,
+    settled_c: float,
+) -> bool:
     """True when proposing mode 1 and ``target_c`` to this fresh CDU would write nothing and change
     nothing but renew its arrived setpoint ramp (renewed here): most CDUs, most cycles.
 
-    Exactly the path :meth:`WriteBook.propose` takes then, checked without it: both leases
-    younger than the refresh, neither read-back reverted, the setpoint ramp already at the
-    target, and the target rounded to what was last written.
+    Exactly the path :meth:`WriteBook.propose` takes then, checked without it (``cycle``: the
+    book's leases, ramps, time, refresh and read-back grace): both leases younger than the
+    refresh, neither read-back reverted, the setpoint ramp already at the target, and the target
+    within the limits and as stored (``settled_c``, NaN when it is not within them) what was
+    last written.
     """
-    leases = book.leases
+    leases, ramps, now_s, refresh_s, grace_s = cycle
     mode_lease = leases.get(steady.mode_key)
     setpoint_lease = leases.get(steady.setpoint_key)
-    if mode_lease is None or setpoint_lease is None or mode_lease.value != steady.mode_value:
+    ramp = ramps.get(steady.setpoint_key)
+    if mode_lease is None or setpoint_lease is None or ramp is None:
         return False
-    now_s, grace_s = book.now_s, book.grace_s
+    held_c = setpoint_lease.value
     mode_age_s = now_s - mode_lease.time_s
     setpoint_age_s = now_s - setpoint_lease.time_s
-    if mode_age_s >= book.refresh_s or setpoint_age_s >= book.refresh_s:
-        return False  # a refresh may be due
-    if mode_age_s >= grace_s and abs(cdu.mode - mode_lease.value) > steady.mode_band:
-        return False  # reverted
-    spec = steady.setpoint
-    if setpoint_age_s >= grace_s and abs(cdu.active_setpoint_c - setpoint_lease.value) > spec.revert_band:
-        return False
-    ramp = book.ramps.get(steady.setpoint_key)
     if (
-        ramp is None
+        held_c != settled_c
         or ramp.value != target_c
-        or not spec.low <= target_c <= spec.high
         or not ramp.time_s < now_s < math.inf
-        or settled_value(spec, target_c) != setpoint_lease.value
+        or mode_lease.value != steady.mode_value
+        or mode_age_s >= refresh_s
+        or setpoint_age_s >= refresh_s
+        or (mode_age_s >= grace_s and abs(cdu.mode - mode_lease.value) > steady.mode_band)  # reverted
+        or (setpoint_age_s >= grace_s and abs(cdu.active_setpoint_c - held_c) > steady.setpoint_band)
     ):
         return False
-    book.ramps[steady.setpoint_key] = RampState(target_c, now_s)
+    ramps[steady.setpoint_key] = RampState(target_c, now_s)
     return True
 
 
@@ -1605,7 +1680,7 @@ def _status(
     meter_power_kw = inputs.meter_power_kw
     meter_supply_c = inputs.meter_supply_c
     order_kw = utility.order_kw
-    hottest = max(inputs.fresh_cdus, key=lambda cdu: cdu.hottest_c, default=None)
+    hottest = inputs.hottest
     overrides = overrides_of(inputs, acceptance, supply, limit, ceiling)
     n_writes = len(writes.writes)
     status: dict[str, float | str | bool] = {

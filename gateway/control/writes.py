@@ -208,6 +208,38 @@ class WriteBook:
         assert lease is not None
         return lease.value
 
+    def unchanged(self, key: SignalKey, target: float, present: float | None) -> float | None:
+        """What the device holds, when proposing ``target`` would write nothing and change nothing but
+        renew an arrived ramp (renewed here); else None, and :meth:`propose` it.
+
+        The usual cycle of a settled output (an enable, a setpoint at its target), checked the way
+        ``propose`` would find it: a read-back that holds, the target within the limits and rounding
+        to what was written (or less than a deadband from it), its ramp (if any) already there, and
+        no refresh due.
+        """
+        lease = self.leases.get(key)
+        if lease is None:
+            return None
+        spec = self._outputs[key]
+        if not spec.low <= target <= spec.high or not math.isfinite(target):
+            return None
+        now_s = self.now_s
+        held = lease.value
+        age_s = now_s - lease.time_s
+        value = settled_value(spec, target) if spec.resolution > 0.0 else target
+        if (
+            (present is not None and age_s >= self.grace_s and abs(present - held) > spec.revert_band)  # reverted
+            or (value != held and abs(target - held) >= spec.deadband - 1e-9)  # a change worth writing (if due)
+            or (age_s >= self.refresh_s and now_s - self._last_write(key[0]) >= REFRESH_SPACING_S)  # a refresh
+        ):
+            return None
+        if key[1] in self._ramps_by_output:
+            state = self.ramps.get(key)
+            if state is None or state.value != target or not state.time_s < now_s < math.inf:
+                return None  # on its way: the ramp's step is propose's
+            self.ramps[key] = RampState(target, now_s)
+        return held
+
     def _ramp(
         self,
         key: SignalKey,
