@@ -347,8 +347,7 @@ class OrderSource(enum.Enum):
     """The local fallback (the weather curve for the supply temperature)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HoldState:
+class HoldState(NamedTuple):
     """State of `HoldThenFallback`. Start with ``HoldState()``."""
 
     last_order: float | None = None
@@ -357,8 +356,7 @@ class HoldState:
     """When the order stopped being available; None while it is."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HoldResult:
+class HoldResult(NamedTuple):
     """Value to use, where it comes from, and the state for the next step."""
 
     value: float
@@ -424,8 +422,7 @@ class HoldThenFallback:
 # --- min/max select -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
+class Selection(NamedTuple):
     """Winning value of a min/max select and the name of the input it came from."""
 
     value: float

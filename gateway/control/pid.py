@@ -41,10 +41,10 @@ loop in its safe state. ``output`` being ``Optional`` makes mypy force that chec
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "Action",
@@ -206,8 +206,7 @@ class PidConfig:
         return min(max(value, self.out_min), self.out_max)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PidState:
+class PidState(NamedTuple):
     """Everything the controller remembers between steps. Start with ``PidState()``.
 
     To start bumplessly from the actuator's present value, pass it as ``last_output``: the
@@ -228,8 +227,7 @@ class PidState:
     """AUTO: the controller sets the output. MANUAL: the operator does, the controller tracks."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PidResult:
+class PidResult(NamedTuple):
     """What one step produced.
 
     ``output`` is None exactly when the step was invalid (``valid`` False); then ``state`` is
@@ -262,7 +260,7 @@ def with_mode(state: PidState, mode: ControlMode) -> PidState:
     the manual output (plus any genuine change of P and D since). Auto -> manual: without an
     operator value (``track``) manual mode holds the last auto output.
     """
-    return dataclasses.replace(state, mode=mode)
+    return state._replace(mode=mode)
 
 
 def pid_step(
@@ -316,9 +314,7 @@ def pid_step(
         # setpoint weight b < 1 the P term carries -Kp (1 - b) setpoint, which a running
         # loop's integral has absorbed; without this a fresh b = 0 trim on a 72 °C supply
         # would start at -Kp x 72 K (clamped to its limit) with the error at zero.
-        state = dataclasses.replace(
-            state, integral=state.integral + sign * config.kp * (1.0 - config.setpoint_weight) * setpoint
-        )
+        state = state._replace(integral=state.integral + sign * config.kp * (1.0 - config.setpoint_weight) * setpoint)
     wanted = proportional + state.integral + derivative + feedforward
     # What the step leaves behind, whichever way it goes (``_hold`` makes the rest of it).
     after = (proportional, derivative, feedforward, reference, time_s, dt_s)

@@ -2,8 +2,9 @@
 
 ``Supervisor.step`` (gateway/control/supervisor.py) composes them in this order; each stage
 reads the frozen :class:`SupervisorState` it is given and the outputs of the stages before it,
-and returns a frozen record (nothing else is shared, nothing is mutated but the one-cycle
-:class:`WriteBook` inside :func:`plan_writes`):
+and returns an immutable record, a named tuple (built every cycle: a frozen dataclass costs about
+twice as much to build); nothing else is shared, nothing is mutated but the one-cycle
+:class:`WriteBook` inside :func:`plan_writes`:
 
 1. :func:`read_inputs` -> :class:`Inputs`: every role input, its quality (stale, frozen), the
    meter and outdoor filters, which devices are stale and the safe states that follow;
@@ -31,6 +32,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
 from gateway.config.control import ControlConfig
@@ -502,8 +504,7 @@ class CduReading(NamedTuple):
     it_limit_c: float = math.nan
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Inputs:
+class Inputs(NamedTuple):
     """Every role input of the cycle (None: stale, bad, frozen or absent) and what follows from them."""
 
     outdoor_c: float
@@ -539,7 +540,7 @@ class Inputs:
     """Devices whose data is stale, CDUs first."""
     overrides: tuple[str, ...] = ()
     """The safe states the stale data calls for."""
-    stuck: Mapping[SignalKey, Watch] = dataclasses.field(default_factory=dict)
+    stuck: Mapping[SignalKey, Watch] = MappingProxyType({})
     """The frozen-value watches for the next cycle."""
     outdoor: TimedValue | None = None
     """The outdoor filter for the next cycle."""
@@ -564,8 +565,7 @@ class Inputs:
     def with_cdus(self, cdus: tuple[CduReading, ...]) -> Inputs:
         """The same inputs with these CDUs (fresh and stale ones sorted out)."""
         fresh_cdus = tuple(cdu for cdu in cdus if cdu.fresh)
-        return dataclasses.replace(
-            self,
+        return self._replace(
             cdus=cdus,
             fresh_cdus=fresh_cdus,
             stale_cdus=tuple(cdu.name for cdu in cdus if not cdu.fresh),
@@ -683,7 +683,7 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
     if inputs.meter_ok and inputs.plc_ok and inputs.panel_ok and not inputs.stale_cdus:
         return inputs  # all fresh: nothing stale, no safe state (the usual cycle)
     stale, overrides = _staleness(setup, inputs)
-    return dataclasses.replace(inputs, stale=stale, overrides=overrides)
+    return inputs._replace(stale=stale, overrides=overrides)
 
 
 def _staleness(setup: Setup, inputs: Inputs) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -756,16 +756,15 @@ def _read_cdu(get: Callable[[str | None], float | None], watched: _Watcher, cdu:
 def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
     """First-order low-pass, exact for any step; starts at the first value, restarts after a gap."""
     if previous is None or time_constant_s <= 0.0:
-        return TimedValue(value=value, time_s=now_s)
+        return TimedValue(value, now_s)
     weight = -math.expm1(-max(now_s - previous.time_s, 0.0) / time_constant_s)
-    return TimedValue(value=previous.value + weight * (value - previous.value), time_s=now_s)
+    return TimedValue(previous.value + weight * (value - previous.value), now_s)
 
 
 # -- 2. the utility's order and requirement ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UtilityOrder:
+class UtilityOrder(NamedTuple):
     """The heat order and supply requirement this cycle, and where they come from."""
 
     link_up: bool
@@ -829,8 +828,7 @@ def utility_order(setup: Setup, state: SupervisorState, now_s: float, *, inputs:
 # -- 3. can the DH side take heat? ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DhAcceptance:
+class DhAcceptance(NamedTuple):
     """Why the DH side cannot take heat (none: it can), and whether heat is really flowing."""
 
     refusals: tuple[str, ...]
@@ -871,8 +869,7 @@ def dh_acceptance(config: ControlConfig, inputs: Inputs, order_kw: float) -> DhA
 # -- 4. DH supply: requirement + PI trim (+ pipe-loss feed-forward) ------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DhSupply:
+class DhSupply(NamedTuple):
     """The heat pumps' supply setpoint this cycle and how it was chosen."""
 
     feedforward_k: float
@@ -1050,7 +1047,7 @@ def _trim(
     there long after the override has gone; the write ramp makes the return smooth).
     """
     if pid.mode is ControlMode.MANUAL:
-        pid = dataclasses.replace(pid, mode=ControlMode.AUTO)
+        pid = pid._replace(mode=ControlMode.AUTO)
     held = pid.last_output if pid.last_output is not None else 0.0
     if applied is not None and abs(applied - held) > applied_tolerance:
         hold = True
@@ -1077,7 +1074,7 @@ def _track(
         return output, PidState(last_output=output)
     result = pid_step(
         config,
-        dataclasses.replace(pid, mode=ControlMode.MANUAL),
+        pid._replace(mode=ControlMode.MANUAL),
         setpoint=setpoint,
         measurement=measurement,
         now_s=now_s,
@@ -1085,14 +1082,13 @@ def _track(
     )
     if result.output is None:
         return output, PidState(last_output=output)
-    return result.output, dataclasses.replace(result.state, mode=ControlMode.AUTO)
+    return result.output, result.state._replace(mode=ControlMode.AUTO)
 
 
 # -- 5. heat-order limit: order + PI trim, min-selected with the heat pumps' limits --------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeatLimit:
+class HeatLimit(NamedTuple):
     """The heat-power limit this cycle, how it was chosen, and the heat-pump enable."""
 
     trim_kw: float
@@ -1209,7 +1205,7 @@ def _order_trim(
     held = pid.last_output if pid.last_output is not None else 0.0
     if delivered_kw is None or not delivering or order_kw <= 0.0:
         # Freeze: keep the trim, do not integrate, restart the time base when back.
-        return held, dataclasses.replace(pid, last_time_s=None, last_measurement=None, last_output=held)
+        return held, pid._replace(last_time_s=None, last_measurement=None, last_output=held)
     # Far from the order, or the DH supply still moving: a transient or a capacity
     # shortfall that the trim cannot fix (heat read while the pipe still holds water of
     # the old temperature says nothing about the limit's offset).
@@ -1229,8 +1225,7 @@ def _order_trim(
 # -- 6. source ceiling: the CDUs' setpoints raised slowly, backed off fast; the dry coolers ------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceCeiling:
+class SourceCeiling(NamedTuple):
     """The CDUs' common setpoint ceiling and the dry coolers' setpoint this cycle."""
 
     ceiling: RampState
@@ -1240,14 +1235,14 @@ class SourceCeiling:
     """The ceiling before this cycle (the first cycle: the lowest active CDU setpoint)."""
     backoff: tuple[str, ...]
     """Why the ceiling backs off (none: it does not)."""
-    holding_out: tuple[str, ...] = ()
-    """CDUs that cannot hold their setpoint (valve saturated or supply too far above it): each backs
-    off alone while the ceiling, the other CDUs and the dry coolers hold."""
     last_backoff_s: float | None
     cdu_reason: str
     """The reason written with the CDU setpoints."""
     dry_cooler: Selection
     overrides: tuple[str, ...]
+    holding_out: tuple[str, ...] = ()
+    """CDUs that cannot hold their setpoint (valve saturated or supply too far above it): each backs
+    off alone while the ceiling, the other CDUs and the dry coolers hold."""
 
     @property
     def moving(self) -> bool:
@@ -1352,8 +1347,7 @@ def _backoff(near_limit: bool, fws_hot_k: float) -> tuple[str, ...]:
 # -- 7. writes ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Writes:
+class Writes(NamedTuple):
     """This cycle's writes in send order, the write memory for the next cycle, and what the devices hold."""
 
     writes: list[Write]

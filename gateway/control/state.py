@@ -19,9 +19,8 @@ from gateway.control.writes import Lease, SignalKey
 __all__ = ["SupervisorState", "TimedValue", "Watch"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimedValue:
-    """A value and the time it was last updated (a filter's state)."""
+class TimedValue(NamedTuple):
+    """A value and the time it was last updated (a filter's state; a named tuple: three a cycle)."""
 
     value: float
     time_s: float
