@@ -265,6 +265,10 @@ def cmd_read(args: argparse.Namespace) -> int:
         raise ConfigError(f"{device.name}: no signal(s) {', '.join(unknown)} in profile {device.profile!r}")
     from gateway.drivers.base import DriverError  # noqa: PLC0415
     from gateway.drivers.factory import make_driver  # noqa: PLC0415
+    from gateway.validity import ValueCheck, site_ranges, site_roles  # noqa: PLC0415
+
+    # the poller's check: a value outside its valid range shows as bad, with the range
+    check = ValueCheck(device.name, site_ranges(site, device, site_roles(site)), logs=False)
 
     async def main() -> int:
         driver = make_driver(site, device)
@@ -274,6 +278,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         except DriverError as exc:
             print(f"error: {mask(str(exc))}", file=sys.stderr)
             return EXIT_RUNTIME
+        check.apply(reading)
         rows: dict[str, dict[str, Any]] = {}
         for name in args.signals or list(profile.signals):
             spec = profile.signals[name]

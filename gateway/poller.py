@@ -50,6 +50,7 @@ from gateway.liveness import Progress
 from gateway.logs import get_logger
 from gateway.process_image import ProcessImage
 from gateway.sample import Reading
+from gateway.validity import ValueCheck
 
 log = get_logger(__name__)
 
@@ -147,9 +148,12 @@ class DevicePoller:
         phase_s: float | None = None,
         stale_after_s: Mapping[str, float] | None = None,
         progress: Progress | None = None,
+        valid_ranges: Mapping[str, tuple[float, float, str]] | None = None,
     ) -> None:
         """``progress``: where each poll attempt is reported (the service's liveness registry);
-        by default a marker of the poller's own that nobody watches."""
+        by default a marker of the poller's own that nobody watches. ``valid_ranges``: signal ->
+        (lowest, highest, why) a value must lie in to be good (:mod:`gateway.validity`; values that
+        are not finite numbers are bad whatever the ranges)."""
         self.driver = driver
         self.name = driver.name
         self.period_s = period_s
@@ -159,6 +163,7 @@ class DevicePoller:
         self.on_reading = on_reading
         self.stats = PollStats()
         self.stale = StaleWatch(stale_after_s or {})
+        self.check = ValueCheck(self.name, valid_ranges or {})
         self._rng = rng or random.Random()  # jitter, not cryptography
         self._phase_s = phase_s
         self._backoff = Backoff(base_s=period_s, cap_s=max(backoff_max_s, period_s), rng=self._rng)
@@ -221,6 +226,7 @@ class DevicePoller:
             self._went_down(f"internal error: {exc!r}", "internal_error")
             return None
         received_ns = clock.wall_ns()
+        self.check.apply(reading)
         self.stats.bad_values += len(reading.bad)
         if reading.bad and not (reading.values or reading.uncertain or reading.texts):
             # It answers, but with nothing usable (only exception codes, only bad statuses).

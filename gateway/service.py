@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import clock
 from gateway.config.loader import ConfigError, Site, load_site
 from gateway.config.site import Device, ModbusDevice
+from gateway.control.roles import RoleMap
 from gateway.control_loop import ControlLoop
 from gateway.drivers.base import Driver
 from gateway.drivers.factory import make_driver
@@ -48,6 +49,7 @@ from gateway.publish.lineprotocol import encode_fields, series_prefix
 from gateway.publish.mqtt import MqttPublisher
 from gateway.publish.outbox import Message, Outbox
 from gateway.sample import Reading
+from gateway.validity import site_ranges, site_roles
 
 if TYPE_CHECKING:
     from gateway.historian import Historian
@@ -180,7 +182,10 @@ class Gateway:
         self.liveness = Liveness()
         self.publisher = self._make_publisher(site)
         phases = poll_phases(_enabled(site).values())
-        self._pollers = {name: self._make_poller(site, device, phases[name]) for name, device in _enabled(site).items()}
+        roles = site_roles(site)
+        self._pollers = {
+            name: self._make_poller(site, device, phases[name], roles) for name, device in _enabled(site).items()
+        }
         for poller in self._pollers.values():
             self.liveness.add(poller.progress)
         self.control = self._make_control(site, {p.name: p.driver for p in self._pollers.values()})
@@ -218,7 +223,7 @@ class Gateway:
             spool_dir=site.path.parent / config.state_dir / "spool",
         )
 
-    def _make_poller(self, site: Site, device: Device, phase_s: float) -> DevicePoller:
+    def _make_poller(self, site: Site, device: Device, phase_s: float, roles: RoleMap | None) -> DevicePoller:
         return DevicePoller(
             make_driver(site, device),
             period_s=device.poll_period_s,
@@ -231,6 +236,7 @@ class Gateway:
                 for name, signal in site.profile_of(device).signals.items()
                 if signal.stale_after_s is not None
             },
+            valid_ranges=site_ranges(site, device, roles),
             # watched (self.liveness.add) from when it starts
             progress=Progress(f"poll:{device.name}", bound_s=poll_bound_s(device)),
         )
@@ -464,7 +470,10 @@ class Gateway:
         """Build what the new site needs first (a failure there changes nothing), then swap."""
         devices = _enabled(new)
         phases = poll_phases(devices.values())
-        fresh = {name: self._make_poller(new, devices[name], phases[name]) for name in (*plan.added, *plan.changed)}
+        roles = site_roles(new)
+        fresh = {
+            name: self._make_poller(new, devices[name], phases[name], roles) for name in (*plan.added, *plan.changed)
+        }
         publisher = self._make_publisher(new) if plan.publisher else None
         control = None
         if plan.control:
@@ -483,6 +492,8 @@ class Gateway:
             self._pollers[name] = poller
             self.liveness.add(poller.progress)
             self._start(f"poll:{name}", poller.run())
+        for name in plan.kept:  # the control section may bind other signals now
+            self._pollers[name].check.ranges = site_ranges(new, devices[name], roles)
         if publisher is not None:
             await self._swap_publisher(publisher)
         else:

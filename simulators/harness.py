@@ -237,7 +237,7 @@ def run_scenario(
     roles = plant_role_map(plant, config)
     supervisor = Supervisor(config, roles)
     plan = read_plan(roles, plant)
-    reads = [(device, None if full_reads else plan.get(device)) for device in devices]
+    reads = [(device, plant.reader(device, None if full_reads else plan.get(device))) for device in devices]
     windows = _windows(scenario)
     silent_windows = [w for w in windows if w.kind == "device_silent"]
     crash_windows = [w for w in windows if w.kind == "gateway_crash"]
@@ -271,7 +271,6 @@ def run_scenario(
     step_index = 0
     apply_events = scenario.apply_plant_events
     plant_step = plant.step
-    plant_read = plant.read
     status: dict[str, Any] = {}
     while time_s < duration_s - 1e-9:
         down = any(w.active(time_s) for w in crash_windows)
@@ -288,11 +287,11 @@ def run_scenario(
         silent = {w.target for w in silent_windows if w.active(time_s)} if silent_windows else set()
         if not down and time_s >= next_control_s - 1e-9:
             now_ns = round(time_s * 1e9)
-            for device, signals in reads:
+            for device, read in reads:
                 if device in silent:
                     image.mark_unavailable(device, now_ns, "no answer (scenario: device_silent)")
                 else:
-                    image.update(Reading(device, now_ns, plant_read(device, signals)))
+                    image.update(Reading(device, now_ns, read()))
             tick = time.perf_counter()
             tick_cpu = thread_time()
             result = supervisor.step(image.snapshot(now_ns), state, time_s)

@@ -109,11 +109,13 @@ class RealPathRun:
     polls: int = 0
     poll_failures: int = 0
     cycles: int = 0
+    failed_cycles: int = 0
     gateway_starts: int = 0
     device_writes: dict[str, int] = field(default_factory=dict)
     # At the end: the heat meter's values as the gateway decoded them and as the device served them.
     meter_read: dict[str, float | None] = field(default_factory=dict)
     meter_served: dict[str, float] = field(default_factory=dict)
+    meter_reasons: dict[str, str] = field(default_factory=dict)  # why a value was bad ("" when good)
 
 
 def write_site(folder: Path, plant: Plant, *, profiles_dir: Path, poll_s: float | None, control: ControlConfig) -> Path:
@@ -258,6 +260,7 @@ async def _drive(
         run.poll_failures += sum(p.stats.failures for p in old.pollers)
         if old.control is not None:
             run.cycles += old.control.cycles
+            run.failed_cycles += old.control.failed_cycles
             writes.counts["writes_out_of_limits"] += old.control.executor.refused
 
     gateway, gateway_task = start_gateway()
@@ -319,8 +322,9 @@ def _compare_meter(gateway: Gateway, plant: Plant, run: RealPathRun) -> None:
     snapshot = gateway.image.snapshot(clock.wall_ns())
     served = plant.read("heat-meter")
     for signal in _METER_SIGNALS:
-        value = snapshot.sample("heat-meter", signal).value
-        run.meter_read[signal] = None if math.isnan(value) else value
+        sample = snapshot.sample("heat-meter", signal)
+        run.meter_read[signal] = None if math.isnan(sample.value) else sample.value
+        run.meter_reasons[signal] = sample.reason
         run.meter_served[signal] = served[signal]
 
 
@@ -458,6 +462,8 @@ def run_real_path(
         "gateway_starts": run.gateway_starts,
     }
     metrics, checks = evaluate(trace, scenario, windows, config, crash_log=crash_log, counts=counts)
+    # A control cycle that raised (each logged as control_cycle_failed): the loop must never stop.
+    checks["control_cycles_failed"] = {"value": run.failed_cycles, "target": "== 0", "ok": run.failed_cycles == 0}
     if scenario.duration_s < full_duration_s:
         _not_in_window(checks, scenario.duration_s)
     summary = summarize(scenario, scenario.duration_s, seed, metrics, checks, counts, timings, windows, plant)

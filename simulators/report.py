@@ -11,6 +11,11 @@ the control-quality metrics (DH supply deviation, heat vs order) when they lie
 
 The safety figures (seconds of rack loop above its IT limit, writes outside profile limits)
 count every second of the run, faults included.
+
+Every scenario also checks ``stale_outside_faults_s == 0``: outside the take-over and the fault
+windows, no second in which the supervisor found a device's inputs stale or bad. A data path
+that loses or garbles a device's values (a wrong byte order in a profile, values outside their
+valid range) fails the run even when the plant's own local control happens to hold the targets.
 """
 
 from __future__ import annotations
@@ -79,18 +84,23 @@ class Trace:
         "cdu_external",
     )
 
+    LABELS = ("mode", "order_source", "overrides", "stale", "down")
+    """What the supervisor said each second (and whether the gateway was down), after the channels."""
+
     def __init__(self, plant: Plant, scenario: Scenario) -> None:
         self.plant = plant
         self.scenario = scenario
         self.it_limit_c = min(cdu.cfg.it_limit_c for cdu in plant.cdus)
-        self.data: dict[str, list[float]] = {name: [] for name in self.CHANNELS}
-        self._appends = tuple(self.data[name].append for name in self.CHANNELS)
-        self.mode: list[str] = []
-        self.order_source: list[str] = []
-        self.overrides: list[str] = []
-        self.stale: list[str] = []
-        self.down: list[bool] = []
+        # One tuple a second (CHANNELS then LABELS), turned into columns when first asked for:
+        # a day is 86,400 rows, and one append each is the cheapest way to keep them.
+        self._rows: list[tuple[Any, ...]] = []
+        self._columns: dict[str, list[Any]] = {}
+        self._columns_rows = -1
+        self._order_mw = scenario.input_schedule("utility_heat_order_mw")
         self._order_default_kw = scenario.plant.district_heating.heat_order_mw * 1000.0
+        limits = {cdu.cfg.it_limit_c for cdu in plant.cdus}
+        # All CDUs share one IT limit (one CduConfig): above it is the hottest one above it.
+        self._shared_it_limit_c = limits.pop() if len(limits) == 1 else None
 
     def record(self, time_s: float, status: dict[str, Any], *, down: bool, silent: Iterable[str]) -> None:
         """Append the plant's state at ``time_s`` and the supervisor's status (empty while down)."""
@@ -98,50 +108,93 @@ class Trace:
         station = plant.station
         meter = plant.meter
         cdus = plant.cdus
-        order_mw = self.scenario.input_value("utility_heat_order_mw", time_s)
+        order_mw = self._order_mw(time_s) if self._order_mw is not None else None
         supplies = [cdu.supply_c for cdu in cdus]
         setpoints = [cdu.active_setpoint_c for cdu in cdus]
+        hottest_c = max(supplies)
+        limit_c = self._shared_it_limit_c
+        if limit_c is not None:
+            over_limit = hottest_c > limit_c
+        else:
+            over_limit = any(cdu.supply_c > cdu.cfg.it_limit_c for cdu in cdus)
         nan = math.nan
         get = status.get
-        # One tuple in CHANNELS order, appended column by column (a day is 86,400 of these).
-        row = (
-            time_s,
-            plant.utility_supply_temp_c,
-            get("dh_requirement_c", nan),
-            meter.flow_temp_c,
-            station.dh_out_c,
-            station.dh_return_c,
-            station.hp_supply_setpoint_c,
-            order_mw * 1000.0 if order_mw is not None else self._order_default_kw,
-            get("heat_order_kw", nan),
-            meter.power_kw,
-            station.heat_power_limit_kw,
-            sum(cdu.load_kw for cdu in cdus),
-            station.hp_heat_kw,
-            station.hp_electric_kw,
-            station.dc_heat_kw,
-            station.fws_supply_header_c,
-            station.dry_cooler_setpoint_c,
-            max(supplies),
-            min(supplies),
-            max(setpoints),
-            min(setpoints),
-            get("cdu_ceiling_c", nan),
-            float(any(cdu.supply_c > cdu.cfg.it_limit_c for cdu in cdus)),
-            float(sum(1 for pump in station.heat_pumps if pump.state is _RUNNING)),
-            float(sum(1 for cdu in cdus if cdu.control_mode == 1)),
+        self._rows.append(
+            (
+                time_s,
+                plant.utility_supply_temp_c,
+                get("dh_requirement_c", nan),
+                meter.flow_temp_c,
+                station.dh_out_c,
+                station.dh_return_c,
+                station.hp_supply_setpoint_c,
+                order_mw * 1000.0 if order_mw is not None else self._order_default_kw,
+                get("heat_order_kw", nan),
+                meter.power_kw,
+                station.heat_power_limit_kw,
+                sum(cdu.load_kw for cdu in cdus),
+                station.hp_heat_kw,
+                station.hp_electric_kw,
+                station.dc_heat_kw,
+                station.fws_supply_header_c,
+                station.dry_cooler_setpoint_c,
+                hottest_c,
+                min(supplies),
+                max(setpoints),
+                min(setpoints),
+                get("cdu_ceiling_c", nan),
+                float(over_limit),
+                float(sum(1 for pump in station.heat_pumps if pump.state is _RUNNING)),
+                float(sum(1 for cdu in cdus if cdu.control_mode == 1)),
+                "down" if down else str(get("mode", "")),
+                str(get("order_source", "")),
+                str(get("overrides", "")),
+                ",".join(sorted(set(silent))) if down else str(get("stale_devices", "")),
+                down,
+            )
         )
-        for append, value in zip(self._appends, row, strict=True):
-            append(value)
-        self.mode.append("down" if down else str(get("mode", "")))
-        self.order_source.append(str(get("order_source", "")))
-        self.overrides.append(str(get("overrides", "")))
-        stale = str(get("stale_devices", ""))
-        self.stale.append(",".join(sorted(set(silent))) if down else stale)
-        self.down.append(down)
+
+    def _column(self, name: str) -> list[Any]:
+        if self._columns_rows != len(self._rows):
+            names = self.CHANNELS + self.LABELS
+            columns = zip(*self._rows, strict=True) if self._rows else [()] * len(names)
+            self._columns = {name: list(column) for name, column in zip(names, columns, strict=True)}
+            self._columns_rows = len(self._rows)
+        return self._columns[name]
+
+    @property
+    def data(self) -> dict[str, list[float]]:
+        """Per channel (:attr:`CHANNELS`), one sample per recorded second."""
+        self._column("t_s")
+        return {name: self._columns[name] for name in self.CHANNELS}
+
+    @property
+    def mode(self) -> list[str]:
+        """The supervisor's mode each second (``down`` while the gateway is)."""
+        return self._column("mode")
+
+    @property
+    def order_source(self) -> list[str]:
+        """Where the heat order came from each second (utility, held, weather curve)."""
+        return self._column("order_source")
+
+    @property
+    def overrides(self) -> list[str]:
+        """The active overrides each second, comma-separated."""
+        return self._column("overrides")
+
+    @property
+    def stale(self) -> list[str]:
+        """Devices with stale data each second (the silent ones while the gateway is down)."""
+        return self._column("stale")
+
+    @property
+    def down(self) -> list[bool]:
+        """True for the seconds the gateway was down."""
+        return self._column("down")
 
     def __len__(self) -> int:
-        return len(self.data["t_s"])
+        return len(self._rows)
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -190,7 +243,8 @@ def evaluate(
     n = len(t)
     fault = [any(w.start_s <= ti < w.end_s + FAULT_SETTLE_S for w in windows) for ti in t]
     since_order = _since_change(t, d["order_kw"], 1.0)
-    base = [t[i] >= STARTUP_S and not fault[i] and not trace.down[i] for i in range(n)]
+    down = trace.down
+    base = [t[i] >= STARTUP_S and not fault[i] and not down[i] for i in range(n)]
     delivering = [
         base[i]
         and d["order_kw"][i] > 0.0
@@ -318,6 +372,11 @@ def evaluate(
     offsets = [event.at_s for event in scenario.events if event.kind == "meter_offset"]
     metrics.update(_offset_metrics(t, deviation, delivering, start_s=min(offsets, default=None)))
     metrics["stale_handbacks"] = _stale_handbacks(trace, fault)
+    stale = trace.stale
+    stale_at = [i for i in range(n) if base[i] and stale[i]]
+    metrics["stale_outside_faults_s"] = stale_s = len(stale_at)
+    metrics["stale_outside_faults_devices"] = sorted({name for i in stale_at for name in stale[i].split(",")})
+    checks["stale_outside_faults_s"] = _check(stale_s, "== 0", ok=stale_s == 0)
     metrics.update(_crash_metrics(trace, crash_log, config, checks))
     metrics.update(_link_metrics(trace, windows, config, checks))
     metrics.update(_detection_metrics(trace, windows))
@@ -426,9 +485,10 @@ def _stale_handbacks(trace: Trace, fault: Sequence[bool]) -> int:
     """CDUs newly reported stale (and so handed back to local control) outside any fault window."""
     count = 0
     previous: set[str] = set()
+    down = trace.down
     for i, stale in enumerate(trace.stale):
         cdus = {name for name in stale.split(",") if name.startswith("cdu-")} if stale else set()
-        if not fault[i] and not trace.down[i]:
+        if not fault[i] and not down[i]:
             count += len(cdus - previous)
         previous = cdus
     return count
@@ -534,6 +594,7 @@ def _detection_metrics(trace: Trace, windows: Sequence[Window]) -> dict[str, Any
     """Per silent device or frozen sensor: how long until the supervisor called it stale."""
     t = trace.data["t_s"]
     found = []
+    stale = trace.stale
     for window in windows:
         if window.kind not in ("device_silent", "sensor_freeze"):
             continue
@@ -542,7 +603,7 @@ def _detection_metrics(trace: Trace, windows: Sequence[Window]) -> dict[str, Any
             (
                 t[i]
                 for i in range(len(t))
-                if window.start_s <= t[i] < window.end_s and device in trace.stale[i].split(",")
+                if window.start_s <= t[i] < window.end_s and device in stale[i].split(",")
             ),
             None,
         )

@@ -405,6 +405,11 @@ class Scenario(BaseModel):
         schedule = self._timeline.schedules.get((name, target))
         return None if schedule is None else schedule.value_at(time_s)
 
+    def input_schedule(self, name: str, *, target: str | None = None) -> Callable[[float], float] | None:
+        """:meth:`input_value` of one input as a function of time (looked up once); None if never set."""
+        schedule = self._timeline.schedules.get((name, target))
+        return None if schedule is None else schedule.value_at
+
     def events_between(self, t0_s: float, t1_s: float, *, scope: Scope | None = None) -> list[ScenarioEvent]:
         """Entries that start in ``[t0_s, t1_s)``, in time order; optionally of one scope.
 

@@ -143,3 +143,49 @@ async def cancel_all(tasks) -> None:
         if not pending:
             return
     raise AssertionError(f"tasks ignored 100 cancellations: {[t.get_name() for t in pending]}")
+
+
+class ReadingSink:
+    """An outbox for a lone poller: keeps every reading it is given."""
+
+    def __init__(self) -> None:
+        self.readings: list = []
+
+    def put(self, item) -> None:
+        self.readings.append(item)
+
+
+@contextlib.asynccontextmanager
+async def polling_unit(unit, profile, *, name: str, kind: str, period_s: float, timeout_s: float, **poller_options):
+    """One simulated Modbus unit (``simulators.modbus_server.UnitImage``) on a loopback endpoint,
+    polled by the real driver and ``DevicePoller``; yields ``(poller, sink)`` while it runs."""
+    from gateway.config.site import ModbusDevice  # noqa: PLC0415 - only the poller tests need these
+    from gateway.drivers.modbus import ModbusDriver  # noqa: PLC0415
+    from gateway.poller import DevicePoller  # noqa: PLC0415
+    from gateway.process_image import ProcessImage  # noqa: PLC0415
+    from simulators.modbus_server import ModbusEndpoint  # noqa: PLC0415
+
+    endpoint = ModbusEndpoint("127.0.0.1", 0)
+    endpoint.units[1] = unit
+    await endpoint.start()
+    device = ModbusDevice(
+        name=name,
+        kind=kind,
+        protocol="modbus",
+        host="127.0.0.1",
+        port=endpoint.port,
+        profile="test",
+        timeout_s=timeout_s,
+        poll_period_s=period_s,
+    )
+    sink = ReadingSink()
+    poller = DevicePoller(
+        ModbusDriver(device, profile), period_s=period_s, image=ProcessImage(), outbox=sink, **poller_options
+    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(poller.run(), name=f"poll:{name}")
+            yield poller, sink
+            await cancel_all([task])
+    finally:
+        await endpoint.stop()

@@ -8,8 +8,6 @@ profile's ``stale_after_s`` is published as ``quality="stale"`` in the ``gateway
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
@@ -25,7 +23,7 @@ from gateway.process_image import ProcessImage
 from gateway.sample import Quality, Reading
 from gateway.service import Gateway
 from simulators.modbus_server import Fault, ModbusEndpoint, UnitImage
-from tests.live import cancel_all
+from tests.live import polling_unit
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = ModbusProfile.model_validate(
@@ -42,46 +40,18 @@ PROFILE = ModbusProfile.model_validate(
 PERIOD_S = 0.1
 
 
-class Outbox:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    def put(self, item: Reading) -> None:
-        self.readings.append(item)
-
-
-@contextlib.asynccontextmanager
-async def running(unit: UnitImage) -> AsyncIterator[tuple[DevicePoller, Outbox]]:
-    endpoint = ModbusEndpoint("127.0.0.1", 0)
-    endpoint.units[1] = unit
-    await endpoint.start()
-    device = ModbusDevice(
+def running(unit: UnitImage):
+    stale = {name: s.stale_after_s for name, s in PROFILE.signals.items() if s.stale_after_s is not None}
+    return polling_unit(
+        unit,
+        PROFILE,
         name="cdu-1",
         kind="cdu",
-        protocol="modbus",
-        host="127.0.0.1",
-        port=endpoint.port,
-        profile="test",
-        timeout_s=0.2,
-        poll_period_s=PERIOD_S,
-    )
-    outbox = Outbox()
-    stale = {name: s.stale_after_s for name, s in PROFILE.signals.items() if s.stale_after_s is not None}
-    poller = DevicePoller(
-        ModbusDriver(device, PROFILE),
         period_s=PERIOD_S,
+        timeout_s=0.2,
         backoff_max_s=0.2,
-        image=ProcessImage(),
-        outbox=outbox,
         stale_after_s=stale,
     )
-    try:
-        async with asyncio.TaskGroup() as group:
-            task = group.create_task(poller.run(), name="poll:cdu-1")
-            yield poller, outbox
-            await cancel_all([task])
-    finally:
-        await endpoint.stop()
 
 
 def make_unit() -> UnitImage:

@@ -247,3 +247,51 @@ def test_a_broken_scenario_file_is_a_clear_error_not_a_traceback(tmp_path: Path,
     assert str(scenario) in result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_read_shows_a_value_outside_its_valid_range_as_bad_with_the_range(tmp_path):
+    """Commissioning with a wrong word order: the garbage is shown bad, with the range it broke."""
+    port = free_port()
+    served_dir, wrong_dir = tmp_path / "served", tmp_path / "wrong"
+    served_dir.mkdir()
+    wrong_dir.mkdir()
+    meter = (REPO / "config" / "profiles" / "heat-meter.yaml").read_text(encoding="utf-8")
+    (served_dir / "heat-meter.yaml").write_text(meter, encoding="utf-8")
+    # the engineer's profile: word order flipped on the live floats, the meter's 2..180 degC range set
+    wrong = meter.replace("byte_order: ABCD", "byte_order: CDAB", 1).replace(
+        "unit: degC, stale_after_s: 120,", "unit: degC, stale_after_s: 120, valid_min: 2, valid_max: 180,"
+    )
+    assert wrong.count("valid_min: 2") == 2, "the meter profile's temperature lines changed"
+    (wrong_dir / "heat-meter.yaml").write_text(wrong, encoding="utf-8")
+    sites = {}
+    for name, folder in (("served", served_dir), ("wrong", wrong_dir)):
+        sites[name] = tmp_path / f"{name}.yaml"
+        sites[name].write_text(
+            f"site: clitest\nprofiles_dir: {folder}\ndevices:\n"
+            f"  - {{name: heat-meter, kind: heat_meter, protocol: modbus, host: 127.0.0.1, port: {port}, "
+            "profile: heat-meter, timeout_s: 1.0}\n"
+            "mqtt: {host: 127.0.0.1}\ninfluxdb: {url: 'http://127.0.0.1:8428', token: t}\n",
+            encoding="utf-8",
+        )
+    simulated = SimulatedSite(load_site(sites["served"]), make_plant(seed=1), speed=1.0, tick_s=0.05)
+    await simulated.start()
+    try:
+        # Garbage lands inside 2..180 degC about one read in 70 (the swapped low word is the
+        # exponent): three reads, of which at least two must show it.
+        texts = [await run_async("read", "-c", str(sites["wrong"]), "heat-meter", "flow_temp_c") for _ in range(3)]
+        jsons = [await run_async("read", "--json", "-c", str(sites["wrong"]), "heat-meter") for _ in range(3)]
+    finally:
+        await simulated.stop()
+    bad_rows = 0
+    for code, out, err in texts:
+        assert code == 0, err
+        assert err == "", "a one-off read prints the reason in its table, not a log line"
+        row = out.splitlines()[2]
+        if row.split()[:3] == ["flow_temp_c", "-", "degC"]:
+            assert re.search(r"bad: \S+ is outside its valid range 2\.\.180 \(the profile's valid_min/valid_max\)", row)
+            bad_rows += 1
+    assert bad_rows >= 2, texts
+    signals = [json.loads(out)["signals"]["flow_temp_c"] for _, out, _ in jsons]
+    bad = [s for s in signals if s["quality"] == "bad"]
+    assert len(bad) >= 2, signals
+    assert all(s["value"] is None and "outside its valid range 2..180" in s["reason"] for s in bad), bad

@@ -229,6 +229,25 @@ def test_a_frozen_noisy_meter_is_stale_and_a_moving_one_is_not():
     assert still.meter_ok
 
 
+def test_a_quiet_meter_whose_witness_just_moved_is_not_frozen_until_the_pipe_delay_passed():
+    # A 0.1 K meter sat on 68.7 since t=0 (quiet: typical step = resolution); the station's supply
+    # (its witness) drops 0.6 K at t=400. The meter sees that only after the DH pipe's transport
+    # delay: not frozen at once (coarse-sensors had 26 such seconds a day), frozen once the
+    # witness has stayed away for stuck_witness_delay_s (180 s) and the meter still has not moved.
+    key = ("heat-meter", "flow_temp_c")
+    state = SupervisorState(stuck={key: Watch(68.7, 0.0, 0.1, 0.1, 69.0)})
+    moved = view_with({"hp-plc": {"dh_supply_temp_c": 68.4}, "heat-meter": {"flow_temp_c": 68.7}})
+    for now_s, frozen in ((400.0, False), (500.0, False), (579.0, False), (580.0, True), (900.0, True)):
+        got = read_inputs(SETUP, state, now_s, read=reader(moved))
+        assert (got.meter_supply_c is None) is frozen, now_s
+        state = dataclasses.replace(state, stuck=got.stuck)
+    # The witness coming back within stuck_witness_k clears it: the wait starts over.
+    back = view_with({"hp-plc": {"dh_supply_temp_c": 68.9}, "heat-meter": {"flow_temp_c": 68.7}})
+    got = read_inputs(SETUP, state, 901.0, read=reader(back))
+    assert got.meter_supply_c == 68.7
+    assert math.isnan(got.stuck[key].witness_away_s)
+
+
 def test_the_meter_filter_moves_by_the_exact_first_order_weight():
     # 20 s filter, previous 70 °C at t=90, reading 72 °C at t=100: 70 + (1 - e^-0.5) * 2.
     first = read_inputs(SETUP, SupervisorState(), 90.0, read=reader(view_with({"heat-meter": {"flow_temp_c": 70.0}})))

@@ -22,6 +22,7 @@ from gateway.control.writes import HEARTBEAT_REASON, Write
 from gateway.drivers.base import DriverError
 from gateway.drivers.factory import make_driver
 from gateway.process_image import ProcessImage
+from gateway.validity import ValueCheck, site_ranges
 
 if TYPE_CHECKING:
     from gateway.config.loader import Site
@@ -134,13 +135,16 @@ async def commission_control(site: Site) -> ControlCommissioning:
     readings: dict[str, Reading] = {}
 
     async def read_one(name: str) -> None:
-        driver = make_driver(site, site.device(name))
+        device = site.device(name)
+        driver = make_driver(site, device)
         try:
             async with driver:
                 reading = await driver.read()
         except DriverError as exc:
             report.unreachable[name] = str(exc)
             return
+        # as the poller would: a value outside its valid range is bad, with the range as the reason
+        ValueCheck(name, site_ranges(site, device, roles), logs=False).apply(reading)
         readings[name] = reading
         image.update(reading)
 

@@ -109,6 +109,13 @@ class ControlConfig(BaseModel):
         description="A frozen-looking reading whose witness moved by more than this since it last changed "
         "is frozen (a coarse but live sensor can sit on one step for hours; a moving process cannot)",
     )
+    stuck_witness_delay_s: float = Field(
+        180.0,
+        ge=0,
+        description="...once the witness has been more than stuck_witness_k away for this long: the meter "
+        "sees a change of the station's supply only after the DH pipe's transport delay (~60-90 s) and its "
+        "own update period and lag",
+    )
 
     # -- IT side: CDUs, facility water, dry coolers -------------------------------------------
     it_margin_k: float = Field(

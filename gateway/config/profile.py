@@ -7,6 +7,7 @@ raw * scale + offset.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Literal, Self
@@ -55,6 +56,15 @@ class _SignalBase(_Model):
     min: float | None = Field(None, description="Lowest engineering value a write may set")
     max: float | None = Field(None, description="Highest engineering value a write may set")
     description: str = Field("", description="What the signal is, in the vendor manual's words")
+    valid_min: float | None = Field(
+        None,
+        description="Lowest value the instrument can report (its measuring range); a reading below is bad "
+        "(left out of the published line, no value for control) and logged once as signal_invalid",
+    )
+    valid_max: float | None = Field(
+        None,
+        description="Highest value the instrument can report (its measuring range); a reading above is bad",
+    )
     stale_after_s: float | None = Field(
         None,
         gt=0,
@@ -71,7 +81,16 @@ class _SignalBase(_Model):
             raise ValueError("a read_write signal needs both min and max write limits")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"write limits: min {self.min} is greater than max {self.max}")
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:
+            raise ValueError(f"measuring range: valid_min {self.valid_min} is greater than valid_max {self.valid_max}")
         return self
+
+    def valid_range(self) -> tuple[float, float] | None:
+        """``(valid_min, valid_max)`` with the missing side open; None when neither is set."""
+        if self.valid_min is None and self.valid_max is None:
+            return None
+        low = -math.inf if self.valid_min is None else self.valid_min
+        return low, math.inf if self.valid_max is None else self.valid_max
 
 
 class WriteOutOfRange(StrEnum):

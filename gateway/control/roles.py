@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ROLES",
+    "VALID_INPUTS",
     "Binding",
     "DeviceRole",
     "Heartbeat",
@@ -71,6 +72,8 @@ class RoleSignal:
     """Outputs: smallest step worth writing when the profile does not say (a float node); 0 = exact."""
     min_interval_s: float = 0.0
     """Outputs: least time between two writes of a changed value (not for overrides and safe states)."""
+    valid: tuple[float, float] | None = None
+    """Inputs: the values the physics allows (:data:`VALID_INPUTS`); a reading outside is bad, not a number."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +89,45 @@ class Role:
         return next((s for s in self.signals if s.name == name), None)
 
 
+_DH_WATER_C = (1.0, 150.0)
+_RACK_LOOP_C = (1.0, 100.0)
+_FACILITY_WATER_C = (-30.0, 100.0)
+
+VALID_INPUTS: dict[str, tuple[float, float]] = {
+    # District-heating water: treated water in a pressurised network, never frozen, at most
+    # ~130 degC in the oldest networks (4th-generation networks run 50-70 degC).
+    "flow_temp_c": _DH_WATER_C,
+    "return_temp_c": _DH_WATER_C,
+    "dh_supply_temp_c": _DH_WATER_C,
+    "dh_return_temp_c": _DH_WATER_C,
+    "utility_supply_temp_c": _DH_WATER_C,
+    "manual_supply_temp_c": _DH_WATER_C,
+    # The rack loop (TCS) runs 25-45 degC supply to liquid-cooled IT; it never freezes in a data hall.
+    "tcs_supply_temp_c": _RACK_LOOP_C,
+    "tcs_supply_temp_2_c": _RACK_LOOP_C,
+    "it_limit_c": _RACK_LOOP_C,
+    "local_setpoint_c": _RACK_LOOP_C,
+    # Facility water may carry glycol and pass through dry coolers in a Danish winter.
+    "fws_supply_temp_c": _FACILITY_WATER_C,
+    "hp_source_inlet_temp_c": _FACILITY_WATER_C,
+    "hp_source_outlet_temp_c": _FACILITY_WATER_C,
+    "outdoor_temp_c": (-60.0, 60.0),
+    "valve_feedback_pct": (-5.0, 105.0),
+    # Heat flows: a site's meter or exchanger sees tens of MW at most; a little negative is a
+    # meter's zero drift with the pumps off, 1 GW is no data center's.
+    "heat_power_kw": (-1000.0, 1.0e6),
+    "hx_heat_kw": (-1000.0, 1.0e6),
+}
+"""Role inputs and the values physics allows them (wide on purpose). A reading outside is not
+believed: the poller marks it bad with the reason (:mod:`gateway.validity`), so a wrong byte order,
+word order or scale in a profile shows as a bad signal with its value in the log, never as a
+temperature the loops act on."""
+
+
 def _in(name: str, description: str, *, absent: str | None = None, constant: bool = False) -> RoleSignal:
-    return RoleSignal(name, output=False, description=description, absent=absent, constant=constant)
+    return RoleSignal(
+        name, output=False, description=description, absent=absent, constant=constant, valid=VALID_INPUTS.get(name)
+    )
 
 
 def _out(
@@ -327,6 +367,18 @@ class RoleMap:
     station_plc: str
     panel: str
     cdus: tuple[str, ...]
+
+    def valid_ranges(self, device: str) -> dict[str, tuple[float, float, str]]:
+        """The device's bound profile signals whose role sets a valid range: ``signal -> (low, high, why)``."""
+        role = self.devices.get(device)
+        if role is None:
+            return {}
+        ranges: dict[str, tuple[float, float, str]] = {}
+        for spec in ROLES[role.role].signals:
+            binding = role.bindings.get(spec.name)
+            if spec.valid is not None and binding is not None and binding.kind == "signal":
+                ranges[binding.signal] = (*spec.valid, f"role {role.role}.{spec.name}")
+        return ranges
 
     def reader(
         self, good: Callable[[str, str, float], float | None], max_age_s: float

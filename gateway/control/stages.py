@@ -576,12 +576,13 @@ class Inputs(NamedTuple):
 class _Watcher:
     """Readings that must also keep moving (a frozen transmitter is stale too); one cycle's watches."""
 
-    __slots__ = ("after_s", "now_s", "stuck", "witness_k")
+    __slots__ = ("after_s", "now_s", "stuck", "witness_delay_s", "witness_k")
 
     def __init__(self, stuck: Mapping[SignalKey, Watch], cfg: ControlConfig, now_s: float) -> None:
         self.stuck = dict(stuck)
         self.after_s = cfg.stuck_after_s
         self.witness_k = cfg.stuck_witness_k
+        self.witness_delay_s = cfg.stuck_witness_delay_s
         self.now_s = now_s
 
     def check(self, key: SignalKey, value: float | None, witness_value: float | None) -> float | None:
@@ -593,24 +594,32 @@ class _Watcher:
         seen = stuck.get(key)
         if seen is None:
             witness = math.nan if witness_value is None else witness_value
-            stuck[key] = tuple.__new__(Watch, (value, self.now_s, math.inf, math.nan, witness))
+            stuck[key] = Watch(value, self.now_s, math.inf, math.nan, witness)
             return value
         if seen[0] != value:  # seen.value: most readings change every cycle
             step = abs(value - seen[0])
             typical_step = seen[3]
             typical = step if math.isnan(typical_step) else typical_step + 0.2 * (step - typical_step)
             witness = math.nan if witness_value is None else witness_value
-            stuck[key] = tuple.__new__(Watch, (value, self.now_s, min(seen[2], step), typical, witness))
+            stuck[key] = Watch(value, self.now_s, min(seen[2], step), typical, witness)
             return value
-        return None if self._frozen(seen, witness_value) else value
+        now_s = self.now_s
+        if witness_value is not None and not math.isnan(seen.witness):
+            away = abs(witness_value - seen.witness) > self.witness_k
+            if away == math.isnan(seen.witness_away_s):  # it went away, or came back
+                seen = stuck[key] = seen._replace(witness_away_s=now_s if away else math.nan)
+        return None if self._frozen(seen) else value
 
-    def _frozen(self, seen: Watch, witness: float | None) -> bool:
-        """Unchanged for ``stuck_after_s``, and either noisy before or its witness has moved since."""
-        if self.now_s - seen.since_s < self.after_s:
+    def _frozen(self, seen: Watch) -> bool:
+        """Unchanged for ``stuck_after_s``, and either noisy before or its witness has been away since
+        for ``stuck_witness_delay_s`` (the meter sees a change of the station's supply only after the
+        DH pipe's transport delay: a witness that has just moved proves nothing yet)."""
+        now_s = self.now_s
+        if now_s - seen.since_s < self.after_s:
             return False
         if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
             return True
-        return witness is not None and abs(witness - seen.witness) > self.witness_k
+        return now_s - seen.witness_away_s >= self.witness_delay_s  # NaN (not away) compares False
 
 
 def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Reader) -> Inputs:

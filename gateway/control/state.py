@@ -7,6 +7,7 @@ replayed in a table test.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -37,6 +38,8 @@ class Watch(NamedTuple):
     """Running mean of its changes: near ``smallest_step`` = a quantised, quiet signal."""
     witness: float
     """The witness signal's value when this one last changed (NaN: none)."""
+    witness_away_s: float = math.nan
+    """Since when the witness has been more than ``stuck_witness_k`` from ``witness`` (NaN: it is not)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

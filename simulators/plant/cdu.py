@@ -23,17 +23,13 @@ internal mode and its local setpoint, as vendor CDUs do when the BMS goes quiet.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from simulators.plant.config import CduConfig, SensorConfig, SiteConfig
 from simulators.plant.hydraulics import equal_percentage, installed_flow_fraction, valve_characteristic
 from simulators.plant.physics import counterflow_effectiveness, counterflow_ntu
 
-if TYPE_CHECKING:
-    from simulators.plant.sensors import NoiseTable, SensorLayer
-
-__all__ = ["ALARM_CODES", "CDU_SIGNALS", "CDU_WRITABLE", "Cdu"]
+__all__ = ["ALARM_CODES", "ALARM_SIGNALS", "CDU_SIGNALS", "CDU_WRITABLE", "NOISE_DRAWS", "SUPPLY_SENSORS", "Cdu"]
 
 # Alarm codes, lowest number = highest priority (alarm_code shows the highest one active).
 ALARM_LEAK = 10
@@ -80,12 +76,13 @@ CDU_SIGNALS: tuple[str, ...] = (
 )
 CDU_WRITABLE = frozenset({"tcs_supply_setpoint_c", "control_mode", "heartbeat", "watchdog_timeout_s", "alarm_reset"})
 
-_ALARM_SIGNALS = frozenset({"alarm_code", "alarm_active"})
-_SUPPLY_SENSORS = frozenset({"tcs_supply_temp_c", "tcs_supply_temp_2_c"})
+#: Signals :meth:`Cdu.judge_alarms` sets, and the transmitted values it judges them on.
+ALARM_SIGNALS = frozenset({"alarm_code", "alarm_active"})
+SUPPLY_SENSORS = frozenset({"tcs_supply_temp_c", "tcs_supply_temp_2_c"})
 _DEVIATION_K = 2.0
 _DEVIATION_DELAY_S = 120.0
 _SENSOR_MISMATCH_K = 1.0
-_NOISY_SIGNALS = 10  # signals of a read that carry noise (one draw each)
+NOISE_DRAWS = 10  # signals of a read that carry noise (one draw each)
 _UA_FLOW_EXPONENT = -0.7  # film coefficient ~ flow^0.7 on each side
 
 
@@ -271,14 +268,21 @@ class Cdu:
         The plant turns the conductances of all CDUs into flows through the shared header
         pressure (:class:`~simulators.plant.hydraulics.FacilityLoop`).
         """
+        # Hot path (every CDU, every sub-step): attributes read once into locals, and
+        # conditionals where min()/max() would cost a call (same values, NaN included).
         cfg = self.cfg
         # The pump holds the rack flow at the configured L/min per kW, never below min speed.
         target = 100.0 * self.load_kw / cfg.design_heat_kw
-        target = self._min_speed if target < self._min_speed else min(target, 100.0)
-        if self.speed_pct != target:  # settled (most sub-steps): nothing moves, skip exp and pow
-            self.speed_pct = target + (self.speed_pct - target) * math.exp(-dt_s / self._pump_tau_s)
-            self.tcs_flow_kg_s = self._m_t_design * self.speed_pct / 100.0
-            self._tcs_resistance = (self.tcs_flow_kg_s / self._m_t_design) ** _UA_FLOW_EXPONENT
+        min_speed = self._min_speed
+        target = min_speed if target < min_speed else (100.0 if target > 100.0 else target)  # noqa: FURB136 - no call
+        speed = self.speed_pct
+        if speed != target:  # settled (most sub-steps): nothing moves, skip exp and pow
+            speed = target + (speed - target) * math.exp(-dt_s / self._pump_tau_s)
+            self.speed_pct = speed
+            m_t_design = self._m_t_design
+            tcs_flow = m_t_design * speed / 100.0
+            self.tcs_flow_kg_s = tcs_flow
+            self._tcs_resistance = (tcs_flow / m_t_design) ** _UA_FLOW_EXPONENT
 
         if self.control_mode == 1 and now_s - self._heartbeat_changed_s >= self.watchdog_timeout_s:
             self.control_mode = 0
@@ -288,13 +292,16 @@ class Cdu:
 
         # PI, direct acting (too warm -> open), back-calculation anti-windup.
         error = self.supply_c - (self.external_setpoint_c if self.control_mode == 1 else cfg.local_setpoint_c)
-        wanted = self._kp * error + self.integral_pct
-        demand = 0.0 if wanted < 0.0 else min(wanted, 100.0)
-        self.integral_pct += dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
+        integral = self.integral_pct
+        wanted = self._kp * error + integral
+        demand = 0.0 if wanted < 0.0 else (100.0 if wanted > 100.0 else wanted)  # noqa: FURB136 - no call
+        self.integral_pct = integral + dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
         self.valve_demand_pct = demand
         step = self._valve_rate_pct_s * dt_s
-        move = demand - self.valve_pct
-        self.valve_pct += -step if move < -step else min(move, step)
+        valve = self.valve_pct
+        move = demand - valve
+        valve += -step if move < -step else (step if move > step else move)  # noqa: FURB136 - no call
+        self.valve_pct = valve
 
         if abs(error) > _DEVIATION_K:
             self._deviation_s += dt_s
@@ -302,9 +309,9 @@ class Cdu:
             self._deviation_s = 0.0
         if self.leak:
             self.reservoir_level_pct = max(self.reservoir_level_pct - self._leak_loss_pct_s * dt_s, 0.0)
-        if self.speed_pct > 0.0:
+        if speed > 0.0:
             self.run_hours_h += dt_s / 3600.0
-        stroke = self.valve_pct / 100.0
+        stroke = valve / 100.0
         relative_kv = equal_percentage(stroke, self._rangeability) if self._equal_percentage else stroke
         if relative_kv <= 0.0:
             return 0.0
@@ -326,8 +333,10 @@ class Cdu:
         if c_f > 1e-6:
             resistance = self._tcs_resistance + (facility_flow_kg_s / self._m_f_design) ** _UA_FLOW_EXPONENT
             ua = 2.0 * self._ua_design / resistance
-            c_min, c_max = (c_t, c_f) if c_t < c_f else (c_f, c_t)
-            k = counterflow_effectiveness(ua / c_min, c_min / c_max) * c_min
+            if c_t < c_f:
+                k = counterflow_effectiveness(ua / c_t, c_t / c_f) * c_t
+            else:
+                k = counterflow_effectiveness(ua / c_f, c_f / c_t) * c_f
         if k > 1e-6:
             # Q = k * (return - inlet), return = supply + load / c_t: linear in the supply.
             steady = facility_inlet_c - load / c_t + load / k
@@ -365,75 +374,67 @@ class Cdu:
 
     # -- device interface ----------------------------------------------------------------
 
-    def read(
-        self,
-        noise: NoiseTable,
-        frozen: dict[str, float] | None = None,
-        sensors: SensorLayer | None = None,
-        now_s: float = 0.0,
-        signals: frozenset[str] | None = None,
-    ) -> dict[str, float]:
-        """Every CDU signal in engineering units, with sensor noise.
+    def signal_readers(self) -> dict[str, Callable[[Sequence[float]], float]]:
+        """Per signal in profile order, its reading from one read's noise draws ``z``.
 
-        ``sensors`` adds what the transmitters do (lag, bias, resolution) at ``now_s``. ``frozen`` holds
-        stuck readings (a scenario's sensor freeze); they replace the live value, and a stuck
-        supply sensor shows up in the sensor-mismatch alarm as it would. ``signals``: only
-        these (see :meth:`Plant.read <simulators.plant.Plant.read>`).
+        A read takes :data:`NOISE_DRAWS` draws whatever it reads, and each noisy signal has its
+        own one, so a read of some signals gives the same values as those keys of a full read.
+        ``alarm_code`` and ``alarm_active`` read 0 here: :meth:`judge_alarms` sets them from the
+        supply sensors as transmitted.
         """
-        draw = iter(noise.take(_NOISY_SIGNALS)).__next__
-        tn = self._temp_noise
-        rn = self._rel_noise
-        speed = self.speed_pct / 100.0
-        tcs_lpm = self.tcs_flow_kg_s / self._glycol_kg_per_lpm
-        values = {
-            "tcs_supply_temp_c": self.supply_c + tn * draw(),
-            "tcs_supply_temp_2_c": self.supply_c + self.cfg.supply_sensor_2_offset_k + tn * draw(),
-            "tcs_return_temp_c": self.tcs_return_c + tn * draw(),
-            "tcs_flow_lpm": tcs_lpm * (1.0 + rn * draw()),
-            "tcs_pressure_bar": (1.5 + 2.0 * speed * speed) * (1.0 + rn * draw()),
-            "tcs_diff_pressure_bar": 1.8 * speed * speed * (1.0 + rn * draw()),
-            "pump_speed_pct": self.speed_pct,
-            "facility_inlet_temp_c": self.facility_inlet_c + tn * draw(),
-            "facility_outlet_temp_c": self.facility_outlet_c + tn * draw(),
-            "facility_flow_lpm": self.facility_flow_kg_s * self._water_lpm_per_kg_s * (1.0 + rn * draw()),
-            "valve_demand_pct": self.valve_demand_pct,
-            "valve_feedback_pct": self.valve_pct,
-            "heat_load_kw": self.load_kw * (1.0 + rn * draw()),
-            "reservoir_level_pct": self.reservoir_level_pct,
-            "alarm_code": 0.0,
-            "pump_run_hours_h": self.run_hours_h,
-            "heat_energy_mwh": self.energy_mwh,
-            "pump_running": 1.0 if self.speed_pct > 0.0 else 0.0,
-            "leak_detected": 1.0 if self.leak else 0.0,
-            "alarm_active": 0.0,
-            "tcs_supply_setpoint_c": self.external_setpoint_c,
-            "control_mode": float(self.control_mode),
-            "heartbeat": float(self.heartbeat),
-            "watchdog_timeout_s": self.watchdog_timeout_s,
-            "local_setpoint_c": self.cfg.local_setpoint_c,
-            "it_limit_c": self.cfg.it_limit_c,
-            "alarm_reset": 0.0,  # a coil that acts on write and reads back 0
+        cfg = self.cfg
+
+        def tcs_pressure_bar(z: Sequence[float]) -> float:
+            speed = self.speed_pct / 100.0
+            return (1.5 + 2.0 * speed * speed) * (1.0 + self._rel_noise * z[4])
+
+        def tcs_diff_pressure_bar(z: Sequence[float]) -> float:
+            speed = self.speed_pct / 100.0
+            return 1.8 * speed * speed * (1.0 + self._rel_noise * z[5])
+
+        return {
+            "tcs_supply_temp_c": lambda z: self.supply_c + self._temp_noise * z[0],
+            "tcs_supply_temp_2_c": lambda z: self.supply_c + cfg.supply_sensor_2_offset_k + self._temp_noise * z[1],
+            "tcs_return_temp_c": lambda z: self.tcs_return_c + self._temp_noise * z[2],
+            "tcs_flow_lpm": lambda z: self.tcs_flow_kg_s / self._glycol_kg_per_lpm * (1.0 + self._rel_noise * z[3]),
+            "tcs_pressure_bar": tcs_pressure_bar,
+            "tcs_diff_pressure_bar": tcs_diff_pressure_bar,
+            "pump_speed_pct": lambda _: self.speed_pct,
+            "facility_inlet_temp_c": lambda z: self.facility_inlet_c + self._temp_noise * z[6],
+            "facility_outlet_temp_c": lambda z: self.facility_outlet_c + self._temp_noise * z[7],
+            "facility_flow_lpm": lambda z: (
+                self.facility_flow_kg_s * self._water_lpm_per_kg_s * (1.0 + self._rel_noise * z[8])
+            ),
+            "valve_demand_pct": lambda _: self.valve_demand_pct,
+            "valve_feedback_pct": lambda _: self.valve_pct,
+            "heat_load_kw": lambda z: self.load_kw * (1.0 + self._rel_noise * z[9]),
+            "reservoir_level_pct": lambda _: self.reservoir_level_pct,
+            "alarm_code": lambda _: 0.0,
+            "pump_run_hours_h": lambda _: self.run_hours_h,
+            "heat_energy_mwh": lambda _: self.energy_mwh,
+            "pump_running": lambda _: 1.0 if self.speed_pct > 0.0 else 0.0,
+            "leak_detected": lambda _: 1.0 if self.leak else 0.0,
+            "alarm_active": lambda _: 0.0,
+            "tcs_supply_setpoint_c": lambda _: self.external_setpoint_c,
+            "control_mode": lambda _: float(self.control_mode),
+            "heartbeat": lambda _: float(self.heartbeat),
+            "watchdog_timeout_s": lambda _: self.watchdog_timeout_s,
+            "local_setpoint_c": lambda _: cfg.local_setpoint_c,
+            "it_limit_c": lambda _: cfg.it_limit_c,
+            "alarm_reset": lambda _: 0.0,  # a coil that acts on write and reads back 0
         }
-        keep = signals
-        if signals is not None:
-            # The alarm judges both supply sensors as transmitted, so they go through the layer too.
-            if not signals.isdisjoint(_ALARM_SIGNALS):
-                keep = signals | _SUPPLY_SENSORS
-            values = {name: values[name] for name in keep}
-        if sensors is not None:
-            values = sensors.apply(self.name, values, now_s)
-        if frozen:
-            values.update(frozen if keep is None else {k: v for k, v in frozen.items() if k in keep})
-        if signals is not None and signals.isdisjoint(_ALARM_SIGNALS):
-            return values
+
+    def judge_alarms(self, values: dict[str, float], frozen: dict[str, float] | None) -> None:
+        """Set ``alarm_code`` and ``alarm_active`` from the transmitted (lagged, frozen) supply sensors.
+
+        A stuck supply sensor (a scenario's sensor freeze) shows up in the mismatch alarm as it
+        would; a frozen alarm signal stays as it is.
+        """
         codes = self.alarm_codes(values["tcs_supply_temp_c"], values["tcs_supply_temp_2_c"])
         if "alarm_code" not in (frozen or {}):
             values["alarm_code"] = float(codes[0]) if codes else 0.0
         if "alarm_active" not in (frozen or {}):
             values["alarm_active"] = 1.0 if codes else 0.0
-        if signals is not None and keep is not signals:
-            return {name: values[name] for name in signals}
-        return values
 
     def write(self, signal: str, value: float, now_s: float) -> None:
         """Apply a write as the CDU's firmware would (clamp setpoints, reject bad enumerations)."""

@@ -10,14 +10,11 @@ register does not run backwards).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from simulators.plant.config import PlantConfig
 
-if TYPE_CHECKING:
-    from simulators.plant.sensors import NoiseTable
-
-__all__ = ["HEAT_METER_SIGNALS", "HeatMeter"]
+__all__ = ["HEAT_METER_SIGNALS", "NOISE_DRAWS", "HeatMeter"]
 
 HEAT_METER_SIGNALS: tuple[str, ...] = (
     "heat_power_kw",
@@ -31,6 +28,7 @@ HEAT_METER_SIGNALS: tuple[str, ...] = (
     "error_code",
 )
 
+NOISE_DRAWS = 3  # flow and return temperature, volume flow
 ERROR_NONE = 0
 ERROR_FLOW_OVER_RANGE = 2  # flow above the meter's qs
 
@@ -83,21 +81,31 @@ class HeatMeter:
         """Volume flow."""
         return self.flow_kg_s / self._density * 3600.0
 
-    def read(self, noise: NoiseTable) -> dict[str, float]:
-        """Every meter signal in engineering units, with sensor noise."""
-        z_flow, z_return, z_volume = noise.take(3)
-        flow_c = self.flow_temp_c + self._temp_noise * z_flow
-        return_c = self.return_temp_c + self._temp_noise * z_return
-        flow_m3h = self.flow_m3h * (1.0 + self._rel_noise * z_volume)
+    def signal_readers(self) -> dict[str, Callable[[Sequence[float]], float]]:
+        """Per signal in profile order, its reading from one read's :data:`NOISE_DRAWS` draws ``z``.
+
+        The meter computes power and difference from its own readings, as a real calculator does.
+        """
+
+        def flow_c(z: Sequence[float]) -> float:
+            return self.flow_temp_c + self._temp_noise * z[0]
+
+        def return_c(z: Sequence[float]) -> float:
+            return self.return_temp_c + self._temp_noise * z[1]
+
+        def flow_m3h(z: Sequence[float]) -> float:
+            return self.flow_m3h * (1.0 + self._rel_noise * z[2])
+
         return {
-            # The meter computes power from its own readings, as a real calculator does.
-            "heat_power_kw": flow_m3h * self._density / 3600.0 * self._cp * (flow_c - return_c),
+            "heat_power_kw": lambda z: flow_m3h(z) * self._density / 3600.0 * self._cp * (flow_c(z) - return_c(z)),
             "flow_temp_c": flow_c,
             "return_temp_c": return_c,
-            "temp_difference_k": flow_c - return_c,
+            "temp_difference_k": lambda z: flow_c(z) - return_c(z),
             "flow_m3h": flow_m3h,
-            "heat_energy_mwh": self.energy_mwh,
-            "volume_m3": self.volume_m3,
-            "operating_time_h": self.operating_time_h,
-            "error_code": float(ERROR_FLOW_OVER_RANGE if self.flow_m3h > self._max_flow_m3h else ERROR_NONE),
+            "heat_energy_mwh": lambda _: self.energy_mwh,
+            "volume_m3": lambda _: self.volume_m3,
+            "operating_time_h": lambda _: self.operating_time_h,
+            "error_code": lambda _: float(
+                ERROR_FLOW_OVER_RANGE if self.flow_m3h > self._max_flow_m3h else ERROR_NONE
+            ),
         }

@@ -24,17 +24,22 @@ calls give identical results.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from simulators.plant.cdu import CDU_SIGNALS, CDU_WRITABLE, Cdu
+from simulators.plant.cdu import ALARM_SIGNALS, CDU_SIGNALS, CDU_WRITABLE, SUPPLY_SENSORS, Cdu
+from simulators.plant.cdu import NOISE_DRAWS as CDU_NOISE_DRAWS
 from simulators.plant.config import PlantConfig
 from simulators.plant.heat_meter import HEAT_METER_SIGNALS, HeatMeter
+from simulators.plant.heat_meter import NOISE_DRAWS as METER_NOISE_DRAWS
 from simulators.plant.hydraulics import FacilityLoop
 from simulators.plant.physics import MixedVolume, PlugFlowPipe, weather_curve_supply_temp_c
-from simulators.plant.sensors import NoiseTable, SensorLayer, SensorSpec, is_temperature
+from simulators.plant.sensors import Channel, NoiseTable, SensorLayer, SensorSpec, is_temperature
+from simulators.plant.station import NOISE_DRAWS as STATION_NOISE_DRAWS
 from simulators.plant.station import STATION_WRITABLE, Station, station_signals
 
 __all__ = ["FAULTS", "INPUTS", "PANEL_SIGNALS", "Plant", "PlantEvent"]
@@ -98,6 +103,27 @@ class PlantEvent:
     device: str
     kind: str
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadPlan:
+    """A read of one device's signals, resolved once (:meth:`Plant.read` runs it)."""
+
+    device: str
+    readers: tuple[tuple[str, Callable[[Sequence[float]], float]], ...]
+    """The signals computed, each with its reader (the device's ``signal_readers``), in profile order."""
+    draws: int
+    """Noise draws a read of this device takes (the same for any signals)."""
+    channels: tuple[Channel, ...]
+    """The transmitters of the computed signals that change a value."""
+    periodic: bool
+    """The device repeats its values until its next update (the sensor layer holds them)."""
+    keep: frozenset[str] | None
+    """The signals computed (None: all); more than asked when the CDU's alarms need the supply sensors."""
+    judge: Callable[[dict[str, float], dict[str, float] | None], None] | None
+    """Sets the alarm signals from the transmitted values (a CDU read that includes them)."""
+    signals: frozenset[str] | None
+    """The signals asked for (None: all)."""
 
 
 class Plant:
@@ -197,6 +223,7 @@ class Plant:
             _KIND_PANEL: PANEL_WRITABLE,
         }
         self._noise = NoiseTable(self._rng)
+        self._read_plans: dict[tuple[str, frozenset[str] | None], _ReadPlan] = {}
         self._sensor_layer = SensorLayer(self._sensor_specs(), {"heat-meter": cfg.sensors.meter_update_period_s})
         self._reset_energy()
         if cfg.site.warm_start_s > 0.0:
@@ -517,60 +544,109 @@ class Plant:
         of the noise table; a signal's lag only depends on its own reads), so the values are
         identical to the same keys of a full read; only the work for the others is skipped.
         """
+        return self._read(self._read_plan(device, signals))
+
+    def reader(self, device: str, signals: frozenset[str] | None = None) -> Callable[[], dict[str, float]]:
+        """``plant.read(device, signals)`` resolved once, for a caller that reads the same signals each cycle."""
+        return functools.partial(self._read, self._read_plan(device, signals))
+
+    def _read_plan(self, device: str, signals: frozenset[str] | None) -> _ReadPlan:
+        """What a read of ``signals`` computes, resolved on the first such read and kept."""
+        if signals is not None and type(signals) is not frozenset:
+            signals = frozenset(signals)
+        plan = self._read_plans.get((device, signals))
+        if plan is not None:
+            return plan
         kind = self.device_kind(device)
         if signals is not None and not signals <= self._signals[kind]:
             unknown = ", ".join(sorted(signals - self._signals[kind]))
             raise KeyError(f"device {device!r} has no signal(s) {unknown}")
-        frozen = self._frozen.get(device)
-        noise = self._noise
-        layer = self._sensor_layer
+        keep = signals
+        judge = None
         if kind == _KIND_CDU:
             cdu = self._cdu_by_name[device]
-            return cdu.read(noise, frozen, layer if layer.active else None, self._clock_s, signals)
-        if kind == _KIND_METER:
-            values = self.meter.read(noise)
+            readers, draws = cdu.signal_readers(), CDU_NOISE_DRAWS
+            if signals is None or not signals.isdisjoint(ALARM_SIGNALS):
+                judge = cdu.judge_alarms
+                # The alarm judges both supply sensors as transmitted, so they go through the layer too.
+                keep = None if signals is None else signals | SUPPLY_SENSORS
+        elif kind == _KIND_METER:
+            readers, draws = self.meter.signal_readers(), METER_NOISE_DRAWS
         elif kind == _KIND_PLC:
-            values = self.station.read(noise)
+            readers, draws = self.station.signal_readers(), STATION_NOISE_DRAWS
         else:
-            values = self._read_panel(noise)
-        if signals is not None:
-            values = {name: values[name] for name in signals}
-        if layer.active:
-            values = layer.apply(device, values, self._clock_s)
+            readers, draws = self._panel_readers(), _PANEL_NOISY_SIGNALS
+        layer = self._sensor_layer
+        plan = _ReadPlan(
+            device=device,
+            readers=tuple((name, read) for name, read in readers.items() if keep is None or name in keep),
+            draws=draws,
+            channels=layer.channels(device, keep),
+            periodic=layer.periodic(device),
+            keep=keep,
+            judge=judge,
+            signals=signals,
+        )
+        self._read_plans[(device, signals)] = plan
+        return plan
+
+    def _read(self, plan: _ReadPlan) -> dict[str, float]:
+        """One read: noise, the transmitters (lag, bias, resolution, update period), frozen values, alarms."""
+        z = self._noise.take(plan.draws)  # every read takes its slice, whatever it computes
+        now_s = self._clock_s
+        layer = self._sensor_layer
+        device = plan.device
+        values = layer.held(device, now_s) if plan.periodic else None
+        if values is None:
+            values = {name: read(z) for name, read in plan.readers}
+            if plan.channels:
+                layer.apply_channels(plan.channels, values, now_s)
+            if plan.periodic:
+                layer.hold(device, now_s, values)
+        frozen = self._frozen.get(device)
+        keep = plan.keep
         if frozen:
-            values.update(frozen if signals is None else {k: v for k, v in frozen.items() if k in signals})
+            values.update(frozen if keep is None else {k: v for k, v in frozen.items() if k in keep})
+        if plan.judge is not None:
+            plan.judge(values, frozen)
+            if keep is not plan.signals:
+                values = {name: values[name] for name in plan.signals or ()}
         return values
 
-    def _read_panel(self, noise: NoiseTable) -> dict[str, float]:
-        draw = iter(noise.take(_PANEL_NOISY_SIGNALS)).__next__
-        tn = self.config.sensors.temp_noise_k
-        rn = self.config.sensors.relative_noise_pct / 100.0
-        station = self.station
-        liquid_kw = sum(cdu.load_kw for cdu in self.cdus)
-        alarms = sum(1 for cdu in self.cdus if cdu.alarm_codes())
-        alarms += sum(1 for pump in station.heat_pumps if pump.tripped)
-        alarms += int(station.dh_pump_tripped) + int(station.dc_forced) + int(station.watchdog_tripped)
-        alarms += int(not self._utility_link_ok)
+    def _panel_readers(self) -> dict[str, Callable[[Sequence[float]], float]]:
+        """Per ``panel-pc`` signal in profile order, its reading from one read's noise draws ``z``."""
+        sensors = self.config.sensors
+        tn = sensors.temp_noise_k
+        rn = sensors.relative_noise_pct / 100.0
+
+        def alarm_count(_: Sequence[float]) -> float:
+            station = self.station
+            alarms = sum(1 for cdu in self.cdus if cdu.alarm_codes())
+            alarms += sum(1 for pump in station.heat_pumps if pump.tripped)
+            alarms += int(station.dh_pump_tripped) + int(station.dc_forced) + int(station.watchdog_tripped)
+            alarms += int(not self._utility_link_ok)
+            return float(alarms)
+
         return {
-            "outdoor_temp_c": self._outdoor_c + tn * _TEMP_NOISE_OUTDOOR * draw(),
-            "it_load_mw": self._it_load_mw * (1.0 + rn * draw()),
-            "liquid_heat_mw": liquid_kw / 1000.0 * (1.0 + rn * draw()),
-            "heat_to_dh_mw": self.meter.power_kw / 1000.0 * (1.0 + rn * draw()),
-            "dry_cooler_heat_mw": station.dc_heat_kw / 1000.0 * (1.0 + rn * draw()),
-            "hp_electric_mw": station.hp_electric_kw / 1000.0 * (1.0 + rn * draw()),
-            "fws_supply_temp_c": self._supply_header.temp_c + tn * draw(),
-            "dh_supply_temp_c": self.meter.flow_temp_c + tn * draw(),
-            "max_tcs_supply_temp_c": max(cdu.supply_c for cdu in self.cdus) + tn * draw(),
-            "utility_heat_order_mw": self._panel_order_mw,
-            "utility_supply_temp_c": self._panel_supply_c,
-            "utility_order_age_s": self._clock_s - self._panel_received_s,
-            "utility_link_ok": 1.0 if self._utility_link_ok else 0.0,
-            "operator_mode": float(self._operator_mode),
-            "manual_heat_power_mw": self._manual_heat_power_mw,
-            "manual_supply_temp_c": self._manual_supply_c,
-            "alarm_count": float(alarms),
-            "heartbeat": float(self._panel_heartbeat),
-            "heartbeat_echo": float(self._panel_heartbeat),
+            "outdoor_temp_c": lambda z: self._outdoor_c + tn * _TEMP_NOISE_OUTDOOR * z[0],
+            "it_load_mw": lambda z: self._it_load_mw * (1.0 + rn * z[1]),
+            "liquid_heat_mw": lambda z: sum(cdu.load_kw for cdu in self.cdus) / 1000.0 * (1.0 + rn * z[2]),
+            "heat_to_dh_mw": lambda z: self.meter.power_kw / 1000.0 * (1.0 + rn * z[3]),
+            "dry_cooler_heat_mw": lambda z: self.station.dc_heat_kw / 1000.0 * (1.0 + rn * z[4]),
+            "hp_electric_mw": lambda z: self.station.hp_electric_kw / 1000.0 * (1.0 + rn * z[5]),
+            "fws_supply_temp_c": lambda z: self._supply_header.temp_c + tn * z[6],
+            "dh_supply_temp_c": lambda z: self.meter.flow_temp_c + tn * z[7],
+            "max_tcs_supply_temp_c": lambda z: max(cdu.supply_c for cdu in self.cdus) + tn * z[8],
+            "utility_heat_order_mw": lambda _: self._panel_order_mw,
+            "utility_supply_temp_c": lambda _: self._panel_supply_c,
+            "utility_order_age_s": lambda _: self._clock_s - self._panel_received_s,
+            "utility_link_ok": lambda _: 1.0 if self._utility_link_ok else 0.0,
+            "operator_mode": lambda _: float(self._operator_mode),
+            "manual_heat_power_mw": lambda _: self._manual_heat_power_mw,
+            "manual_supply_temp_c": lambda _: self._manual_supply_c,
+            "alarm_count": alarm_count,
+            "heartbeat": lambda _: float(self._panel_heartbeat),
+            "heartbeat_echo": lambda _: float(self._panel_heartbeat),
         }
 
     def write(self, device: str, signal: str, value: float) -> None:

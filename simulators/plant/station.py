@@ -28,17 +28,13 @@ What the PLC does on its own, as real station PLCs do:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 from simulators.plant.config import PlantConfig
 from simulators.plant.physics import MixedVolume, counterflow_effectiveness, counterflow_ntu, heat_pump_cop
 
-if TYPE_CHECKING:
-    from simulators.plant.sensors import NoiseTable
-
-__all__ = ["HeatPump", "HeatPumpState", "Interlock", "Station", "station_signals"]
+__all__ = ["NOISE_DRAWS", "HeatPump", "HeatPumpState", "Interlock", "Station", "station_signals"]
 
 _TINY_FLOW_KG_S = 1e-3
 _UA_FLOW_EXPONENT = -0.7
@@ -47,7 +43,7 @@ _UA_FLOW_EXPONENT = -0.7
 _CAPACITY_HEADROOM = 0.1
 _PLC_TRIM_MAX_K = 5.0  # the PLC corrects its target by at most this (anti-windup)
 _PLC_INTEGRAL_BAND_K = 2.0  # ... and integrates only while within this of its setpoint
-_NOISY_SIGNALS = 18  # signals of a read that carry noise (one draw each)
+NOISE_DRAWS = 18  # signals of a read that carry noise (one draw each)
 
 
 class HeatPumpState(IntEnum):
@@ -71,6 +67,18 @@ class Interlock(IntEnum):
     WATCHDOG_FALLBACK = 32
 
 
+# Enum members as module constants: a member looked up on its class goes through EnumType's
+# descriptor (~0.2 us), and the PLC's cycle asks for them some fifty times a sub-step.
+_BLOCKED = HeatPumpState.BLOCKED
+_OFF = HeatPumpState.OFF
+_STANDBY = HeatPumpState.STANDBY
+_STARTING = HeatPumpState.STARTING
+_RUNNING = HeatPumpState.RUNNING
+_ACTIVE = (_STARTING, _RUNNING)
+_BLOCKING_INTERLOCKS = Interlock.DH_FLOW_LOW | Interlock.DH_TOO_HOT | Interlock.SOURCE_TOO_COLD
+_NOT_WATCHDOG_FALLBACK = ~Interlock.WATCHDOG_FALLBACK
+
+
 class HeatPump:
     """One heat pump's state; the station decides, this only remembers."""
 
@@ -92,7 +100,7 @@ class HeatPump:
     def __init__(self, index: int, run_hours_h: float) -> None:
         self.index = index
         self.name = f"hp-{index}"
-        self.state = HeatPumpState.STANDBY
+        self.state = _STANDBY
         self.capacity = 0.0  # fraction of rated heating power commanded
         self.started_s = -math.inf
         self.stopped_s = -math.inf
@@ -106,7 +114,7 @@ class HeatPump:
     @property
     def active(self) -> bool:
         """Starting or running: the compressor is on."""
-        return self.state in (HeatPumpState.STARTING, HeatPumpState.RUNNING)
+        return self.state in _ACTIVE
 
 
 def station_signals(heat_pump_count: int) -> tuple[str, ...]:
@@ -278,7 +286,7 @@ class Station:
 
         # DH pump and flow.
         any_active = any(pump.active for pump in self.heat_pumps)
-        any_running = any(pump.state is HeatPumpState.RUNNING for pump in self.heat_pumps)
+        any_running = any(pump.state is _RUNNING for pump in self.heat_pumps)
         limit = self.heat_power_limit_kw
         setpoint = self.hp_supply_setpoint_c
         dh = cfg.district_heating
@@ -294,7 +302,7 @@ class Station:
             # the next heat pump starts.
             lift = max(setpoint + self._plc_trim_k - self.dh_return_c, 5.0)
             running_kw = self._rated_kw * sum(
-                min(p.capacity + _CAPACITY_HEADROOM, 1.0) for p in self.heat_pumps if p.state is HeatPumpState.RUNNING
+                min(p.capacity + _CAPACITY_HEADROOM, 1.0) for p in self.heat_pumps if p.state is _RUNNING
             )
             flow_target = min(limit, running_kw + self.hx_heat_kw) / (cp * lift) * self._dh_flow_trim
             flow_target = min(max(flow_target, dh.min_flow_kg_s), dh.max_flow_kg_s)
@@ -360,10 +368,10 @@ class Station:
             interlock |= Interlock.SOURCE_TOO_COLD
         if all(pump.tripped for pump in self.heat_pumps):
             interlock |= Interlock.ALL_HEAT_PUMPS_TRIPPED
-        blocked = bool(interlock & (Interlock.DH_FLOW_LOW | Interlock.DH_TOO_HOT | Interlock.SOURCE_TOO_COLD))
+        blocked = bool(interlock & _BLOCKING_INTERLOCKS)
         self._stage(dt_s, now_s, wanted, blocked=blocked)
 
-        running = [pump for pump in self.heat_pumps if pump.state is HeatPumpState.RUNNING]
+        running = [pump for pump in self.heat_pumps if pump.state is _RUNNING]
         if running:
             target = wanted / (len(running) * self._rated_kw) if self.hp_enable else 0.0
             target = min(max(target, self._min_capacity), 1.0)
@@ -375,7 +383,7 @@ class Station:
         share = delivered / commanded if commanded > 0.0 else 0.0
         electric = delivered / cop
         for pump in self.heat_pumps:
-            if pump.state is HeatPumpState.RUNNING:
+            if pump.state is _RUNNING:
                 pump.heat_kw = pump.capacity * self._rated_kw * share
                 pump.electric_kw = pump.heat_kw / cop
             else:
@@ -393,7 +401,7 @@ class Station:
 
         # Cut the DH flow while the heat pumps cannot reach the setpoint (source short, or
         # every heat pump that can run is at full capacity); recover otherwise.
-        at_full = all(p.state is HeatPumpState.RUNNING and p.capacity >= 0.99 for p in self.heat_pumps if not p.tripped)
+        at_full = all(p.state is _RUNNING and p.capacity >= 0.99 for p in self.heat_pumps if not p.tripped)
         short = bool(running) and (commanded >= source_max or at_full)
         rate = hp_cfg.dh_flow_trim_per_k_s * dt_s
         measured_c = self.dh_out_c + self.supply_sensor_bias_k
@@ -450,11 +458,11 @@ class Station:
             if pump.tripped or blocked:
                 if pump.active:
                     self._stop(pump, now_s, "tripped" if pump.tripped else "interlock")
-                pump.state = HeatPumpState.BLOCKED
+                pump.state = _BLOCKED
             elif not pump.active:
-                pump.state = HeatPumpState.STANDBY if self.hp_enable else HeatPumpState.OFF
-            elif pump.state is HeatPumpState.STARTING and now_s - pump.started_s >= cfg.start_duration_s:
-                pump.state = HeatPumpState.RUNNING
+                pump.state = _STANDBY if self.hp_enable else _OFF
+            elif pump.state is _STARTING and now_s - pump.started_s >= cfg.start_duration_s:
+                pump.state = _RUNNING
                 pump.capacity = self._min_capacity
         active = [pump for pump in self.heat_pumps if pump.active]
         if not self.hp_enable or self.heat_power_limit_kw <= 0.0:
@@ -463,14 +471,14 @@ class Station:
             for pump in active:
                 if now_s - pump.started_s >= cfg.min_run_time_s:
                     self._stop(pump, now_s, "disabled" if not self.hp_enable else "no heat wanted")
-                    pump.state = HeatPumpState.STANDBY if self.hp_enable else HeatPumpState.OFF
+                    pump.state = _STANDBY if self.hp_enable else _OFF
             self._up_s = self._down_s = 0.0
             return
         if blocked:
             self._up_s = self._down_s = 0.0
             return
         rated = self._rated_kw
-        starting = any(pump.state is HeatPumpState.STARTING for pump in active)
+        starting = any(pump.state is _STARTING for pump in active)
         n = len(active)
         more = wanted_kw > 0.5 * self._min_capacity * rated if n == 0 else wanted_kw > 0.95 * n * rated
         fewer = n > 0 and (
@@ -483,11 +491,11 @@ class Station:
             ready = [
                 pump
                 for pump in self.heat_pumps
-                if pump.state is HeatPumpState.STANDBY and now_s - pump.stopped_s >= cfg.min_off_time_s
+                if pump.state is _STANDBY and now_s - pump.stopped_s >= cfg.min_off_time_s
             ]
             if ready:
                 pump = min(ready, key=lambda p: (p.run_hours_h, p.index))
-                pump.state = HeatPumpState.STARTING
+                pump.state = _STARTING
                 pump.started_s = now_s
                 pump.capacity = 0.0
                 self._up_s = 0.0
@@ -497,11 +505,11 @@ class Station:
             if done:
                 pump = max(done, key=lambda p: (p.run_hours_h, p.index))
                 self._stop(pump, now_s, "demand")
-                pump.state = HeatPumpState.STANDBY
+                pump.state = _STANDBY
                 self._down_s = 0.0
 
     def _stop(self, pump: HeatPump, now_s: float, reason: str) -> None:
-        pump.state = HeatPumpState.STANDBY
+        pump.state = _STANDBY
         pump.capacity = 0.0
         pump.stopped_s = now_s
         pump.heat_kw = pump.electric_kw = 0.0
@@ -572,80 +580,87 @@ class Station:
     def station_state(self) -> HeatPumpState:
         """The station's heat-pump state as one value."""
         states = {pump.state for pump in self.heat_pumps}
-        if HeatPumpState.RUNNING in states:
-            return HeatPumpState.RUNNING
-        if HeatPumpState.STARTING in states:
-            return HeatPumpState.STARTING
+        if _RUNNING in states:
+            return _RUNNING
+        if _STARTING in states:
+            return _STARTING
         if not self.hp_enable:
-            return HeatPumpState.OFF
-        if HeatPumpState.STANDBY in states:
-            return HeatPumpState.STANDBY
-        return HeatPumpState.BLOCKED
+            return _OFF
+        if _STANDBY in states:
+            return _STANDBY
+        return _BLOCKED
 
-    def read(self, noise: NoiseTable) -> dict[str, float]:
-        """Every ``hp-plc`` signal in engineering units, with sensor noise."""
-        draw = iter(noise.take(_NOISY_SIGNALS)).__next__
-        tn = self._temp_noise
-        rn = self._rel_noise
+    def signal_readers(self) -> dict[str, Callable[[Sequence[float]], float]]:
+        """Per ``hp-plc`` signal in profile order, its reading from one read's noise draws ``z``.
+
+        A read takes :data:`NOISE_DRAWS` draws whatever it reads, each noisy signal its own one,
+        so a read of some signals gives the same values as those keys of a full read.
+        """
         cfg = self.cfg
         dh = cfg.district_heating
-        flow_ratio = self.dh_flow_kg_s / dh.max_flow_kg_s
         fws = cfg.facility_water
-        values: dict[str, float] = {
-            "fws_supply_temp_c": self.fws_supply_header_c + tn * draw(),
-            "fws_return_temp_c": self.fws_in_c + tn * draw(),
-            "fws_flow_m3h": self.fws_flow_kg_s * self._m3h_per_kg_s * (1.0 + rn * draw()),
-            "fws_pump_speed_pct": 100.0 * self.fws_flow_kg_s / fws.max_flow_kg_s,
-            "fws_bypass_valve_pct": 100.0 * self.fws_bypass_kg_s / self.fws_flow_kg_s,
-            "hp_source_inlet_temp_c": self.fws_after_hx_c + tn * draw(),
-            "hp_source_outlet_temp_c": self.fws_after_hp_c + tn * draw(),
-            "dh_supply_temp_c": self.dh_out_c + self.supply_sensor_bias_k + tn * draw(),
-            "dh_return_temp_c": self.dh_return_c + tn * draw(),
-            "dh_hx_outlet_temp_c": self.dh_after_hx_c + tn * draw(),
-            "dh_flow_m3h": self.dh_flow_kg_s * self._m3h_per_kg_s * (1.0 + rn * draw()),
-            "dh_supply_pressure_bar": (dh.static_pressure_bar + dh.pump_head_bar * flow_ratio * flow_ratio)
-            * (1.0 + rn * draw()),
-            "dh_return_pressure_bar": dh.return_pressure_bar * (1.0 + rn * draw()),
-            "dh_pump_speed_pct": 100.0 * flow_ratio if self.dh_pump_on else 0.0,
-            "dh_pump_running": 1.0 if self.dh_pump_on else 0.0,
-            "dh_pump_tripped": 1.0 if self.dh_pump_tripped else 0.0,
-            "hx_valve_pct": self.hx_valve_pct,
-            "hx_heat_kw": self.hx_heat_kw * (1.0 + rn * draw()),
-            "hp_heat_kw": self.hp_heat_kw * (1.0 + rn * draw()),
-            "dh_heat_kw": (self.hx_heat_kw + self.hp_heat_kw) * (1.0 + rn * draw()),
-            "hp_electric_kw": self.hp_electric_kw * (1.0 + rn * draw()),
-            "hp_cop": self.cop,
-            "hp_enable": 1.0 if self.hp_enable else 0.0,
-            "hp_supply_setpoint_c": self.hp_supply_setpoint_c,
-            "heat_power_limit_kw": self.heat_power_limit_kw,
-            "hp_state": float(self.station_state()),
-            "hp_running_count": float(sum(1 for p in self.heat_pumps if p.state is HeatPumpState.RUNNING)),
-            "hp_trip_active": 1.0 if any(p.tripped for p in self.heat_pumps) else 0.0,
-            "dry_cooler_leaving_temp_c": self.fws_out_c + tn * draw(),
-            "dry_cooler_setpoint_c": self.dry_cooler_setpoint_c,
-            "dry_cooler_enable": 1.0 if self.dry_cooler_enable else 0.0,
-            "dry_cooler_forced": 1.0 if self.dc_forced else 0.0,
-            "dry_cooler_fan_speed_pct": self.dc_fan_pct,
-            "dry_cooler_heat_kw": self.dc_heat_kw * (1.0 + rn * draw()),
-            "outdoor_temp_c": self.outdoor_c + tn * 5.0 * draw(),
-            "heartbeat": float(self.heartbeat),
-            "heartbeat_echo": float(self.heartbeat),
-            "watchdog_timeout_s": self.watchdog_timeout_s,
-            "watchdog_tripped": 1.0 if self.watchdog_tripped else 0.0,
-            "local_hp_supply_setpoint_c": cfg.heat_pumps.local_supply_setpoint_c,
-            "local_heat_power_limit_kw": cfg.heat_pumps.local_heat_power_limit_kw,
-            "local_dry_cooler_setpoint_c": cfg.dry_coolers.local_setpoint_c,
-            "interlock_status": float(self.interlock),
-            "interlock_active": 1.0 if self.interlock & ~Interlock.WATCHDOG_FALLBACK else 0.0,
-            "alarm_reset": 0.0,
+
+        def dh_supply_pressure_bar(z: Sequence[float]) -> float:
+            flow_ratio = self.dh_flow_kg_s / dh.max_flow_kg_s
+            pressure_bar = dh.static_pressure_bar + dh.pump_head_bar * flow_ratio * flow_ratio
+            return pressure_bar * (1.0 + self._rel_noise * z[9])
+
+        readers: dict[str, Callable[[Sequence[float]], float]] = {
+            "fws_supply_temp_c": lambda z: self.fws_supply_header_c + self._temp_noise * z[0],
+            "fws_return_temp_c": lambda z: self.fws_in_c + self._temp_noise * z[1],
+            "fws_flow_m3h": lambda z: self.fws_flow_kg_s * self._m3h_per_kg_s * (1.0 + self._rel_noise * z[2]),
+            "fws_pump_speed_pct": lambda _: 100.0 * self.fws_flow_kg_s / fws.max_flow_kg_s,
+            "fws_bypass_valve_pct": lambda _: 100.0 * self.fws_bypass_kg_s / self.fws_flow_kg_s,
+            "hp_source_inlet_temp_c": lambda z: self.fws_after_hx_c + self._temp_noise * z[3],
+            "hp_source_outlet_temp_c": lambda z: self.fws_after_hp_c + self._temp_noise * z[4],
+            "dh_supply_temp_c": lambda z: self.dh_out_c + self.supply_sensor_bias_k + self._temp_noise * z[5],
+            "dh_return_temp_c": lambda z: self.dh_return_c + self._temp_noise * z[6],
+            "dh_hx_outlet_temp_c": lambda z: self.dh_after_hx_c + self._temp_noise * z[7],
+            "dh_flow_m3h": lambda z: self.dh_flow_kg_s * self._m3h_per_kg_s * (1.0 + self._rel_noise * z[8]),
+            "dh_supply_pressure_bar": dh_supply_pressure_bar,
+            "dh_return_pressure_bar": lambda z: dh.return_pressure_bar * (1.0 + self._rel_noise * z[10]),
+            "dh_pump_speed_pct": lambda _: (
+                100.0 * (self.dh_flow_kg_s / dh.max_flow_kg_s) if self.dh_pump_on else 0.0
+            ),
+            "dh_pump_running": lambda _: 1.0 if self.dh_pump_on else 0.0,
+            "dh_pump_tripped": lambda _: 1.0 if self.dh_pump_tripped else 0.0,
+            "hx_valve_pct": lambda _: self.hx_valve_pct,
+            "hx_heat_kw": lambda z: self.hx_heat_kw * (1.0 + self._rel_noise * z[11]),
+            "hp_heat_kw": lambda z: self.hp_heat_kw * (1.0 + self._rel_noise * z[12]),
+            "dh_heat_kw": lambda z: (self.hx_heat_kw + self.hp_heat_kw) * (1.0 + self._rel_noise * z[13]),
+            "hp_electric_kw": lambda z: self.hp_electric_kw * (1.0 + self._rel_noise * z[14]),
+            "hp_cop": lambda _: self.cop,
+            "hp_enable": lambda _: 1.0 if self.hp_enable else 0.0,
+            "hp_supply_setpoint_c": lambda _: self.hp_supply_setpoint_c,
+            "heat_power_limit_kw": lambda _: self.heat_power_limit_kw,
+            "hp_state": lambda _: float(self.station_state()),
+            "hp_running_count": lambda _: float(sum(1 for p in self.heat_pumps if p.state is _RUNNING)),
+            "hp_trip_active": lambda _: 1.0 if any(p.tripped for p in self.heat_pumps) else 0.0,
+            "dry_cooler_leaving_temp_c": lambda z: self.fws_out_c + self._temp_noise * z[15],
+            "dry_cooler_setpoint_c": lambda _: self.dry_cooler_setpoint_c,
+            "dry_cooler_enable": lambda _: 1.0 if self.dry_cooler_enable else 0.0,
+            "dry_cooler_forced": lambda _: 1.0 if self.dc_forced else 0.0,
+            "dry_cooler_fan_speed_pct": lambda _: self.dc_fan_pct,
+            "dry_cooler_heat_kw": lambda z: self.dc_heat_kw * (1.0 + self._rel_noise * z[16]),
+            "outdoor_temp_c": lambda z: self.outdoor_c + self._temp_noise * 5.0 * z[17],
+            "heartbeat": lambda _: float(self.heartbeat),
+            "heartbeat_echo": lambda _: float(self.heartbeat),
+            "watchdog_timeout_s": lambda _: self.watchdog_timeout_s,
+            "watchdog_tripped": lambda _: 1.0 if self.watchdog_tripped else 0.0,
+            "local_hp_supply_setpoint_c": lambda _: cfg.heat_pumps.local_supply_setpoint_c,
+            "local_heat_power_limit_kw": lambda _: cfg.heat_pumps.local_heat_power_limit_kw,
+            "local_dry_cooler_setpoint_c": lambda _: cfg.dry_coolers.local_setpoint_c,
+            "interlock_status": lambda _: float(self.interlock),
+            "interlock_active": lambda _: 1.0 if self.interlock & _NOT_WATCHDOG_FALLBACK else 0.0,
+            "alarm_reset": lambda _: 0.0,
         }
         for pump in self.heat_pumps:
             prefix = f"hp_{pump.index}_"
-            values[prefix + "state"] = float(pump.state)
-            values[prefix + "capacity_pct"] = 100.0 * pump.capacity
-            values[prefix + "run_hours_h"] = pump.run_hours_h
-            values[prefix + "tripped"] = 1.0 if pump.tripped else 0.0
-        return values
+            readers[prefix + "state"] = lambda _, pump=pump: float(pump.state)
+            readers[prefix + "capacity_pct"] = lambda _, pump=pump: 100.0 * pump.capacity
+            readers[prefix + "run_hours_h"] = lambda _, pump=pump: pump.run_hours_h
+            readers[prefix + "tripped"] = lambda _, pump=pump: 1.0 if pump.tripped else 0.0
+        return readers
 
     def write(self, signal: str, value: float, now_s: float) -> None:
         """Apply a write as the PLC would: clamp setpoints, reject bad enumerations."""
