@@ -484,7 +484,7 @@ LIMIT_ROWS = [
 def test_heat_order_limit(name, fields, state_fields, order_kw, delivering, over_k, choice, limit_kw, enabled):
     state = SupervisorState(**state_fields)
     data = inputs(**fields)
-    utility = dataclasses.replace(utility_order(SETUP, state, 100.0, inputs=data), order_kw=order_kw)
+    utility = utility_order(SETUP, state, 100.0, inputs=data)._replace(order_kw=order_kw)
     acceptance = DhAcceptance(refusals=() if order_kw > 0.0 else ("order_zero",), delivering=delivering)
     supply = DhSupply(
         feedforward_k=0.0,

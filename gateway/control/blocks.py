@@ -134,22 +134,30 @@ def weather_curve_supply_c(
     number is undefined, and no space heating is needed), leaving ``room_c + offset_k``,
     which ``min_c`` (e.g. the hot-water minimum) then lifts.
     """
-    for name, value in (
-        ("outdoor_c", outdoor_c),
-        ("slope", slope),
-        ("room_c", room_c),
-        ("offset_k", offset_k),
-        ("min_c", min_c),
-        ("max_c", max_c),
+    if not (
+        math.isfinite(outdoor_c)
+        and math.isfinite(slope)
+        and math.isfinite(room_c)
+        and math.isfinite(offset_k)
+        and math.isfinite(min_c)
+        and math.isfinite(max_c)
     ):
-        _require_finite(name, value)
+        for name, value in (
+            ("outdoor_c", outdoor_c),
+            ("slope", slope),
+            ("room_c", room_c),
+            ("offset_k", offset_k),
+            ("min_c", min_c),
+            ("max_c", max_c),
+        ):
+            _require_finite(name, value)
     if slope < 0.0:
         raise ValueError(f"weather_curve_supply_c: slope must be >= 0, got {slope}")
     if min_c > max_c:
         raise ValueError(f"weather_curve_supply_c: min_c {min_c} > max_c {max_c}")
     difference_k = max(room_c - outdoor_c, 0.0)
-    supply_c = slope * _CURVE_FACTOR * difference_k**_CURVE_EXPONENT + room_c + offset_k
-    return clamp(supply_c, min_c, max_c)
+    supply_c: float = slope * _CURVE_FACTOR * difference_k**_CURVE_EXPONENT + room_c + offset_k
+    return min(max(supply_c, min_c), max_c)  # clamp(): every number is finite, min_c <= max_c
 
 
 # --- delayed alarm ------------------------------------------------------------------------
@@ -207,21 +215,26 @@ class DelayedAlarm:
 
     def step(self, state: AlarmState, value: float, now_s: float) -> AlarmState:
         """Return the alarm's state after seeing ``value`` at ``now_s``."""
-        _require_finite("value", value)
-        _require_finite("now_s", now_s)
+        if not (math.isfinite(value) and math.isfinite(now_s)):
+            _require_finite("value", value)
+            _require_finite("now_s", now_s)
         if self.sense is AlarmSense.HIGH:
             wants_change = value < self.off_threshold if state.active else value > self.on_threshold
         else:
             wants_change = value > self.off_threshold if state.active else value < self.on_threshold
         if not wants_change:
-            return dataclasses.replace(state, pending_since_s=None)
+            if state.pending_since_s is None:
+                return state  # nothing pending: the same state (frozen, so the same value)
+            return AlarmState(active=state.active, since_s=state.since_s, pending_since_s=None)
         pending_since_s = state.pending_since_s
         if pending_since_s is None or pending_since_s > now_s:
             pending_since_s = now_s
         delay_s = self.off_delay_s if state.active else self.on_delay_s
         if now_s - pending_since_s >= delay_s:
             return AlarmState(active=not state.active, since_s=now_s, pending_since_s=None)
-        return dataclasses.replace(state, pending_since_s=pending_since_s)
+        if pending_since_s == state.pending_since_s:
+            return state
+        return AlarmState(active=state.active, since_s=state.since_s, pending_since_s=pending_since_s)
 
 
 # --- minimum on/off times -----------------------------------------------------------------
@@ -334,8 +347,7 @@ class OrderSource(enum.Enum):
     """The local fallback (the weather curve for the supply temperature)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HoldState:
+class HoldState(NamedTuple):
     """State of `HoldThenFallback`. Start with ``HoldState()``."""
 
     last_order: float | None = None
@@ -344,8 +356,7 @@ class HoldState:
     """When the order stopped being available; None while it is."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HoldResult:
+class HoldResult(NamedTuple):
     """Value to use, where it comes from, and the state for the next step."""
 
     value: float
@@ -383,8 +394,9 @@ class HoldThenFallback:
         ``link_up`` (decide that with `Staleness` on the link's heartbeat). ``fallback`` is
         the value to use once the hold has run out (e.g. `weather_curve_supply_c`).
         """
-        _require_finite("fallback", fallback)
-        _require_finite("now_s", now_s)
+        if not (math.isfinite(fallback) and math.isfinite(now_s)):
+            _require_finite("fallback", fallback)
+            _require_finite("now_s", now_s)
         if link_up and order is not None and math.isfinite(order):
             return HoldResult(
                 value=order,
@@ -410,8 +422,7 @@ class HoldThenFallback:
 # --- min/max select -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
+class Selection(NamedTuple):
     """Winning value of a min/max select and the name of the input it came from."""
 
     value: float
@@ -436,14 +447,15 @@ def select_max(candidates: Mapping[str, float]) -> Selection:
 def _select(candidates: Mapping[str, float], *, lowest: bool) -> Selection:
     if not candidates:
         raise ValueError("select: no candidates")
-    best: Selection | None = None
+    best_name: str | None = None
+    best = math.nan
     for name, value in candidates.items():
         if math.isnan(value):
             raise ValueError(f"select: candidate {name!r} is NaN")
-        if best is None or (value < best.value if lowest else value > best.value):
-            best = Selection(value=value, name=name)
-    assert best is not None  # candidates is not empty
-    return best
+        if best_name is None or (value < best if lowest else value > best):
+            best_name, best = name, value
+    assert best_name is not None  # candidates is not empty
+    return Selection(best, best_name)
 
 
 # --- checks -------------------------------------------------------------------------------

@@ -41,10 +41,10 @@ loop in its safe state. ``output`` being ``Optional`` makes mypy force that chec
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "Action",
@@ -112,6 +112,10 @@ class PidConfig:
     """Longest elapsed time one step may integrate (e.g. 10 x the nominal period); None: any."""
     action: Action = Action.REVERSE
     """REVERSE (heating-like, e = setpoint - measurement) or DIRECT (cooling-like)."""
+    _sign: float = field(init=False, repr=False, compare=False)
+    """+1 reverse, -1 direct acting (worked out once: `pid_step` runs every cycle)."""
+    _ki_per_s: float = field(init=False, repr=False, compare=False)
+    _tracking_time_s: float | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.kp) and self.kp > 0.0, "kp", "a finite number > 0")
@@ -158,6 +162,9 @@ class PidConfig:
             "max_dt_s",
             "None or a finite number > 0",
         )
+        object.__setattr__(self, "_sign", 1.0 if self.action is Action.REVERSE else -1.0)
+        object.__setattr__(self, "_ki_per_s", self.ki_per_s)
+        object.__setattr__(self, "_tracking_time_s", self.tracking_time_s)
 
     @property
     def has_integral(self) -> bool:
@@ -199,8 +206,7 @@ class PidConfig:
         return min(max(value, self.out_min), self.out_max)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PidState:
+class PidState(NamedTuple):
     """Everything the controller remembers between steps. Start with ``PidState()``.
 
     To start bumplessly from the actuator's present value, pass it as ``last_output``: the
@@ -221,8 +227,7 @@ class PidState:
     """AUTO: the controller sets the output. MANUAL: the operator does, the controller tracks."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PidResult:
+class PidResult(NamedTuple):
     """What one step produced.
 
     ``output`` is None exactly when the step was invalid (``valid`` False); then ``state`` is
@@ -255,7 +260,7 @@ def with_mode(state: PidState, mode: ControlMode) -> PidState:
     the manual output (plus any genuine change of P and D since). Auto -> manual: without an
     operator value (``track``) manual mode holds the last auto output.
     """
-    return dataclasses.replace(state, mode=mode)
+    return state._replace(mode=mode)
 
 
 def pid_step(
@@ -282,17 +287,23 @@ def pid_step(
 
     Never raises on bad numbers: see the module docstring and `PidResult`.
     """
-    reason = _non_finite(
-        setpoint=setpoint,
-        measurement=measurement,
-        now_s=now_s,
-        feedforward=feedforward,
-        track=track,
-    )
-    if reason is not None:
+    if not (
+        math.isfinite(setpoint)
+        and math.isfinite(measurement)
+        and math.isfinite(now_s)
+        and math.isfinite(feedforward)
+        and (track is None or math.isfinite(track))
+    ):
+        reason = _non_finite(
+            setpoint=setpoint,
+            measurement=measurement,
+            now_s=now_s,
+            feedforward=feedforward,
+            track=track,
+        )
         return PidResult(output=None, state=state, invalid_reason=reason)
 
-    sign = 1.0 if config.action is Action.REVERSE else -1.0
+    sign = config._sign  # noqa: SLF001 - the config's own, worked out once
     error = sign * (setpoint - measurement)
     proportional = sign * config.kp * (config.setpoint_weight * setpoint - measurement)
 
@@ -303,23 +314,10 @@ def pid_step(
         # setpoint weight b < 1 the P term carries -Kp (1 - b) setpoint, which a running
         # loop's integral has absorbed; without this a fresh b = 0 trim on a 72 °C supply
         # would start at -Kp x 72 K (clamped to its limit) with the error at zero.
-        state = dataclasses.replace(
-            state, integral=state.integral + sign * config.kp * (1.0 - config.setpoint_weight) * setpoint
-        )
+        state = state._replace(integral=state.integral + sign * config.kp * (1.0 - config.setpoint_weight) * setpoint)
     wanted = proportional + state.integral + derivative + feedforward
-
-    def hold(target: float) -> PidResult:
-        """Output ``target`` (clamped) and set the integral so the next step continues from it."""
-        output = config.clamp(target)
-        new_state = PidState(
-            integral=output - proportional - derivative - feedforward,
-            derivative=derivative,
-            last_measurement=reference,
-            last_time_s=time_s,
-            last_output=output,
-            mode=state.mode,
-        )
-        return PidResult(output=output, state=new_state, saturated=output != target, dt_s=dt_s)
+    # What the step leaves behind, whichever way it goes (``_hold`` makes the rest of it).
+    after = (proportional, derivative, feedforward, reference, time_s, dt_s)
 
     if state.mode is ControlMode.MANUAL:
         operator = track if track is not None else state.last_output
@@ -331,13 +329,13 @@ def pid_step(
             )
         # Hard tracking: the integral absorbs whatever the operator does, so auto resumes
         # from exactly this output.
-        return hold(operator)
+        return _hold(config, state, operator, after)
 
     if first_step and state.last_output is not None:
         # Bumpless start from the actuator's present value.
-        return hold(state.last_output)
+        return _hold(config, state, state.last_output, after)
 
-    clamped = config.clamp(wanted)
+    clamped = min(max(wanted, config.out_min), config.out_max)  # config.clamp(wanted)
     output = clamped
     if config.output_ramp_per_s is not None and state.last_output is not None:
         step_max = config.output_ramp_per_s * dt_s
@@ -346,10 +344,10 @@ def pid_step(
         output = config.clamp(output)
 
     integral = state.integral
-    tracking_time_s = config.tracking_time_s
+    tracking_time_s = config._tracking_time_s  # noqa: SLF001
     if tracking_time_s is not None and dt_s > 0.0:
         applied = track if track is not None else output
-        integral += dt_s * config.ki_per_s * error
+        integral += dt_s * config._ki_per_s * error  # noqa: SLF001
         # Back-calculation. The ramp is part of the actuator model, so the integral does not
         # wind up while the output is rate-limited either.
         integral += (applied - wanted) * -math.expm1(-dt_s / tracking_time_s)
@@ -369,6 +367,23 @@ def pid_step(
         rate_limited=output != clamped,
         dt_s=dt_s,
     )
+
+
+def _hold(
+    config: PidConfig, state: PidState, target: float, after: tuple[float, float, float, float, float, float]
+) -> PidResult:
+    """Output ``target`` (clamped) and set the integral so the next step continues from it."""
+    proportional, derivative, feedforward, reference, time_s, dt_s = after
+    output = config.clamp(target)
+    new_state = PidState(
+        integral=output - proportional - derivative - feedforward,
+        derivative=derivative,
+        last_measurement=reference,
+        last_time_s=time_s,
+        last_output=output,
+        mode=state.mode,
+    )
+    return PidResult(output=output, state=new_state, saturated=output != target, dt_s=dt_s)
 
 
 class PidController:

@@ -2,8 +2,9 @@
 
 ``Supervisor.step`` (gateway/control/supervisor.py) composes them in this order; each stage
 reads the frozen :class:`SupervisorState` it is given and the outputs of the stages before it,
-and returns a frozen record (nothing else is shared, nothing is mutated but the one-cycle
-:class:`WriteBook` inside :func:`plan_writes`):
+and returns an immutable record, a named tuple (built every cycle: a frozen dataclass costs about
+twice as much to build); nothing else is shared, nothing is mutated but the one-cycle
+:class:`WriteBook` inside :func:`plan_writes`:
 
 1. :func:`read_inputs` -> :class:`Inputs`: every role input, its quality (stale, frozen), the
    meter and outdoor filters, which devices are stale and the safe states that follow;
@@ -31,6 +32,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
 from gateway.config.control import ControlConfig
@@ -53,7 +55,16 @@ from gateway.control.commands import Mode
 from gateway.control.pid import ControlMode, PidConfig, PidState, pid_step
 from gateway.control.roles import Heartbeat, RoleMap
 from gateway.control.state import SupervisorState, TimedValue, Watch
-from gateway.control.writes import HEARTBEAT_REASON, Lease, OutputSpec, SignalKey, Write, WriteBook, spend_budget
+from gateway.control.writes import (
+    HEARTBEAT_REASON,
+    Lease,
+    OutputSpec,
+    SignalKey,
+    Write,
+    WriteBook,
+    settled_value,
+    spend_budget,
+)
 
 __all__ = [
     "CduBinding",
@@ -102,7 +113,60 @@ _CDU_SIGNALS = (
     "valve_feedback_pct",
     "local_setpoint_c",
 )
+_METER_INPUTS = ("flow_temp_c", "heat_power_kw", "return_temp_c")
+"""The heat meter's role inputs, in the order :func:`read_inputs` unpacks them."""
+_PLC_INPUTS = (
+    "dh_supply_temp_c",
+    "fws_supply_temp_c",
+    "outdoor_temp_c",
+    "dh_return_temp_c",
+    "dh_pump_tripped",
+    "interlock_status",
+    "hp_source_inlet_temp_c",
+    "hp_source_outlet_temp_c",
+    "hp_running_count",
+    "hx_heat_kw",
+)
+"""The station PLC's role inputs, in the order :func:`read_inputs` unpacks them."""
+_PANEL_INPUTS = (
+    "fws_supply_temp_c",
+    "outdoor_temp_c",
+    "utility_link_ok",
+    "utility_heat_order_mw",
+    "utility_supply_temp_c",
+    "utility_order_age_s",
+)
+"""The panel PC's role inputs, in the order :func:`read_inputs` unpacks them."""
 _NOTHING: Mapping[str, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInputs:
+    """Where a device's role inputs are, resolved once (the cycle reads them all every cycle)."""
+
+    name: str
+    names: tuple[str | None, ...]
+    """Per role input (in the order the stage asks for them): the profile signal, None (absent)
+    or a key of ``constants``."""
+    constants: Mapping[str, float]
+    """The inputs the site gives as constants, under keys no profile signal can have."""
+
+
+def _resolve(bound: Mapping[str, Bound], signals: tuple[str, ...]) -> tuple[tuple[str | None, ...], dict[str, float]]:
+    """The profile signal of each role signal (None: absent; a constant: a key of the dict returned)."""
+    names: list[str | None] = []
+    constants: dict[str, float] = {}
+    for signal in signals:
+        where = bound.get(signal)
+        if where is None:
+            names.append(None)
+        elif where[0] is None:
+            key = f"={signal}"  # not a signal name (profile signal names are identifiers)
+            constants[key] = where[1]
+            names.append(key)
+        else:
+            names.append(where[0])
+    return tuple(names), constants
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +192,25 @@ class CduBinding:
     """Its ``tcs_supply_setpoint_c`` output is bound."""
     status_key: str
     """``{name}.tcs_supply_setpoint_c`` in the status record."""
+    names: tuple[str | None, ...]
+    """The seven names above in the order of ``_CDU_SIGNALS`` (read in one ``map``)."""
+    supply_key: SignalKey
+    """``(name, "tcs_supply_temp_c")``: the key of its frozen-value watch."""
+    steady: _SteadyCdu | None
+    """What it takes to see that this cycle's writes to it change nothing (None: always ask the book)."""
+
+
+class _SteadyCdu(NamedTuple):
+    """A CDU's two outputs, resolved for :func:`_steady`: its external mode and its setpoint (with a ramp)."""
+
+    mode_key: SignalKey
+    mode_value: float
+    """What the book makes of the mode 1.0 it is given (clamped, rounded)."""
+    mode_band: float
+    setpoint_key: SignalKey
+    setpoint: OutputSpec
+    """Its spec (one object for all the CDUs whose specs are equal: the rounding is shared)."""
+    setpoint_band: float
 
 
 class _ViewValues:
@@ -193,6 +276,19 @@ class Reader:
             self._values[device] = values
         return values
 
+    def fresh_values(self, devices: tuple[str, ...]) -> list[Mapping[str, float] | _ViewValues]:
+        """:meth:`values` of each device, without keeping them: for devices read once a cycle (the CDUs)."""
+        fresh, max_age_s = self._fresh, self._max_age_s
+        if fresh is not None:
+            return [fresh(device, max_age_s) or _NOTHING for device in devices]
+        return [_ViewValues(self._good, device, max_age_s) for device in devices]
+
+    def getter(self, device: str, constants: Mapping[str, float]) -> Callable[[str | None], float | None]:
+        """``get(name)`` for the names of a :class:`DeviceInputs` or :class:`CduBinding`: the fresh
+        value, the constant, or None (None for a None name too: None is no key)."""
+        values = self.values(device)
+        return (_WithConstants(values, constants) if constants else values).get  # type: ignore[return-value]
+
     def __call__(self, device: str, signal: str) -> float | None:
         bound = self._bindings.get(device, _NO_BINDINGS).get(signal)
         if bound is None:
@@ -204,8 +300,6 @@ class Reader:
 
 
 _NO_BINDINGS: Mapping[str, Bound] = {}
-
-
 
 
 # -- what does not change between cycles -----------------------------------------------------------
@@ -220,6 +314,10 @@ class Setup:
     bindings: Mapping[str, Mapping[str, Bound]]
     """Device -> role signal -> where it is read (absent signals are not listed)."""
     cdus: tuple[CduBinding, ...]
+    cdu_names: tuple[str, ...]
+    meter_inputs: DeviceInputs
+    plc_inputs: DeviceInputs
+    panel_inputs: DeviceInputs
     outputs: Mapping[SignalKey, OutputSpec]
     """(device, role output) -> how it is written (only these are ever written)."""
     ramps: Mapping[str, RampLimiter]
@@ -275,26 +373,37 @@ class Setup:
             }
             for device, role in roles.devices.items()
         }
+        ramps: dict[str, RampLimiter] = {
+            "tcs_supply_setpoint_c": ceiling_ramp,
+            "hp_supply_setpoint_c": RampLimiter(up_per_s=cfg.dh_supply_ramp_k_per_min / 60.0, max_dt_s=max_dt_s),
+            "heat_power_limit_kw": RampLimiter(
+                up_per_s=cfg.heat_power_limit_ramp_up_kw_per_s,
+                down_per_s=cfg.heat_power_limit_ramp_down_kw_per_s,
+                max_dt_s=max_dt_s,
+            ),
+            "dry_cooler_setpoint_c": RampLimiter(
+                up_per_s=cfg.dry_cooler_setpoint_raise_k_per_min / 60.0,
+                down_per_s=cfg.dry_cooler_setpoint_lower_k_per_min / 60.0,
+                max_dt_s=max_dt_s,
+            ),
+        }
+        specs: dict[OutputSpec, OutputSpec] = {}
         return cls(
             config=cfg,
             roles=roles,
             bindings=bindings,
-            cdus=tuple(_cdu_binding(name, bindings.get(name, {}), outputs) for name in roles.cdus),
+            cdus=tuple(
+                _cdu_binding(
+                    name, bindings.get(name, {}), outputs, ramped="tcs_supply_setpoint_c" in ramps, specs=specs
+                )
+                for name in roles.cdus
+            ),
+            cdu_names=tuple(roles.cdus),
+            meter_inputs=DeviceInputs(roles.heat_meter, *_resolve(bindings.get(roles.heat_meter, {}), _METER_INPUTS)),
+            plc_inputs=DeviceInputs(plc, *_resolve(bindings.get(plc, {}), _PLC_INPUTS)),
+            panel_inputs=DeviceInputs(roles.panel, *_resolve(bindings.get(roles.panel, {}), _PANEL_INPUTS)),
             outputs=outputs,
-            ramps={
-                "tcs_supply_setpoint_c": ceiling_ramp,
-                "hp_supply_setpoint_c": RampLimiter(up_per_s=cfg.dh_supply_ramp_k_per_min / 60.0, max_dt_s=max_dt_s),
-                "heat_power_limit_kw": RampLimiter(
-                    up_per_s=cfg.heat_power_limit_ramp_up_kw_per_s,
-                    down_per_s=cfg.heat_power_limit_ramp_down_kw_per_s,
-                    max_dt_s=max_dt_s,
-                ),
-                "dry_cooler_setpoint_c": RampLimiter(
-                    up_per_s=cfg.dry_cooler_setpoint_raise_k_per_min / 60.0,
-                    down_per_s=cfg.dry_cooler_setpoint_lower_k_per_min / 60.0,
-                    max_dt_s=max_dt_s,
-                ),
-            },
+            ramps=ramps,
             heartbeats={name: role.heartbeat for name, role in roles.devices.items() if role.heartbeat},
             budgets={name: role.write_budget_per_h for name, role in roles.devices.items() if role.outputs},
             dh_trim_pid=PidConfig(
@@ -330,20 +439,28 @@ class Setup:
         )
 
 
-def _cdu_binding(name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalKey, OutputSpec]) -> CduBinding:
-    names: list[str | None] = []
-    constants: dict[str, float] = {}
-    for signal in _CDU_SIGNALS:
-        where = bound.get(signal)
-        if where is None:
-            names.append(None)
-        elif where[0] is None:
-            key = f"={signal}"  # not a signal name (profile signal names are identifiers)
-            constants[key] = where[1]
-            names.append(key)
-        else:
-            names.append(where[0])
+def _cdu_binding(
+    name: str,
+    bound: Mapping[str, Bound],
+    outputs: Mapping[SignalKey, OutputSpec],
+    *,
+    ramped: bool,
+    specs: dict[OutputSpec, OutputSpec],
+) -> CduBinding:
+    names, constants = _resolve(bound, _CDU_SIGNALS)
     supply, supply_2, setpoint, it_limit, mode, valve, local = names
+    mode_spec = outputs.get((name, "control_mode"))
+    setpoint_spec = outputs.get((name, "tcs_supply_setpoint_c"))
+    steady = None
+    if mode_spec is not None and setpoint_spec is not None and ramped:
+        steady = _SteadyCdu(
+            mode_key=(name, "control_mode"),
+            mode_value=settled_value(mode_spec, min(max(1.0, mode_spec.low), mode_spec.high)),
+            mode_band=mode_spec.revert_band,
+            setpoint_key=(name, "tcs_supply_setpoint_c"),
+            setpoint=specs.setdefault(setpoint_spec, setpoint_spec),
+            setpoint_band=setpoint_spec.revert_band,
+        )
     return CduBinding(
         name=name,
         supply=supply,
@@ -357,6 +474,9 @@ def _cdu_binding(name: str, bound: Mapping[str, Bound], outputs: Mapping[SignalK
         writes_mode=(name, "control_mode") in outputs,
         writes_setpoint=(name, "tcs_supply_setpoint_c") in outputs,
         status_key=f"{name}.tcs_supply_setpoint_c",
+        names=names,
+        supply_key=(name, "tcs_supply_temp_c"),
+        steady=steady,
     )
 
 
@@ -384,8 +504,7 @@ class CduReading(NamedTuple):
     it_limit_c: float = math.nan
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Inputs:
+class Inputs(NamedTuple):
     """Every role input of the cycle (None: stale, bad, frozen or absent) and what follows from them."""
 
     outdoor_c: float
@@ -415,11 +534,13 @@ class Inputs:
     """The CDUs whose inputs are all fresh (read_inputs fills it in; see `with_cdus`)."""
     stale_cdus: tuple[str, ...] = ()
     """Names of the CDUs that are not fresh."""
+    hottest: CduReading | None = None
+    """The fresh CDU with the hottest rack loop (the first of equals; None: no fresh CDU)."""
     stale: tuple[str, ...] = ()
     """Devices whose data is stale, CDUs first."""
     overrides: tuple[str, ...] = ()
     """The safe states the stale data calls for."""
-    stuck: Mapping[SignalKey, Watch] = dataclasses.field(default_factory=dict)
+    stuck: Mapping[SignalKey, Watch] = MappingProxyType({})
     """The frozen-value watches for the next cycle."""
     outdoor: TimedValue | None = None
     """The outdoor filter for the next cycle."""
@@ -443,55 +564,88 @@ class Inputs:
 
     def with_cdus(self, cdus: tuple[CduReading, ...]) -> Inputs:
         """The same inputs with these CDUs (fresh and stale ones sorted out)."""
-        return dataclasses.replace(
-            self,
+        fresh_cdus = tuple(cdu for cdu in cdus if cdu.fresh)
+        return self._replace(
             cdus=cdus,
-            fresh_cdus=tuple(cdu for cdu in cdus if cdu.fresh),
+            fresh_cdus=fresh_cdus,
             stale_cdus=tuple(cdu.name for cdu in cdus if not cdu.fresh),
+            hottest=max(fresh_cdus, key=lambda cdu: cdu.hottest_c, default=None),
         )
 
 
 class _Watcher:
     """Readings that must also keep moving (a frozen transmitter is stale too); one cycle's watches."""
 
-    __slots__ = ("cfg", "now_s", "stuck")
+    __slots__ = ("after_s", "now_s", "stuck", "witness_delay_s", "witness_k")
 
     def __init__(self, stuck: Mapping[SignalKey, Watch], cfg: ControlConfig, now_s: float) -> None:
         self.stuck = dict(stuck)
-        self.cfg = cfg
+        self.after_s = cfg.stuck_after_s
+        self.witness_k = cfg.stuck_witness_k
+        self.witness_delay_s = cfg.stuck_witness_delay_s
         self.now_s = now_s
 
     def check(self, key: SignalKey, value: float | None, witness_value: float | None) -> float | None:
         """``value``, or None when it has sat still too long (its witness: a related signal, or None)."""
-        stuck, cfg, now_s = self.stuck, self.cfg, self.now_s
-        if value is None or cfg.stuck_after_s <= 0.0:
+        stuck = self.stuck
+        if value is None or self.after_s <= 0.0:
             stuck.pop(key, None)
             return value
         seen = stuck.get(key)
         if seen is None:
-            stuck[key] = Watch(value, now_s, math.inf, math.nan, _nan_if_none(witness_value))
+            witness = math.nan if witness_value is None else witness_value
+            stuck[key] = Watch(value, self.now_s, math.inf, math.nan, witness)
             return value
-        if seen.value != value:
-            step = abs(value - seen.value)
-            typical = step if math.isnan(seen.typical_step) else seen.typical_step + 0.2 * (step - seen.typical_step)
-            stuck[key] = Watch(value, now_s, min(seen.smallest_step, step), typical, _nan_if_none(witness_value))
+        if seen[0] != value:  # seen.value: most readings change every cycle
+            step = abs(value - seen[0])
+            typical_step = seen[3]
+            typical = step if math.isnan(typical_step) else typical_step + 0.2 * (step - typical_step)
+            witness = math.nan if witness_value is None else witness_value
+            stuck[key] = Watch(value, self.now_s, min(seen[2], step), typical, witness)
             return value
+        now_s = self.now_s
         if witness_value is not None and not math.isnan(seen.witness):
-            away = abs(witness_value - seen.witness) > cfg.stuck_witness_k
+            away = abs(witness_value - seen.witness) > self.witness_k
             if away == math.isnan(seen.witness_away_s):  # it went away, or came back
                 seen = stuck[key] = seen._replace(witness_away_s=now_s if away else math.nan)
-        return None if _frozen(seen, now_s, cfg) else value
+        return None if self._frozen(seen) else value
+
+    def _frozen(self, seen: Watch) -> bool:
+        """Unchanged for ``stuck_after_s``, and either noisy before or its witness has been away since
+        for ``stuck_witness_delay_s`` (the meter sees a change of the station's supply only after the
+        DH pipe's transport delay: a witness that has just moved proves nothing yet)."""
+        now_s = self.now_s
+        if now_s - seen.since_s < self.after_s:
+            return False
+        if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
+            return True
+        return now_s - seen.witness_away_s >= self.witness_delay_s  # NaN (not away) compares False
 
 
 def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Reader) -> Inputs:
     """Stage 1: every role input with its quality, the filters, the stale devices and their safe states."""
     cfg = setup.config
-    meter, plc, panel = setup.meter, setup.plc, setup.panel
+    meter, plc, panel = setup.meter_inputs, setup.plc_inputs, setup.panel_inputs
     watched = _Watcher(state.stuck, cfg, now_s)
-    station_supply_c = read(plc, "dh_supply_temp_c")
-    meter_supply_c = watched.check((meter, "flow_temp_c"), read(meter, "flow_temp_c"), station_supply_c)
-    meter_power_kw = watched.check((meter, "heat_power_kw"), read(meter, "heat_power_kw"), None)
-    meter_return_c = read(meter, "return_temp_c")
+    # Every role input of the three, each device's fresh values asked once (map: no call per input).
+    meter_supply_c, meter_power_kw, meter_return_c = map(read.getter(meter.name, meter.constants), meter.names)
+    (
+        station_supply_c,
+        plc_fws_supply_c,
+        plc_outdoor_c,
+        plc_return_c,
+        dh_pump_tripped,
+        interlock,
+        source_in_c,
+        source_out_c,
+        running,
+        hx_heat_kw,
+    ) = map(read.getter(plc.name, plc.constants), plc.names)
+    fws_supply_c, outdoor_c, link_ok, order_mw, requirement_in_c, order_age_s = map(
+        read.getter(panel.name, panel.constants), panel.names
+    )
+    meter_supply_c = watched.check((meter.name, "flow_temp_c"), meter_supply_c, station_supply_c)
+    meter_power_kw = watched.check((meter.name, "heat_power_kw"), meter_power_kw, None)
     meter_supply_raw_c = meter_supply_c
     meter_filtered: tuple[TimedValue, TimedValue] | None = None
     if meter_supply_c is not None and meter_power_kw is not None and meter_return_c is not None:
@@ -500,17 +654,14 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
         power = _low_pass(before[1] if before else None, meter_power_kw, now_s, cfg.meter_filter_s)
         meter_filtered = (supply, power)
         meter_supply_c, meter_power_kw = supply.value, power.value
-    fws_supply_c = read(plc, "fws_supply_temp_c")
-    if fws_supply_c is None:
-        fws_supply_c = read(panel, "fws_supply_temp_c")
-    outdoor_c = read(panel, "outdoor_temp_c")
+    if plc_fws_supply_c is not None:
+        fws_supply_c = plc_fws_supply_c  # the PLC's first, the panel's when the PLC has none
     if outdoor_c is None:
-        outdoor_c = read(plc, "outdoor_temp_c")
+        outdoor_c = plc_outdoor_c  # the panel's first
     outdoor = state.outdoor
     if outdoor_c is not None:
         outdoor = _low_pass(outdoor, outdoor_c, now_s, cfg.outdoor_filter_s)
-    cdus = tuple(_read_cdu(read.values(cdu.name), watched, cdu) for cdu in setup.cdus)
-    fresh_cdus = tuple(cdu for cdu in cdus if cdu.fresh)
+    cdus, fresh_cdus, stale_cdus, hottest = _read_cdus(setup, read, watched)
     inputs = Inputs(
         outdoor_c=outdoor.value if outdoor is not None else cfg.fallback_outdoor_temp_c,
         meter_supply_c=meter_supply_c,
@@ -518,21 +669,22 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
         meter_power_kw=meter_power_kw,
         meter_return_c=meter_return_c,
         station_supply_c=station_supply_c,
-        plc_return_c=read(plc, "dh_return_temp_c"),
-        dh_pump_tripped=read(plc, "dh_pump_tripped"),
-        interlock=read(plc, "interlock_status"),
-        source_in_c=read(plc, "hp_source_inlet_temp_c"),
-        source_out_c=read(plc, "hp_source_outlet_temp_c"),
-        running=read(plc, "hp_running_count"),
-        hx_heat_kw=read(plc, "hx_heat_kw"),
-        link_ok=read(panel, "utility_link_ok"),
-        order_mw=read(panel, "utility_heat_order_mw"),
-        requirement_in_c=read(panel, "utility_supply_temp_c"),
-        order_age_s=read(panel, "utility_order_age_s"),
+        plc_return_c=plc_return_c,
+        dh_pump_tripped=dh_pump_tripped,
+        interlock=interlock,
+        source_in_c=source_in_c,
+        source_out_c=source_out_c,
+        running=running,
+        hx_heat_kw=hx_heat_kw,
+        link_ok=link_ok,
+        order_mw=order_mw,
+        requirement_in_c=requirement_in_c,
+        order_age_s=order_age_s,
         fws_supply_c=fws_supply_c,
         cdus=cdus,
         fresh_cdus=fresh_cdus,
-        stale_cdus=tuple(cdu.name for cdu in cdus if not cdu.fresh) if len(fresh_cdus) < len(cdus) else (),
+        stale_cdus=stale_cdus,
+        hottest=hottest,
         stuck=watched.stuck,
         outdoor=outdoor,
         meter_filtered=meter_filtered,
@@ -540,7 +692,7 @@ def read_inputs(setup: Setup, state: SupervisorState, now_s: float, *, read: Rea
     if inputs.meter_ok and inputs.plc_ok and inputs.panel_ok and not inputs.stale_cdus:
         return inputs  # all fresh: nothing stale, no safe state (the usual cycle)
     stale, overrides = _staleness(setup, inputs)
-    return dataclasses.replace(inputs, stale=stale, overrides=overrides)
+    return inputs._replace(stale=stale, overrides=overrides)
 
 
 def _staleness(setup: Setup, inputs: Inputs) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -561,66 +713,67 @@ def _staleness(setup: Setup, inputs: Inputs) -> tuple[tuple[str, ...], tuple[str
     return tuple(stale), tuple(overrides)
 
 
-def _read_cdu(values: Mapping[str, float] | _ViewValues, watched: _Watcher, cdu: CduBinding) -> CduReading:
-    name = cdu.name
+def _read_cdus(
+    setup: Setup, read: Reader, watched: _Watcher
+) -> tuple[tuple[CduReading, ...], tuple[CduReading, ...], tuple[str, ...], CduReading | None]:
+    """Every CDU as seen this cycle: all, the fresh ones, the names of the others, the hottest fresh one."""
+    cdus: list[CduReading] = []
+    fresh: list[CduReading] = []
+    stale: list[str] = []
+    hottest: CduReading | None = None
+    for binding, values in zip(setup.cdus, read.fresh_values(setup.cdu_names), strict=True):
+        get = (_WithConstants(values, binding.constants) if binding.constants else values).get
+        cdu = _read_cdu(get, watched, binding)  # type: ignore[arg-type]  # a dict's get(None) is None
+        cdus.append(cdu)
+        if not cdu.fresh:
+            stale.append(cdu.name)
+        else:
+            fresh.append(cdu)
+            if hottest is None or cdu.hottest_c > hottest.hottest_c:  # max(): the first of equals
+                hottest = cdu
+    return tuple(cdus), tuple(fresh), tuple(stale), hottest
+
+
+def _read_cdu(get: Callable[[str | None], float | None], watched: _Watcher, cdu: CduBinding) -> CduReading:
     # An absent input's name is None, and None is no key: get(None) is None.
-    get: Callable[[str | None], float | None] = (  # type: ignore[assignment]  # a dict's get(None) is None
-        _WithConstants(values, cdu.constants) if cdu.constants else values
-    ).get
-    supply_2_c = get(cdu.supply_2)
-    supply_c = watched.check((name, "tcs_supply_temp_c"), get(cdu.supply), supply_2_c)
-    setpoint_c = get(cdu.setpoint)
-    it_limit_c = get(cdu.it_limit)
+    supply_c, supply_2_c, setpoint_c, it_limit_c, mode, valve_pct, local_c = map(get, cdu.names)
+    supply_c = watched.check(cdu.supply_key, supply_c, supply_2_c)
     # A signal the site marked absent is None by design, not stale: the role says what the
     # control does without it (a CDU without a mode register acts on the written setpoint).
-    mode = get(cdu.mode) if cdu.mode is not None else 1.0
-    valve_pct = get(cdu.valve) if cdu.valve is not None else math.nan
-    local_c = get(cdu.local)
+    if cdu.mode is None:
+        mode = 1.0
+    if cdu.valve is None:
+        valve_pct = math.nan
     if supply_c is None or mode is None or setpoint_c is None or valve_pct is None or it_limit_c is None:
-        return CduReading(name=name, fresh=False)
+        return CduReading(name=cdu.name, fresh=False)
     if mode != 1.0 and local_c is None and cdu.local is not None:
-        return CduReading(name=name, fresh=False)
-    return CduReading._make(  # by position: built per CDU per cycle (fields in CduReading's order)
+        return CduReading(name=cdu.name, fresh=False)
+    return tuple.__new__(  # by position (CduReading._make without its checks): per CDU per cycle
+        CduReading,
         (
-            name,
+            cdu.name,
             True,  # fresh
             mode,
             setpoint_c if mode == 1.0 or local_c is None else local_c,  # the setpoint it acts on
             supply_c if supply_2_c is None else max(supply_c, supply_2_c),  # the hotter sensor
             valve_pct,
             it_limit_c,
-        )
+        ),
     )
-
-
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def _frozen(seen: Watch, now_s: float, cfg: ControlConfig) -> bool:
-    """Unchanged for ``stuck_after_s``, and either noisy before or its witness has been away since
-    for ``stuck_witness_delay_s`` (the meter sees a change of the station's supply only after the
-    DH pipe's transport delay: a witness that has just moved proves nothing yet)."""
-    if now_s - seen.since_s < cfg.stuck_after_s:
-        return False
-    if seen.typical_step >= _NOISY * seen.smallest_step:  # NaN (never changed) compares False
-        return True
-    return now_s - seen.witness_away_s >= cfg.stuck_witness_delay_s  # NaN (not away) compares False
 
 
 def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
     """First-order low-pass, exact for any step; starts at the first value, restarts after a gap."""
     if previous is None or time_constant_s <= 0.0:
-        return TimedValue(value=value, time_s=now_s)
+        return TimedValue(value, now_s)
     weight = -math.expm1(-max(now_s - previous.time_s, 0.0) / time_constant_s)
-    return TimedValue(value=previous.value + weight * (value - previous.value), time_s=now_s)
+    return TimedValue(previous.value + weight * (value - previous.value), now_s)
 
 
 # -- 2. the utility's order and requirement ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UtilityOrder:
+class UtilityOrder(NamedTuple):
     """The heat order and supply requirement this cycle, and where they come from."""
 
     link_up: bool
@@ -684,8 +837,7 @@ def utility_order(setup: Setup, state: SupervisorState, now_s: float, *, inputs:
 # -- 3. can the DH side take heat? ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DhAcceptance:
+class DhAcceptance(NamedTuple):
     """Why the DH side cannot take heat (none: it can), and whether heat is really flowing."""
 
     refusals: tuple[str, ...]
@@ -726,8 +878,7 @@ def dh_acceptance(config: ControlConfig, inputs: Inputs, order_kw: float) -> DhA
 # -- 4. DH supply: requirement + PI trim (+ pipe-loss feed-forward) ------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DhSupply:
+class DhSupply(NamedTuple):
     """The heat pumps' supply setpoint this cycle and how it was chosen."""
 
     feedforward_k: float
@@ -905,7 +1056,7 @@ def _trim(
     there long after the override has gone; the write ramp makes the return smooth).
     """
     if pid.mode is ControlMode.MANUAL:
-        pid = dataclasses.replace(pid, mode=ControlMode.AUTO)
+        pid = pid._replace(mode=ControlMode.AUTO)
     held = pid.last_output if pid.last_output is not None else 0.0
     if applied is not None and abs(applied - held) > applied_tolerance:
         hold = True
@@ -932,7 +1083,7 @@ def _track(
         return output, PidState(last_output=output)
     result = pid_step(
         config,
-        dataclasses.replace(pid, mode=ControlMode.MANUAL),
+        pid._replace(mode=ControlMode.MANUAL),
         setpoint=setpoint,
         measurement=measurement,
         now_s=now_s,
@@ -940,14 +1091,13 @@ def _track(
     )
     if result.output is None:
         return output, PidState(last_output=output)
-    return result.output, dataclasses.replace(result.state, mode=ControlMode.AUTO)
+    return result.output, result.state._replace(mode=ControlMode.AUTO)
 
 
 # -- 5. heat-order limit: order + PI trim, min-selected with the heat pumps' limits --------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeatLimit:
+class HeatLimit(NamedTuple):
     """The heat-power limit this cycle, how it was chosen, and the heat-pump enable."""
 
     trim_kw: float
@@ -1064,7 +1214,7 @@ def _order_trim(
     held = pid.last_output if pid.last_output is not None else 0.0
     if delivered_kw is None or not delivering or order_kw <= 0.0:
         # Freeze: keep the trim, do not integrate, restart the time base when back.
-        return held, dataclasses.replace(pid, last_time_s=None, last_measurement=None, last_output=held)
+        return held, pid._replace(last_time_s=None, last_measurement=None, last_output=held)
     # Far from the order, or the DH supply still moving: a transient or a capacity
     # shortfall that the trim cannot fix (heat read while the pipe still holds water of
     # the old temperature says nothing about the limit's offset).
@@ -1084,8 +1234,7 @@ def _order_trim(
 # -- 6. source ceiling: the CDUs' setpoints raised slowly, backed off fast; the dry coolers ------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceCeiling:
+class SourceCeiling(NamedTuple):
     """The CDUs' common setpoint ceiling and the dry coolers' setpoint this cycle."""
 
     ceiling: RampState
@@ -1095,14 +1244,14 @@ class SourceCeiling:
     """The ceiling before this cycle (the first cycle: the lowest active CDU setpoint)."""
     backoff: tuple[str, ...]
     """Why the ceiling backs off (none: it does not)."""
-    holding_out: tuple[str, ...] = ()
-    """CDUs that cannot hold their setpoint (valve saturated or supply too far above it): each backs
-    off alone while the ceiling, the other CDUs and the dry coolers hold."""
     last_backoff_s: float | None
     cdu_reason: str
     """The reason written with the CDU setpoints."""
     dry_cooler: Selection
     overrides: tuple[str, ...]
+    holding_out: tuple[str, ...] = ()
+    """CDUs that cannot hold their setpoint (valve saturated or supply too far above it): each backs
+    off alone while the ceiling, the other CDUs and the dry coolers hold."""
 
     @property
     def moving(self) -> bool:
@@ -1117,7 +1266,7 @@ def source_ceiling(
     hold, a rack nears its limit or the facility water runs hot; the dry coolers take the rest."""
     cfg = setup.config
     fresh_cdus = inputs.fresh_cdus
-    upper_c = max((cdu.it_limit_c - cfg.it_margin_k for cdu in fresh_cdus), default=cfg.cdu_conservative_setpoint_c)
+    upper_c, holding_out, near_limit = _cdu_limits(cfg, fresh_cdus)
     previous = state.cdu_ceiling
     if previous is None:
         start_c = min((cdu.active_setpoint_c for cdu in fresh_cdus), default=cfg.cdu_conservative_setpoint_c)
@@ -1129,8 +1278,7 @@ def source_ceiling(
     # A CDU that cannot hold backs off alone: on a shared facility header, lowering every setpoint
     # opens every valve and takes pressure from the one that is short, and a ceiling that drops
     # drags the dry-cooler setpoint down with it (40 MW dumped for minutes on the reference day).
-    holding_out = tuple(cdu.name for cdu in fresh_cdus if _cannot_hold(cfg, cdu))
-    backoff = _backoff(cfg, fresh_cdus, fws_hot_k)
+    backoff = _backoff(near_limit, fws_hot_k)
     overrides = [f"override:{name}" for name in (("cdu_cannot_hold",) if holding_out else ()) + backoff]
     last_backoff_s = state.last_backoff_s
     if backoff:
@@ -1173,25 +1321,42 @@ def source_ceiling(
     )
 
 
-def _cannot_hold(cfg: ControlConfig, cdu: CduReading) -> bool:
-    return cdu.valve_pct >= cfg.cdu_valve_saturated_pct or cdu.hottest_c > cdu.active_setpoint_c + cfg.cdu_deviation_k
+def _cdu_limits(cfg: ControlConfig, fresh_cdus: tuple[CduReading, ...]) -> tuple[float, tuple[str, ...], bool]:
+    """In one pass over the fresh CDUs: the highest setpoint their IT limits allow (the conservative
+    setpoint without any), the CDUs that cannot hold their setpoint, and whether a rack loop is near
+    its IT limit."""
+    margin_k, saturated_pct, deviation_k, near_k = (
+        cfg.it_margin_k,
+        cfg.cdu_valve_saturated_pct,
+        cfg.cdu_deviation_k,
+        cfg.cdu_near_limit_k,
+    )
+    upper_c: float | None = None
+    holding_out: list[str] = []
+    near_limit = False
+    for cdu in fresh_cdus:
+        limit_c = cdu.it_limit_c - margin_k
+        if upper_c is None or limit_c > upper_c:  # max(): the first of equals
+            upper_c = limit_c
+        # Cannot hold: its valve is saturated or its supply too far above its setpoint.
+        if cdu.valve_pct >= saturated_pct or cdu.hottest_c > cdu.active_setpoint_c + deviation_k:
+            holding_out.append(cdu.name)
+        if cdu.hottest_c > cdu.it_limit_c - near_k:
+            near_limit = True
+    return (cfg.cdu_conservative_setpoint_c if upper_c is None else upper_c), tuple(holding_out), near_limit
 
 
-def _backoff(cfg: ControlConfig, fresh_cdus: tuple[CduReading, ...], fws_hot_k: float) -> tuple[str, ...]:
+def _backoff(near_limit: bool, fws_hot_k: float) -> tuple[str, ...]:
     """Why every CDU backs off: a rack near its IT limit, facility water too hot (site-wide safety)."""
-    backoff: list[str] = []
-    if any(cdu.hottest_c > cdu.it_limit_c - cfg.cdu_near_limit_k for cdu in fresh_cdus):
-        backoff.append("rack_near_limit")
-    if fws_hot_k > 0.0:
-        backoff.append("fws_too_hot")
-    return tuple(backoff)
+    if near_limit:
+        return ("rack_near_limit", "fws_too_hot") if fws_hot_k > 0.0 else ("rack_near_limit",)
+    return ("fws_too_hot",) if fws_hot_k > 0.0 else ()
 
 
 # -- 7. writes ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Writes:
+class Writes(NamedTuple):
     """This cycle's writes in send order, the write memory for the next cycle, and what the devices hold."""
 
     writes: list[Write]
@@ -1238,15 +1403,7 @@ def plan_writes(
     if inputs.meter_ok:
         fresh_devices.add(setup.meter)
     heartbeats = _beat(setup, book, read.good, fresh_devices, state.heartbeats, now_s=now_s)
-    ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
-    alone = () if ceiling.backoff else ceiling.holding_out
-    floor_c = setup.config.cdu_setpoint_min_c
-    for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
-        if cdu.name in alone:
-            # Its own back-off: the write book's ramp takes it down at the back-off rate.
-            _write_cdu(book, cdu, binding, min(floor_c, cdu.it_limit_c - margin_k), "override:cdu_cannot_hold")
-        else:
-            _write_cdu(book, cdu, binding, min(ceiling_c, cdu.it_limit_c - margin_k), reason)
+    _write_cdus(setup, book, inputs, ceiling)
     if ceiling.moving:
         # The common ceiling is itself the CDU setpoints' ramp (raise 0.5 K/min, back off 3 K/min).
         book.ramping.update(cdu.name for cdu in inputs.fresh_cdus)
@@ -1257,7 +1414,9 @@ def plan_writes(
         def propose(signal: str, value: float, reason: str) -> float:
             if not book.can_write(plc, signal):
                 return value
-            return book.propose(plc, signal, value, reason, present=read(plc, signal))
+            present = read(plc, signal)
+            held = book.unchanged((plc, signal), value, present)
+            return held if held is not None else book.propose(plc, signal, value, reason, present=present)
 
         on = limit.hp_enable.on
         propose("hp_enable", 1.0 if on else 0.0, "heat_order" if on else "no_heat_wanted")
@@ -1315,6 +1474,71 @@ def _beat_value(beat: Heartbeat, last: Lease | None, good: Good, device: str, ma
     span = int(beat.high - beat.low) + 1
     base = previous if previous is not None and math.isfinite(previous) else beat.low
     return beat.low + (int(base - beat.low) + 1) % span
+
+
+def _write_cdus(setup: Setup, book: WriteBook, inputs: Inputs, ceiling: SourceCeiling) -> None:
+    """Every CDU its setpoint: the common ceiling, or its own back-off; the steady ones without the book."""
+    ceiling_c, reason, margin_k = ceiling.ceiling.value, ceiling.cdu_reason, setup.config.it_margin_k
+    alone = () if ceiling.backoff else ceiling.holding_out
+    floor_c = setup.config.cdu_setpoint_min_c
+    cycle = (book.leases, book.ramps, book.now_s, book.refresh_s, book.grace_s)
+    # The target as the CDUs store it, worked out once for the CDUs that share it (and its spec).
+    rounded: tuple[OutputSpec | None, float, float] = (None, math.nan, math.nan)
+    for cdu, binding in zip(inputs.cdus, setup.cdus, strict=True):
+        if alone and cdu.name in alone:
+            # Its own back-off: the write book's ramp takes it down at the back-off rate.
+            _write_cdu(book, cdu, binding, min(floor_c, cdu.it_limit_c - margin_k), "override:cdu_cannot_hold")
+            continue
+        target_c = min(ceiling_c, cdu.it_limit_c - margin_k)
+        steady = binding.steady
+        if cdu.fresh and steady is not None:
+            spec = steady.setpoint
+            if rounded[0] is not spec or rounded[1] != target_c:
+                in_limits = math.isfinite(target_c) and spec.low <= target_c <= spec.high
+                rounded = (spec, target_c, settled_value(spec, target_c) if in_limits else math.nan)
+            if _steady(cycle, steady, cdu, target_c, rounded[2]):
+                continue
+        _write_cdu(book, cdu, binding, target_c, reason)
+
+
+def _steady(
+    cycle: tuple[Mapping[SignalKey, Lease], dict[SignalKey, RampState], float, float, float],
+    steady: _SteadyCdu,
+    cdu: CduReading,
+    target_c: float,
+    settled_c: float,
+) -> bool:
+    """True when proposing mode 1 and ``target_c`` to this fresh CDU would write nothing and change
+    nothing but renew its arrived setpoint ramp (renewed here): most CDUs, most cycles.
+
+    Exactly the path :meth:`WriteBook.propose` takes then, checked without it (``cycle``: the
+    book's leases, ramps, time, refresh and read-back grace): both leases younger than the
+    refresh, neither read-back reverted, the setpoint ramp already at the target, and the target
+    within the limits and as stored (``settled_c``, NaN when it is not within them) what was
+    last written.
+    """
+    leases, ramps, now_s, refresh_s, grace_s = cycle
+    mode_lease = leases.get(steady.mode_key)
+    setpoint_lease = leases.get(steady.setpoint_key)
+    ramp = ramps.get(steady.setpoint_key)
+    if mode_lease is None or setpoint_lease is None or ramp is None:
+        return False
+    held_c = setpoint_lease.value
+    mode_age_s = now_s - mode_lease.time_s
+    setpoint_age_s = now_s - setpoint_lease.time_s
+    if (
+        held_c != settled_c
+        or ramp.value != target_c
+        or not ramp.time_s < now_s < math.inf
+        or mode_lease.value != steady.mode_value
+        or mode_age_s >= refresh_s
+        or setpoint_age_s >= refresh_s
+        or (mode_age_s >= grace_s and abs(cdu.mode - mode_lease.value) > steady.mode_band)  # reverted
+        or (setpoint_age_s >= grace_s and abs(cdu.active_setpoint_c - held_c) > steady.setpoint_band)
+    ):
+        return False
+    ramps[steady.setpoint_key] = RampState(target_c, now_s)
+    return True
 
 
 def _write_cdu(book: WriteBook, cdu: CduReading, binding: CduBinding, target_c: float, reason: str) -> None:
@@ -1377,7 +1601,7 @@ def finish(
     for write in writes.writes:
         if write.reason != HEARTBEAT_REASON:
             spent[write.device] = spent.get(write.device, 0) + 1
-    budgets, overdrawn = spend_budget(state.budgets, spent, setup.budgets, now_s)
+    budgets, overdrawn = spend_budget(state.budgets, spent, setup.budgets, now_s, since_s=state.budgets_time_s)
     status["write_budget_exceeded"] = ",".join(overdrawn)
     setpoint_writes = len(writes.writes) - writes.heartbeat_writes
     new_state = SupervisorState(
@@ -1398,6 +1622,7 @@ def finish(
         leases=writes.leases,
         heartbeats=writes.heartbeats,
         budgets=budgets,
+        budgets_time_s=now_s,
         setpoint_writes_total=state.setpoint_writes_total + setpoint_writes,
         heartbeat_writes_total=state.heartbeat_writes_total + writes.heartbeat_writes,
         hp_enable=limit.hp_enable,
@@ -1458,7 +1683,7 @@ def _status(
     meter_power_kw = inputs.meter_power_kw
     meter_supply_c = inputs.meter_supply_c
     order_kw = utility.order_kw
-    hottest = max(inputs.fresh_cdus, key=lambda cdu: cdu.hottest_c, default=None)
+    hottest = inputs.hottest
     overrides = overrides_of(inputs, acceptance, supply, limit, ceiling)
     n_writes = len(writes.writes)
     status: dict[str, float | str | bool] = {

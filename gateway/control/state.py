@@ -20,9 +20,8 @@ from gateway.control.writes import Lease, SignalKey
 __all__ = ["SupervisorState", "TimedValue", "Watch"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimedValue:
-    """A value and the time it was last updated (a filter's state)."""
+class TimedValue(NamedTuple):
+    """A value and the time it was last updated (a filter's state; a named tuple: three a cycle)."""
 
     value: float
     time_s: float
@@ -78,7 +77,9 @@ class SupervisorState:
     heartbeats: Mapping[str, Lease] = field(default_factory=dict)
     """Per device: the heartbeat value last written and when."""
     budgets: Mapping[str, Lease] = field(default_factory=dict)
-    """Per device: setpoint writes left in its budget (token bucket) and when."""
+    """Per device whose budget is not full: setpoint writes left in it (token bucket) and when."""
+    budgets_time_s: float | None = None
+    """When the budgets were last brought up to date: a device not in ``budgets`` had a full one then."""
     setpoint_writes_total: int = 0
     heartbeat_writes_total: int = 0
     hp_enable: OnOffState = field(default_factory=OnOffState)

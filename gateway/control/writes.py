@@ -29,7 +29,17 @@ from typing import NamedTuple
 
 from gateway.control.blocks import RampLimiter, RampState
 
-__all__ = ["HEARTBEAT_REASON", "Lease", "OutputSpec", "SignalKey", "Write", "WriteBook", "WriteLimits", "spend_budget"]
+__all__ = [
+    "HEARTBEAT_REASON",
+    "Lease",
+    "OutputSpec",
+    "SignalKey",
+    "Write",
+    "WriteBook",
+    "WriteLimits",
+    "settled_value",
+    "spend_budget",
+]
 
 HEARTBEAT_REASON = "heartbeat"
 """The reason of every heartbeat write (counted apart from setpoint writes)."""
@@ -178,11 +188,7 @@ class WriteBook:
                 value = self._ramp(key, device, limiter, state, value, present=present, reverted=reverted)
         wanted = value
         if resolution > 0.0:
-            value = round(value / resolution) * resolution
-            if not low <= value <= high:
-                value = min(max(value, low), high)
-            # round() leaves binary noise (40.010000000000005); keep the decimals the resolution has.
-            value = round(value, 6)
+            value = settled_value(spec, value)
         if lease is None or reverted:
             write = True
         elif value != lease.value and abs(wanted - lease.value) >= spec.deadband - 1e-9:
@@ -201,6 +207,38 @@ class WriteBook:
             return value
         assert lease is not None
         return lease.value
+
+    def unchanged(self, key: SignalKey, target: float, present: float | None) -> float | None:
+        """What the device holds, when proposing ``target`` would write nothing and change nothing but
+        renew an arrived ramp (renewed here); else None, and :meth:`propose` it.
+
+        The usual cycle of a settled output (an enable, a setpoint at its target), checked the way
+        ``propose`` would find it: a read-back that holds, the target within the limits and rounding
+        to what was written (or less than a deadband from it), its ramp (if any) already there, and
+        no refresh due.
+        """
+        lease = self.leases.get(key)
+        if lease is None:
+            return None
+        spec = self._outputs[key]
+        if not spec.low <= target <= spec.high or not math.isfinite(target):
+            return None
+        now_s = self.now_s
+        held = lease.value
+        age_s = now_s - lease.time_s
+        value = settled_value(spec, target) if spec.resolution > 0.0 else target
+        if (
+            (present is not None and age_s >= self.grace_s and abs(present - held) > spec.revert_band)  # reverted
+            or (value != held and abs(target - held) >= spec.deadband - 1e-9)  # a change worth writing (if due)
+            or (age_s >= self.refresh_s and now_s - self._last_write(key[0]) >= REFRESH_SPACING_S)  # a refresh
+        ):
+            return None
+        if key[1] in self._ramps_by_output:
+            state = self.ramps.get(key)
+            if state is None or state.value != target or not state.time_s < now_s < math.inf:
+                return None  # on its way: the ramp's step is propose's
+            self.ramps[key] = RampState(target, now_s)
+        return held
 
     def _ramp(
         self,
@@ -249,26 +287,53 @@ class WriteBook:
         self.writes.append(Write(device, signal, min(max(value, low), high), HEARTBEAT_REASON))
 
 
+def settled_value(spec: OutputSpec, value: float) -> float:
+    """``value`` (within the limits) as the device stores it: rounded to the resolution, kept in the limits."""
+    resolution = spec.resolution
+    if resolution <= 0.0:
+        return value
+    value = round(value / resolution) * resolution
+    if not spec.low <= value <= spec.high:
+        value = min(max(value, spec.low), spec.high)
+    # round() leaves binary noise (40.010000000000005); keep the decimals the resolution has.
+    return round(value, 6)
+
+
 def spend_budget(
     budgets: Mapping[str, Lease],
     spent: Mapping[str, int],
     per_hour: Mapping[str, float],
     now_s: float,
+    *,
+    since_s: float | None = None,
 ) -> tuple[dict[str, Lease], list[str]]:
     """Token bucket of setpoint writes per device: (new buckets, devices this cycle overdrew).
 
     A device earns ``per_hour / 3600`` writes a second up to ten minutes' worth; a cycle that
     writes more than it has left overdraws (the caller warns; the writes still go: IT first).
-    The bucket is a :class:`Lease` (tokens left, when).
+    The bucket is a :class:`Lease` (tokens left, when). Only buckets that are not full are
+    kept: a device without one had a full bucket at ``since_s``, the time of the call that
+    returned the buckets (None: no call yet, every bucket full), which is the same as a
+    ``Lease(capacity, since_s)``. So a cycle that writes nothing to a device whose bucket is
+    full does nothing for it (most cycles, every device).
     """
-    new = dict(budgets)
+    if not budgets and not spent and (since_s is None or now_s >= since_s):
+        return {}, []  # every bucket full and staying full
+    new: dict[str, Lease] = {}
     overdrawn: list[str] = []
     for device, rate_h in per_hour.items():
         capacity = rate_h / 6.0
-        bucket = new.get(device)
-        tokens = capacity if bucket is None else min(capacity, bucket.value + (now_s - bucket.time_s) * rate_h / 3600.0)
+        bucket = budgets.get(device)
+        if bucket is not None:
+            tokens = min(capacity, bucket.value + (now_s - bucket.time_s) * rate_h / 3600.0)
+        elif since_s is not None:
+            tokens = min(capacity, capacity + (now_s - since_s) * rate_h / 3600.0)
+        else:
+            tokens = capacity
         used = spent.get(device, 0)
         if used > tokens:
             overdrawn.append(device)
-        new[device] = Lease(max(tokens - used, 0.0), now_s)
+        left = max(tokens - used, 0.0)
+        if left != capacity:
+            new[device] = Lease(left, now_s)
     return new, overdrawn
