@@ -323,6 +323,8 @@ class Setup:
     ramps: Mapping[str, RampLimiter]
     """Role output -> its write ramp."""
     heartbeats: Mapping[str, Heartbeat]
+    heartbeat_periods: tuple[tuple[str, Heartbeat, float], ...]
+    """Each heartbeat with its device and the period it is due after (``period_s - 1e-9``)."""
     budgets: Mapping[str, float]
     """Device -> setpoint writes per hour it may take."""
     dh_trim_pid: PidConfig
@@ -405,6 +407,11 @@ class Setup:
             outputs=outputs,
             ramps=ramps,
             heartbeats={name: role.heartbeat for name, role in roles.devices.items() if role.heartbeat},
+            heartbeat_periods=tuple(
+                (name, role.heartbeat, role.heartbeat.period_s - 1e-9)
+                for name, role in roles.devices.items()
+                if role.heartbeat
+            ),
             budgets={name: role.write_budget_per_h for name, role in roles.devices.items() if role.outputs},
             dh_trim_pid=PidConfig(
                 kp=cfg.dh_trim_kp_k_per_k,
@@ -943,10 +950,7 @@ def dh_supply(
         )
         normal_c = requirement_c + trim_k + feedforward_k
         normal = "dh_trim"
-    measured_dh_c = max(
-        (value for value in (inputs.meter_supply_raw_c, inputs.station_supply_c) if value is not None),
-        default=math.nan,
-    )
+    measured_dh_c = _hotter(inputs.meter_supply_raw_c, inputs.station_supply_c)
     over_threshold_c = cfg.dh_max_supply_temp_c
     over_k = measured_dh_c - over_threshold_c if math.isfinite(measured_dh_c) else 0.0
     candidates = {normal: normal_c, "dh_max_supply": cfg.dh_max_supply_temp_c}
@@ -970,6 +974,13 @@ def dh_supply(
         choice=choice,
         setpoint_c=max(choice.value, cfg.dh_min_supply_temp_c),
     )
+
+
+def _hotter(first_c: float | None, second_c: float | None) -> float:
+    """The higher of the two that are known (max(): the first of equals), NaN for neither."""
+    if first_c is None:
+        return math.nan if second_c is None else second_c
+    return first_c if second_c is None else max(first_c, second_c)
 
 
 def _pipe_feedforward_k(cfg: ControlConfig, inputs: Inputs) -> float:
@@ -1441,26 +1452,28 @@ def plan_writes(
 
 def _beat(
     setup: Setup, book: WriteBook, good: Good, fresh: set[str], sent: Mapping[str, Lease], *, now_s: float
-) -> dict[str, Lease]:
+) -> Mapping[str, Lease]:
     """Declared heartbeats, each at its device's period, only to devices fresh in their role.
 
     A device we cannot see gets no heartbeat: its watchdog must take over (and return it to
     its local values), since nothing the gateway decides for it is based on data any more.
     """
-    beats = dict(sent)
+    beats: dict[str, Lease] | None = None  # a copy of sent at the first beat (most cycles send none)
     max_age_s = setup.config.input_max_age_s
-    for device, beat in setup.heartbeats.items():
+    for device, beat, period_s in setup.heartbeat_periods:
         if device not in fresh:
             continue
-        last = beats.get(device)
-        if last is not None and now_s - last.time_s < beat.period_s - 1e-9:
+        last = sent.get(device)
+        if last is not None and now_s - last.time_s < period_s:
             continue
         value = _beat_value(beat, last, good, device, max_age_s)
         if value is None:
             continue  # nothing fresh to echo: the watchdog sees no answer
         book.pulse(device, beat.signal, value, beat.low, beat.high)
+        if beats is None:
+            beats = dict(sent)
         beats[device] = Lease(value, now_s)
-    return beats
+    return sent if beats is None else beats
 
 
 def _beat_value(beat: Heartbeat, last: Lease | None, good: Good, device: str, max_age_s: float) -> float | None:
