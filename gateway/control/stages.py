@@ -192,6 +192,8 @@ class CduBinding:
     """Its ``tcs_supply_setpoint_c`` output is bound."""
     status_key: str
     """``{name}.tcs_supply_setpoint_c`` in the status record."""
+    setpoint_key: SignalKey
+    """``(name, "tcs_supply_setpoint_c")``: its setpoint's key in the leases."""
     names: tuple[str | None, ...]
     """The seven names above in the order of ``_CDU_SIGNALS`` (read in one ``map``)."""
     supply_key: SignalKey
@@ -320,6 +322,8 @@ class Setup:
     panel_inputs: DeviceInputs
     outputs: Mapping[SignalKey, OutputSpec]
     """(device, role output) -> how it is written (only these are ever written)."""
+    plc_outputs: Mapping[str, SignalKey]
+    """The station PLC's bound role outputs -> their key in ``outputs``."""
     ramps: Mapping[str, RampLimiter]
     """Role output -> its write ramp."""
     heartbeats: Mapping[str, Heartbeat]
@@ -405,6 +409,7 @@ class Setup:
             plc_inputs=DeviceInputs(plc, *_resolve(bindings.get(plc, {}), _PLC_INPUTS)),
             panel_inputs=DeviceInputs(roles.panel, *_resolve(bindings.get(roles.panel, {}), _PANEL_INPUTS)),
             outputs=outputs,
+            plc_outputs={output: (device, output) for device, output in outputs if device == plc},
             ramps=ramps,
             heartbeats={name: role.heartbeat for name, role in roles.devices.items() if role.heartbeat},
             heartbeat_periods=tuple(
@@ -481,6 +486,7 @@ def _cdu_binding(
         writes_mode=(name, "control_mode") in outputs,
         writes_setpoint=(name, "tcs_supply_setpoint_c") in outputs,
         status_key=f"{name}.tcs_supply_setpoint_c",
+        setpoint_key=(name, "tcs_supply_setpoint_c"),
         names=names,
         supply_key=(name, "tcs_supply_temp_c"),
         steady=steady,
@@ -1422,22 +1428,19 @@ def plan_writes(
     applied_limit_kw = limit.choice.value
     if inputs.plc_ok:
         # A stale PLC gets nothing at all: its watchdog returns it to local values.
-        def propose(signal: str, value: float, reason: str) -> float:
-            if not book.can_write(plc, signal):
-                return value
-            present = read(plc, signal)
-            held = book.unchanged((plc, signal), value, present)
-            return held if held is not None else book.propose(plc, signal, value, reason, present=present)
-
+        keys = setup.plc_outputs
         on = limit.hp_enable.on
-        propose("hp_enable", 1.0 if on else 0.0, "heat_order" if on else "no_heat_wanted")
+        on_reason = "heat_order" if on else "no_heat_wanted"
+        _propose(book, read, keys, "hp_enable", 1.0 if on else 0.0, reason=on_reason)
         supply_reason = _reason(supply.choice.name, supply.normal)
-        applied_supply_c = propose("hp_supply_setpoint_c", supply.setpoint_c, supply_reason)
-        applied_limit_kw = propose("heat_power_limit_kw", limit.choice.value, _reason(limit.choice.name, limit.normal))
+        applied_supply_c = _propose(book, read, keys, "hp_supply_setpoint_c", supply.setpoint_c, reason=supply_reason)
+        limit_reason = _reason(limit.choice.name, limit.normal)
+        applied_limit_kw = _propose(book, read, keys, "heat_power_limit_kw", limit.choice.value, reason=limit_reason)
         takes_heat = acceptance.takes_heat
-        propose("dry_cooler_enable", 1.0, "cooling_first" if takes_heat else "override:dh_cannot_take_heat")
+        dc_reason = "cooling_first" if takes_heat else "override:dh_cannot_take_heat"
+        _propose(book, read, keys, "dry_cooler_enable", 1.0, reason=dc_reason)
         dc = ceiling.dry_cooler
-        propose("dry_cooler_setpoint_c", dc.value, _reason(dc.name, "source_optimisation"))
+        _propose(book, read, keys, "dry_cooler_setpoint_c", dc.value, reason=_reason(dc.name, "source_optimisation"))
     return Writes(
         writes=book.writes,
         heartbeat_writes=book.heartbeats,
@@ -1448,6 +1451,18 @@ def plan_writes(
         applied_supply_c=applied_supply_c,
         applied_limit_kw=applied_limit_kw,
     )
+
+
+def _propose(
+    book: WriteBook, read: Reader, keys: Mapping[str, SignalKey], output: str, value: float, *, reason: str
+) -> float:
+    """``value`` for the output of ``keys`` (an unbound one: nothing written); what the device holds."""
+    key = keys.get(output)
+    if key is None:
+        return value
+    present = read(key[0], output)
+    held = book.unchanged(key, value, present)
+    return held if held is not None else book.propose(key[0], output, value, reason, present=present)
 
 
 def _beat(
@@ -1739,6 +1754,6 @@ def _status(
     }
     leases = writes.leases
     for cdu in setup.cdus:
-        lease = leases.get((cdu.name, "tcs_supply_setpoint_c"))
+        lease = leases.get(cdu.setpoint_key)
         status[cdu.status_key] = lease.value if lease is not None else math.nan
     return status
