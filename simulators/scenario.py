@@ -200,16 +200,18 @@ class _Schedule:
 
     def value_before(self, time_s: float) -> float:
         """The value just before ``time_s`` (left limit; a step at ``time_s`` is not in it)."""
-        for start, end, value in reversed(self.overrides):
-            if start < time_s <= end:
-                return value
+        if self.overrides:
+            for start, end, value in reversed(self.overrides):
+                if start < time_s <= end:
+                    return value
         return self._interpolate(bisect.bisect_left(self.times, time_s), time_s)
 
     def value_at(self, time_s: float) -> float:
         """The value at ``time_s`` (a step at ``time_s`` included)."""
-        for start, end, value in reversed(self.overrides):
-            if start <= time_s < end:
-                return value
+        if self.overrides:
+            for start, end, value in reversed(self.overrides):
+                if start <= time_s < end:
+                    return value
         return self._interpolate(bisect.bisect_right(self.times, time_s), time_s)
 
     def _interpolate(self, index: int, time_s: float) -> float:

@@ -285,8 +285,10 @@ class Station:
         self._trips(now_s)
 
         # DH pump and flow.
-        any_active = any(pump.active for pump in self.heat_pumps)
-        any_running = any(pump.state is _RUNNING for pump in self.heat_pumps)
+        # One pass over the states (each is one HeatPumpState member, so `in` finds it exactly).
+        states = [pump.state for pump in self.heat_pumps]
+        any_running = _RUNNING in states
+        any_active = any_running or _STARTING in states
         limit = self.heat_power_limit_kw
         setpoint = self.hp_supply_setpoint_c
         dh = cfg.district_heating
@@ -389,7 +391,7 @@ class Station:
             else:
                 pump.heat_kw = 0.0
                 pump.electric_kw = 0.0
-            if pump.active:
+            if pump.state in _ACTIVE:
                 pump.run_hours_h += dt_s / 3600.0
         self.hp_heat_kw = delivered
         self.hp_electric_kw = electric
@@ -464,7 +466,7 @@ class Station:
             elif pump.state is _STARTING and now_s - pump.started_s >= cfg.start_duration_s:
                 pump.state = _RUNNING
                 pump.capacity = self._min_capacity
-        active = [pump for pump in self.heat_pumps if pump.active]
+        active = [pump for pump in self.heat_pumps if pump.state in _ACTIVE]
         if not self.hp_enable or self.heat_power_limit_kw <= 0.0:
             # Soft stop (disabled, or no heat wanted at all): each compressor stops once it
             # has run its minimum time.
