@@ -192,6 +192,8 @@ class CduBinding:
     """Its ``tcs_supply_setpoint_c`` output is bound."""
     status_key: str
     """``{name}.tcs_supply_setpoint_c`` in the status record."""
+    setpoint_key: SignalKey
+    """``(name, "tcs_supply_setpoint_c")``: its setpoint's key in the leases."""
     names: tuple[str | None, ...]
     """The seven names above in the order of ``_CDU_SIGNALS`` (read in one ``map``)."""
     supply_key: SignalKey
@@ -320,9 +322,13 @@ class Setup:
     panel_inputs: DeviceInputs
     outputs: Mapping[SignalKey, OutputSpec]
     """(device, role output) -> how it is written (only these are ever written)."""
+    plc_outputs: Mapping[str, SignalKey]
+    """The station PLC's bound role outputs -> their key in ``outputs``."""
     ramps: Mapping[str, RampLimiter]
     """Role output -> its write ramp."""
     heartbeats: Mapping[str, Heartbeat]
+    heartbeat_periods: tuple[tuple[str, Heartbeat, float], ...]
+    """Each heartbeat with its device and the period it is due after (``period_s - 1e-9``)."""
     budgets: Mapping[str, float]
     """Device -> setpoint writes per hour it may take."""
     dh_trim_pid: PidConfig
@@ -403,8 +409,14 @@ class Setup:
             plc_inputs=DeviceInputs(plc, *_resolve(bindings.get(plc, {}), _PLC_INPUTS)),
             panel_inputs=DeviceInputs(roles.panel, *_resolve(bindings.get(roles.panel, {}), _PANEL_INPUTS)),
             outputs=outputs,
+            plc_outputs={output: (device, output) for device, output in outputs if device == plc},
             ramps=ramps,
             heartbeats={name: role.heartbeat for name, role in roles.devices.items() if role.heartbeat},
+            heartbeat_periods=tuple(
+                (name, role.heartbeat, role.heartbeat.period_s - 1e-9)
+                for name, role in roles.devices.items()
+                if role.heartbeat
+            ),
             budgets={name: role.write_budget_per_h for name, role in roles.devices.items() if role.outputs},
             dh_trim_pid=PidConfig(
                 kp=cfg.dh_trim_kp_k_per_k,
@@ -474,6 +486,7 @@ def _cdu_binding(
         writes_mode=(name, "control_mode") in outputs,
         writes_setpoint=(name, "tcs_supply_setpoint_c") in outputs,
         status_key=f"{name}.tcs_supply_setpoint_c",
+        setpoint_key=(name, "tcs_supply_setpoint_c"),
         names=names,
         supply_key=(name, "tcs_supply_temp_c"),
         steady=steady,
@@ -943,10 +956,7 @@ def dh_supply(
         )
         normal_c = requirement_c + trim_k + feedforward_k
         normal = "dh_trim"
-    measured_dh_c = max(
-        (value for value in (inputs.meter_supply_raw_c, inputs.station_supply_c) if value is not None),
-        default=math.nan,
-    )
+    measured_dh_c = _hotter(inputs.meter_supply_raw_c, inputs.station_supply_c)
     over_threshold_c = cfg.dh_max_supply_temp_c
     over_k = measured_dh_c - over_threshold_c if math.isfinite(measured_dh_c) else 0.0
     candidates = {normal: normal_c, "dh_max_supply": cfg.dh_max_supply_temp_c}
@@ -970,6 +980,13 @@ def dh_supply(
         choice=choice,
         setpoint_c=max(choice.value, cfg.dh_min_supply_temp_c),
     )
+
+
+def _hotter(first_c: float | None, second_c: float | None) -> float:
+    """The higher of the two that are known (max(): the first of equals), NaN for neither."""
+    if first_c is None:
+        return math.nan if second_c is None else second_c
+    return first_c if second_c is None else max(first_c, second_c)
 
 
 def _pipe_feedforward_k(cfg: ControlConfig, inputs: Inputs) -> float:
@@ -1411,22 +1428,19 @@ def plan_writes(
     applied_limit_kw = limit.choice.value
     if inputs.plc_ok:
         # A stale PLC gets nothing at all: its watchdog returns it to local values.
-        def propose(signal: str, value: float, reason: str) -> float:
-            if not book.can_write(plc, signal):
-                return value
-            present = read(plc, signal)
-            held = book.unchanged((plc, signal), value, present)
-            return held if held is not None else book.propose(plc, signal, value, reason, present=present)
-
+        keys = setup.plc_outputs
         on = limit.hp_enable.on
-        propose("hp_enable", 1.0 if on else 0.0, "heat_order" if on else "no_heat_wanted")
+        on_reason = "heat_order" if on else "no_heat_wanted"
+        _propose(book, read, keys, "hp_enable", 1.0 if on else 0.0, reason=on_reason)
         supply_reason = _reason(supply.choice.name, supply.normal)
-        applied_supply_c = propose("hp_supply_setpoint_c", supply.setpoint_c, supply_reason)
-        applied_limit_kw = propose("heat_power_limit_kw", limit.choice.value, _reason(limit.choice.name, limit.normal))
+        applied_supply_c = _propose(book, read, keys, "hp_supply_setpoint_c", supply.setpoint_c, reason=supply_reason)
+        limit_reason = _reason(limit.choice.name, limit.normal)
+        applied_limit_kw = _propose(book, read, keys, "heat_power_limit_kw", limit.choice.value, reason=limit_reason)
         takes_heat = acceptance.takes_heat
-        propose("dry_cooler_enable", 1.0, "cooling_first" if takes_heat else "override:dh_cannot_take_heat")
+        dc_reason = "cooling_first" if takes_heat else "override:dh_cannot_take_heat"
+        _propose(book, read, keys, "dry_cooler_enable", 1.0, reason=dc_reason)
         dc = ceiling.dry_cooler
-        propose("dry_cooler_setpoint_c", dc.value, _reason(dc.name, "source_optimisation"))
+        _propose(book, read, keys, "dry_cooler_setpoint_c", dc.value, reason=_reason(dc.name, "source_optimisation"))
     return Writes(
         writes=book.writes,
         heartbeat_writes=book.heartbeats,
@@ -1439,28 +1453,42 @@ def plan_writes(
     )
 
 
+def _propose(
+    book: WriteBook, read: Reader, keys: Mapping[str, SignalKey], output: str, value: float, *, reason: str
+) -> float:
+    """``value`` for the output of ``keys`` (an unbound one: nothing written); what the device holds."""
+    key = keys.get(output)
+    if key is None:
+        return value
+    present = read(key[0], output)
+    held = book.unchanged(key, value, present)
+    return held if held is not None else book.propose(key[0], output, value, reason, present=present)
+
+
 def _beat(
     setup: Setup, book: WriteBook, good: Good, fresh: set[str], sent: Mapping[str, Lease], *, now_s: float
-) -> dict[str, Lease]:
+) -> Mapping[str, Lease]:
     """Declared heartbeats, each at its device's period, only to devices fresh in their role.
 
     A device we cannot see gets no heartbeat: its watchdog must take over (and return it to
     its local values), since nothing the gateway decides for it is based on data any more.
     """
-    beats = dict(sent)
+    beats: dict[str, Lease] | None = None  # a copy of sent at the first beat (most cycles send none)
     max_age_s = setup.config.input_max_age_s
-    for device, beat in setup.heartbeats.items():
+    for device, beat, period_s in setup.heartbeat_periods:
         if device not in fresh:
             continue
-        last = beats.get(device)
-        if last is not None and now_s - last.time_s < beat.period_s - 1e-9:
+        last = sent.get(device)
+        if last is not None and now_s - last.time_s < period_s:
             continue
         value = _beat_value(beat, last, good, device, max_age_s)
         if value is None:
             continue  # nothing fresh to echo: the watchdog sees no answer
         book.pulse(device, beat.signal, value, beat.low, beat.high)
+        if beats is None:
+            beats = dict(sent)
         beats[device] = Lease(value, now_s)
-    return beats
+    return sent if beats is None else beats
 
 
 def _beat_value(beat: Heartbeat, last: Lease | None, good: Good, device: str, max_age_s: float) -> float | None:
@@ -1726,6 +1754,6 @@ def _status(
     }
     leases = writes.leases
     for cdu in setup.cdus:
-        lease = leases.get((cdu.name, "tcs_supply_setpoint_c"))
+        lease = leases.get(cdu.setpoint_key)
         status[cdu.status_key] = lease.value if lease is not None else math.nan
     return status
