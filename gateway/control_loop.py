@@ -27,6 +27,8 @@ from typing import Any
 from gateway import clock as clocks
 from gateway.config.loader import Site
 from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
+from gateway.control.crosscheck import SensorCrossCheck
+from gateway.control.roles import RoleMap
 from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site
 from gateway.drivers.base import Driver
 from gateway.liveness import Progress
@@ -38,6 +40,16 @@ from gateway.sample import Reading
 from gateway.write_executor import WriteExecutor, WriteRequest, WriteResult
 
 log = get_logger(__name__)
+
+
+def _bound(roles: RoleMap, device: str, role_signal: str) -> tuple[str, str]:
+    """``(device, profile signal)`` a role input is read from; ``("", "")`` when absent or a constant."""
+    role = roles.devices.get(device)
+    binding = role.bindings.get(role_signal) if role is not None else None
+    if binding is None or binding.kind != "signal":
+        return "", ""
+    return device, binding.signal
+
 
 BUDGET_WARNING_INTERVAL_S = 60.0
 
@@ -95,6 +107,17 @@ class ControlLoop:
         self.overruns = 0
         self._budget_warned: dict[str, float] = {}
         self.failed_cycles = 0  # cycles that raised (each logged with its cause)
+        cfg = self.supervisor.config
+        roles = self.supervisor.roles
+        self._dh_sensors = SensorCrossCheck(
+            cfg.dh_sensors_max_diff_k, cfg.dh_sensors_after_s, cfg.dh_sensors_min_power_kw
+        )
+        self._dh_reads = (
+            _bound(roles, roles.heat_meter, "flow_temp_c"),
+            _bound(roles, roles.station_plc, "dh_supply_temp_c"),
+            _bound(roles, roles.heat_meter, "heat_power_kw"),
+        )
+        self._input_max_age_s = cfg.input_max_age_s
         # A completed cycle is progress; one that raised is not, so cycles that keep failing (or a
         # cycle task that hangs) stop the systemd watchdog pings and systemd restarts the service.
         # The bound covers the wait for first readings (at most 10 s) before the first cycle.
@@ -240,16 +263,43 @@ class ControlLoop:
         self._snapshot = self.image.snapshot(now_ns)
         result = self.supervisor.step(self._snapshot, self.state, now_s)
         self.state = result.state
-        self.status = result.status
         overdrawn = result.status.get("write_budget_exceeded")
         if overdrawn:
             self._warn_budget(str(overdrawn).split(","), now_s)
         for write in result.writes:
             self.executor.submit(WriteRequest(write.device, write.signal, write.value, write.reason))
-        fields = encode_fields(dict(result.status))
+        status = dict(result.status)
+        self._check_dh_sensors(status, now_s)
+        self.status = status
+        fields = encode_fields(status)
         if fields:
             self.outbox.put(Message(self._metrics_topic, f"{self._prefix} {fields} {now_ns}".encode()))
         self.cycles += 1
+
+    def _check_dh_sensors(self, status: dict[str, Any], now_s: float) -> None:
+        """The meter's and the station's supply against each other (gateway.control.crosscheck)."""
+        snapshot, age = self._snapshot, self._input_max_age_s
+        meter_c, station_c, power_kw = (
+            snapshot.good(device, signal, age) if device else None for device, signal in self._dh_reads
+        )
+        check = self._dh_sensors
+        if check.update(meter_c, station_c, power_kw, now_s):
+            meter, station = self._dh_reads[0][0], self._dh_reads[1][0]
+            if check.alarm:
+                log.warning(
+                    "dh_sensors_disagree",
+                    meter=meter,
+                    meter_supply_c=meter_c,
+                    station=station,
+                    station_supply_c=station_c,
+                    for_s=check.after_s,
+                    hint="one of them is wrong: check both profiles' scale, offset and byte order "
+                    "(heat-gateway read) and both sensors; the DH trim stays within dh_trim_max_k",
+                )
+            else:
+                log.info("dh_sensors_agree", meter_supply_c=meter_c, station_supply_c=station_c)
+        status["dh_sensors_diff_k"] = check.diff_k
+        status["alarm_dh_sensors"] = check.alarm
 
     def _warn_budget(self, devices: list[str], now_s: float) -> None:
         """A device written more often than its budget allows: once a minute per device."""

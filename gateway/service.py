@@ -394,6 +394,7 @@ class Gateway:
                     "read_age_p50_s": _percentile(read_age, 0.5),
                     "read_age_p99_s": _percentile(read_age, 0.99),
                     "stale_signals": len(stale),
+                    "invalid_signals": poller.check.invalid,
                 }
             )
             lines.append(f"{series_prefix('gateway', tags)} {fields} {now}")

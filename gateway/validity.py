@@ -57,6 +57,11 @@ class ValueCheck:
         self._bad_since: dict[str, float] = {}  # signal -> monotonic time it went bad (logged)
         self._last_bad: dict[str, float] = {}  # signal -> monotonic time of its latest invalid value
 
+    @property
+    def invalid(self) -> int:
+        """Signals invalid now: logged as signal_invalid and not yet valid again for a minute."""
+        return len(self._bad_since)
+
     def apply(self, reading: Reading) -> None:
         """Move the reading's unbelievable values to ``reading.bad`` (the reading is the poller's own)."""
         values = reading.values

@@ -110,6 +110,7 @@ class RealPathRun:
     poll_failures: int = 0
     cycles: int = 0
     failed_cycles: int = 0
+    dh_sensors_alarm_s: int = 0  # seconds the live loop's meter/station cross-check was in alarm
     gateway_starts: int = 0
     device_writes: dict[str, int] = field(default_factory=dict)
     # At the end: the heat meter's values as the gateway decoded them and as the device served them.
@@ -291,6 +292,8 @@ async def _drive(
             if gateway_task is not None and gateway_task.done():
                 raise RuntimeError(f"the gateway stopped at plant time {time_s:g} s: {gateway_task!r}")
             status = gateway.control.status if gateway is not None and gateway.control is not None else {}
+            if status.get("alarm_dh_sensors"):
+                run.dh_sensors_alarm_s += 1
             if gateway is not None and gateway.control is not None:
                 minute = int(time_s // 60.0)
                 for device in str(status.get("ramping_devices", "")).split(","):
@@ -464,6 +467,9 @@ def run_real_path(
     metrics, checks = evaluate(trace, scenario, windows, config, crash_log=crash_log, counts=counts)
     # A control cycle that raised (each logged as control_cycle_failed): the loop must never stop.
     checks["control_cycles_failed"] = {"value": run.failed_cycles, "target": "== 0", "ok": run.failed_cycles == 0}
+    # The meter and the station measure the same water: no false alarm of their cross-check.
+    alarm_s = run.dh_sensors_alarm_s
+    checks["dh_sensors_alarm_s"] = {"value": alarm_s, "target": "== 0", "ok": alarm_s == 0}
     if scenario.duration_s < full_duration_s:
         _not_in_window(checks, scenario.duration_s)
     summary = summarize(scenario, scenario.duration_s, seed, metrics, checks, counts, timings, windows, plant)

@@ -164,6 +164,7 @@ async def test_a_device_serving_nan_and_out_of_range_values_publishes_only_the_g
         await asyncio.sleep(0.5)
         snapshot = poller.image.snapshot(0)
     assert poller.stats.available, "a device with some good values is available"
+    assert poller.check.invalid == 3, "the gateway measurement's invalid_signals (valid again only after a minute)"
     first, last = outbox.readings[0], outbox.readings[-1]
     assert first.values == {"supply_c": pytest.approx(69.3)}
     assert set(first.bad) == {"power_kw", "flow_m3h"}

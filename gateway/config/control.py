@@ -109,6 +109,22 @@ class ControlConfig(BaseModel):
         description="A frozen-looking reading whose witness moved by more than this since it last changed "
         "is frozen (a coarse but live sensor can sit on one step for hours; a moving process cannot)",
     )
+    dh_sensors_max_diff_k: float = Field(
+        5.0,
+        gt=0,
+        description="Heat meter supply and station supply may differ by this much while heat flows (pipe "
+        "heat loss and sensor offsets are about 1 K); more for dh_sensors_after_s is the alarm "
+        "dh_sensors_disagree (a wrong scale in a profile, a sensor out of its pocket)",
+    )
+    dh_sensors_after_s: float = Field(
+        300.0, ge=0, description="How long the two must disagree before the alarm (the pipe's transport delay)"
+    )
+    dh_sensors_min_power_kw: float = Field(
+        1000.0,
+        ge=0,
+        description="The two supplies are compared only while the meter measures at least this much heat "
+        "(standing water cools and rightly differs)",
+    )
     stuck_witness_delay_s: float = Field(
         180.0,
         ge=0,
