@@ -111,6 +111,16 @@ class RampLimiter:
             value = max(target, present - down_per_s * elapsed_s)
         return RampState(value, now_s)
 
+    def reaches(self, present: float, target: float, elapsed_s: float) -> bool:
+        """True when :meth:`step` from ``present``, ``elapsed_s`` (> 0) later, returns ``target`` itself
+        (the same comparisons: a target within one step's reach)."""
+        if self.max_dt_s is not None and elapsed_s > self.max_dt_s:
+            elapsed_s = self.max_dt_s
+        if target > present:
+            return target <= present + self.up_per_s * elapsed_s
+        down_per_s = self.down_per_s if self.down_per_s is not None else self.up_per_s
+        return target >= present - down_per_s * elapsed_s
+
 
 # --- weather curve ------------------------------------------------------------------------
 

@@ -212,10 +212,10 @@ class WriteBook:
         """What the device holds, when proposing ``target`` would write nothing and change nothing but
         renew an arrived ramp (renewed here); else None, and :meth:`propose` it.
 
-        The usual cycle of a settled output (an enable, a setpoint at its target), checked the way
-        ``propose`` would find it: a read-back that holds, the target within the limits and rounding
-        to what was written (or less than a deadband from it), its ramp (if any) already there, and
-        no refresh due.
+        The usual cycle of a settled output (an enable, a setpoint at its target, a trimmed setpoint
+        moving less than a deadband), checked the way ``propose`` would find it: a read-back that
+        holds, the target within the limits and rounding to what was written (or less than a
+        deadband from it), its ramp (if any) there or arriving in this step, and no refresh due.
         """
         lease = self.leases.get(key)
         if lease is None:
@@ -233,10 +233,18 @@ class WriteBook:
             or (age_s >= self.refresh_s and now_s - self._last_write(key[0]) >= REFRESH_SPACING_S)  # a refresh
         ):
             return None
-        if key[1] in self._ramps_by_output:
+        limiter = self._ramps_by_output.get(key[1])
+        if limiter is not None:
             state = self.ramps.get(key)
-            if state is None or state.value != target or not state.time_s < now_s < math.inf:
-                return None  # on its way: the ramp's step is propose's
+            if state is None or not state.time_s < now_s < math.inf:
+                return None
+            before = state.value
+            if before != target:
+                # A trimmed setpoint moves a little every cycle: the ramp's step arrives at once.
+                if not limiter.reaches(before, target, now_s - state.time_s):
+                    return None  # on its way: the ramp's step is propose's
+                if abs(before - target) > spec.resolution:
+                    self.ramping.add(key[0])  # as _ramp marks a step that arrives
             self.ramps[key] = RampState(target, now_s)
         return held
 
