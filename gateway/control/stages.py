@@ -729,50 +729,65 @@ def _staleness(setup: Setup, inputs: Inputs) -> tuple[tuple[str, ...], tuple[str
 def _read_cdus(
     setup: Setup, read: Reader, watched: _Watcher
 ) -> tuple[tuple[CduReading, ...], tuple[CduReading, ...], tuple[str, ...], CduReading | None]:
-    """Every CDU as seen this cycle: all, the fresh ones, the names of the others, the hottest fresh one."""
+    """Every CDU as seen this cycle: all, the fresh ones, the names of the others, the hottest fresh one.
+
+    One loop, the reading and the usual case of its supply's frozen-value watch (a value that
+    moved: what :meth:`_Watcher.check` does then) written out: twelve CDUs every cycle.
+    """
     cdus: list[CduReading] = []
     fresh: list[CduReading] = []
     stale: list[str] = []
     hottest: CduReading | None = None
+    stuck, now_s, check = watched.stuck, watched.now_s, watched.check
+    watching = watched.after_s > 0.0
+    isnan, new = math.isnan, tuple.__new__
     for binding, values in zip(setup.cdus, read.fresh_values(setup.cdu_names), strict=True):
         get = (_WithConstants(values, binding.constants) if binding.constants else values).get
-        cdu = _read_cdu(get, watched, binding)  # type: ignore[arg-type]  # a dict's get(None) is None
-        cdus.append(cdu)
-        if not cdu.fresh:
-            stale.append(cdu.name)
+        # An absent input's name is None, and None is no key: get(None) is None.
+        supply_c, supply_2_c, setpoint_c, it_limit_c, mode, valve_pct, local_c = map(get, binding.names)  # type: ignore[arg-type]
+        seen = stuck.get(binding.supply_key) if watching and supply_c is not None else None
+        if seen is not None and seen[0] != supply_c:  # moved (most cycles): the watch follows
+            step = abs(supply_c - seen[0])  # type: ignore[operator]
+            typical_step = seen[3]
+            typical = step if isnan(typical_step) else typical_step + 0.2 * (step - typical_step)
+            witness = math.nan if supply_2_c is None else supply_2_c
+            stuck[binding.supply_key] = new(Watch, (supply_c, now_s, min(seen[2], step), typical, witness, math.nan))
         else:
-            fresh.append(cdu)
-            if hottest is None or cdu.hottest_c > hottest.hottest_c:  # max(): the first of equals
-                hottest = cdu
+            supply_c = check(binding.supply_key, supply_c, supply_2_c)
+        # A signal the site marked absent is None by design, not stale: the role says what the
+        # control does without it (a CDU without a mode register acts on the written setpoint).
+        if binding.mode is None:
+            mode = 1.0
+        if binding.valve is None:
+            valve_pct = math.nan
+        if (
+            supply_c is None
+            or mode is None
+            or setpoint_c is None
+            or valve_pct is None
+            or it_limit_c is None
+            or (mode != 1.0 and local_c is None and binding.local is not None)
+        ):
+            stale.append(binding.name)
+            cdus.append(CduReading(name=binding.name, fresh=False))
+            continue
+        cdu = new(  # by position (CduReading._make without its checks): per CDU per cycle
+            CduReading,
+            (
+                binding.name,
+                True,  # fresh
+                mode,
+                setpoint_c if mode == 1.0 or local_c is None else local_c,  # the setpoint it acts on
+                supply_c if supply_2_c is None else max(supply_c, supply_2_c),  # the hotter sensor
+                valve_pct,
+                it_limit_c,
+            ),
+        )
+        cdus.append(cdu)
+        fresh.append(cdu)
+        if hottest is None or cdu[4] > hottest[4]:  # hottest_c; max(): the first of equals
+            hottest = cdu
     return tuple(cdus), tuple(fresh), tuple(stale), hottest
-
-
-def _read_cdu(get: Callable[[str | None], float | None], watched: _Watcher, cdu: CduBinding) -> CduReading:
-    # An absent input's name is None, and None is no key: get(None) is None.
-    supply_c, supply_2_c, setpoint_c, it_limit_c, mode, valve_pct, local_c = map(get, cdu.names)
-    supply_c = watched.check(cdu.supply_key, supply_c, supply_2_c)
-    # A signal the site marked absent is None by design, not stale: the role says what the
-    # control does without it (a CDU without a mode register acts on the written setpoint).
-    if cdu.mode is None:
-        mode = 1.0
-    if cdu.valve is None:
-        valve_pct = math.nan
-    if supply_c is None or mode is None or setpoint_c is None or valve_pct is None or it_limit_c is None:
-        return CduReading(name=cdu.name, fresh=False)
-    if mode != 1.0 and local_c is None and cdu.local is not None:
-        return CduReading(name=cdu.name, fresh=False)
-    return tuple.__new__(  # by position (CduReading._make without its checks): per CDU per cycle
-        CduReading,
-        (
-            cdu.name,
-            True,  # fresh
-            mode,
-            setpoint_c if mode == 1.0 or local_c is None else local_c,  # the setpoint it acts on
-            supply_c if supply_2_c is None else max(supply_c, supply_2_c),  # the hotter sensor
-            valve_pct,
-            it_limit_c,
-        ),
-    )
 
 
 def _low_pass(previous: TimedValue | None, value: float, now_s: float, time_constant_s: float) -> TimedValue:
