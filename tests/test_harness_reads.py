@@ -97,7 +97,7 @@ def test_the_cycle_view_answers_what_a_snapshot_of_the_same_reads_does() -> None
 
 
 def test_a_resolved_reader_reads_what_read_does() -> None:
-    """``Plant.reader`` (resolved once; its own path for the usual plans) gives ``Plant.read``'s values, frozen ones too."""
+    """``Plant.reader`` (resolved once; its own path for the usual plans) reads what ``Plant.read`` does, frozen too."""
     by_read, by_reader = Plant(seed=4), Plant(seed=4)
     plan = read_plan(plant_role_map(by_read, ControlConfig()), by_read)
     readers = {device: by_reader.reader(device, signals) for device, signals in plan.items()}
