@@ -749,3 +749,27 @@ def test_a_sensor_entry_for_an_unknown_signal_names_it() -> None:
     config = PlantConfig.model_validate({"sensors": {"bias": {"heat-meter.no_such_temp_c": 1.0}}})
     with pytest.raises(KeyError, match=r"sensors.bias: 'heat-meter.no_such_temp_c'"):
         Plant(config)
+
+
+def test_a_settled_cdu_steps_as_one_that_recomputes_everything() -> None:
+    """The CDU reuses its last PI and exchange results for the same inputs: the plant is the same to the bit."""
+    reused, recomputed = Plant(seed=2), Plant(seed=2)
+    settled = 0
+    for second in range(900):
+        if second == 300:
+            for plant in (reused, recomputed):
+                plant.write("cdu-3", "control_mode", 1)
+                plant.write("cdu-3", "tcs_supply_setpoint_c", 38.0)
+        if second == 600:
+            for plant in (reused, recomputed):
+                plant.set_input("it_load_mw", 19.0)
+        for cdu in recomputed.cdus:
+            cdu._pi_last = cdu._exchange_last = None
+        settled += sum(
+            cdu._pi_last is not None and cdu._pi_last[0][0] == cdu.supply_c
+            for cdu in reused.cdus
+        )
+        for plant in (reused, recomputed):
+            plant.step(1.0)
+        assert reused.snapshot() == recomputed.snapshot(), second
+    assert settled > 0  # there was something to reuse

@@ -100,6 +100,7 @@ class Cdu:
         "_conductance_open",
         "_deviation_s",
         "_equal_percentage",
+        "_exchange_last",
         "_glycol_cp",
         "_glycol_kg_per_lpm",
         "_heartbeat_changed_s",
@@ -111,6 +112,7 @@ class Cdu:
         "_m_t_design",
         "_mass_cp_kj_k",
         "_min_speed",
+        "_pi_last",
         "_pump_tau_s",
         "_rangeability",
         "_rel_noise",
@@ -224,6 +226,10 @@ class Cdu:
         self.run_hours_h = run_hours_h
         self.energy_mwh = energy_mwh
         self._deviation_s = 0.0
+        # The last PI and exchange steps, inputs and results: a settled CDU (most sub-steps of a
+        # closed-loop day) gets the same inputs again, and the same inputs give the same results.
+        self._pi_last: tuple[tuple[float, ...], tuple[float, float, float, float, bool]] | None = None
+        self._exchange_last: tuple[tuple[float, ...], tuple[float, float, float]] | None = None
 
     # -- physics -------------------------------------------------------------------------
 
@@ -290,20 +296,41 @@ class Cdu:
             self.watchdog_tripped = True
             self.on_event(self.name, "watchdog_fallback", f"heartbeat unchanged {self.watchdog_timeout_s:g} s")
 
-        # PI, direct acting (too warm -> open), back-calculation anti-windup.
-        error = self.supply_c - (self.external_setpoint_c if self.control_mode == 1 else cfg.local_setpoint_c)
+        # PI, direct acting (too warm -> open), back-calculation anti-windup; then the valve and
+        # its branch conductance. Only these inputs decide them: the same again (a settled CDU),
+        # the same results as last time.
+        supply = self.supply_c
+        setpoint = self.external_setpoint_c if self.control_mode == 1 else cfg.local_setpoint_c
         integral = self.integral_pct
-        wanted = self._kp * error + integral
-        demand = 0.0 if wanted < 0.0 else (100.0 if wanted > 100.0 else wanted)  # noqa: FURB136 - no call
-        self.integral_pct = integral + dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
-        self.valve_demand_pct = demand
-        step = self._valve_rate_pct_s * dt_s
         valve = self.valve_pct
-        move = demand - valve
-        valve += -step if move < -step else (step if move > step else move)  # noqa: FURB136 - no call
+        inputs = (supply, setpoint, integral, valve, dt_s)
+        last = self._pi_last
+        if last is not None and last[0] == inputs:
+            integral, demand, valve, conductance, deviating = last[1]
+        else:
+            error = supply - setpoint
+            wanted = self._kp * error + integral
+            demand = 0.0 if wanted < 0.0 else (100.0 if wanted > 100.0 else wanted)  # noqa: FURB136 - no call
+            integral += dt_s * (self._ki * error + (demand - wanted) / self._tracking_s)
+            step = self._valve_rate_pct_s * dt_s
+            move = demand - valve
+            valve += -step if move < -step else (step if move > step else move)  # noqa: FURB136 - no call
+            deviating = abs(error) > _DEVIATION_K
+            stroke = valve / 100.0
+            relative_kv = equal_percentage(stroke, self._rangeability) if self._equal_percentage else stroke
+            if relative_kv <= 0.0:
+                conductance = 0.0
+            else:
+                # installed_flow_fraction, inlined: this runs for every CDU every sub-step.
+                authority = self._authority
+                spread = authority + (1.0 - authority) * relative_kv * relative_kv
+                conductance = self._conductance_open * relative_kv / math.sqrt(spread)
+            self._pi_last = (inputs, (integral, demand, valve, conductance, deviating))
+        self.integral_pct = integral
+        self.valve_demand_pct = demand
         self.valve_pct = valve
 
-        if abs(error) > _DEVIATION_K:
+        if deviating:
             self._deviation_s += dt_s
         else:
             self._deviation_s = 0.0
@@ -311,23 +338,28 @@ class Cdu:
             self.reservoir_level_pct = max(self.reservoir_level_pct - self._leak_loss_pct_s * dt_s, 0.0)
         if speed > 0.0:
             self.run_hours_h += dt_s / 3600.0
-        stroke = valve / 100.0
-        relative_kv = equal_percentage(stroke, self._rangeability) if self._equal_percentage else stroke
-        if relative_kv <= 0.0:
-            return 0.0
-        # installed_flow_fraction, inlined: this runs for every CDU every sub-step.
-        authority = self._authority
-        spread = authority + (1.0 - authority) * relative_kv * relative_kv
-        return self._conductance_open * relative_kv / math.sqrt(spread)
+        return conductance
 
     def exchange(self, dt_s: float, facility_flow_kg_s: float, facility_inlet_c: float) -> float:
         """Exchange heat with the facility water for one sub-step; mean facility outlet temp."""
         load = self.load_kw
-        c_t = self.tcs_flow_kg_s * self._glycol_cp
-        c_f = facility_flow_kg_s * self._water_cp
+        start = self.supply_c
         self.facility_flow_kg_s = facility_flow_kg_s
         self.facility_inlet_c = facility_inlet_c
-        start = self.supply_c
+        self.energy_mwh += load * dt_s / 3.6e6
+        # Only these decide the step (the rack-side resistance follows the rack flow): the same
+        # again (a settled CDU), the same results as last time.
+        tcs_flow = self.tcs_flow_kg_s
+        inputs = (facility_flow_kg_s, facility_inlet_c, start, load, tcs_flow, dt_s)
+        last = self._exchange_last
+        if last is not None and last[0] == inputs:
+            end, heat, outlet = last[1]
+            self.supply_c = end
+            self.hx_heat_kw = heat
+            self.facility_outlet_c = outlet
+            return outlet
+        c_t = tcs_flow * self._glycol_cp
+        c_f = facility_flow_kg_s * self._water_cp
         mass_cp = self._mass_cp_kj_k
         k = 0.0
         if c_f > 1e-6:
@@ -346,9 +378,9 @@ class Cdu:
         heat = load - mass_cp * (end - start) / dt_s
         self.supply_c = end
         self.hx_heat_kw = heat
-        self.energy_mwh += load * dt_s / 3.6e6
         outlet = facility_inlet_c + heat / c_f if c_f > 1e-6 else facility_inlet_c
         self.facility_outlet_c = outlet
+        self._exchange_last = (inputs, (end, heat, outlet))
         return outlet
 
     def stored_kj(self) -> float:
