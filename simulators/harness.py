@@ -1,10 +1,13 @@
 """Closed loop in one process: plant model + supervisor + scenario, faster than real time.
 
-``run_scenario("reference-day")`` steps the plant by 1 s, polls every device into the
-gateway's own :class:`~gateway.process_image.ProcessImage` each control cycle, runs
-:meth:`Supervisor.step <gateway.control.supervisor.Supervisor.step>` on a snapshot of it and
-writes the result into the plant, exactly as the live service does over Modbus and OPC UA.
-Deterministic: the same scenario and seed give the same numbers.
+``run_scenario("reference-day")`` steps the plant by 1 s, polls every device each control
+cycle, runs :meth:`Supervisor.step <gateway.control.supervisor.Supervisor.step>` on what it
+read and writes the result into the plant, as the live service does over Modbus and OPC UA.
+The supervisor gets a :class:`CycleView` of the cycle's reads: what a snapshot of the gateway's
+process image would give it (every device polled this instant, so every value is fresh; a
+silent device has none), without a ``Reading`` and a process image per device and second (the
+real path, :mod:`simulators.real_path`, runs the gateway's own). Deterministic: the same
+scenario and seed give the same numbers.
 
 Harness events of a scenario (no plant physics):
 
@@ -12,7 +15,7 @@ Harness events of a scenario (no plant physics):
   (every signal bad), and writes to it fail;
 - ``gateway_crash``: the supervisor is not called and nobody polls or writes, so no
   heartbeat either: the devices' watchdogs must take over. At the end the gateway restarts
-  with a fresh state and an empty process image, as a restarted process would;
+  with a fresh state, as a restarted process would (its first cycle polls every device);
 - ``utility_link_lost``: applied by the plant to the panel PC (the harness only marks the
   fault window).
 
@@ -27,6 +30,7 @@ import argparse
 import math
 import multiprocessing
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +42,6 @@ from gateway.config.loader import load_profile
 from gateway.control.roles import ControlledDevice, RoleMap, build_role_map
 from gateway.control.supervisor import Supervisor, SupervisorState
 from gateway.control.writes import HEARTBEAT_REASON
-from gateway.process_image import ProcessImage
-from gateway.sample import Reading
 from simulators.plant import Plant, PlantConfig
 from simulators.plant.sensors import is_temperature
 from simulators.report import Trace, evaluate, write_report
@@ -54,6 +56,7 @@ from simulators.scenario import (
 
 __all__ = [
     "PROFILE_DIR",
+    "CycleView",
     "Summary",
     "Window",
     "format_summary",
@@ -73,6 +76,32 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 _PROFILE_OF_KIND = {"cdu": "cdu", "heat_meter": "heat-meter", "heat_pump_plc": "hp-plc", "panel_pc": "panel-pc"}
 PLANT_DT_S = 1.0
 _NOBODY: frozenset[str] = frozenset()  # no device silent (most seconds of most scenarios)
+
+
+class CycleView:
+    """One control cycle's reads as the supervisor's process view (``fresh`` and ``good``).
+
+    Every device was polled at the cycle's instant, so each answer is what
+    :class:`~gateway.process_image.Snapshot` gives for a reading of age 0: the read's values
+    (the same dict), an empty mapping for a device that did not answer, None for a device not
+    polled or a negative ``max_age_s``.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Mapping[str, float]]) -> None:
+        self._values = values
+
+    def fresh(self, device: str, max_age_s: float) -> Mapping[str, float] | None:
+        """The device's values (read this instant: fresh for any ``max_age_s`` >= 0)."""
+        if max_age_s < 0.0:
+            return None
+        return self._values.get(device)
+
+    def good(self, device: str, signal: str, max_age_s: float) -> float | None:
+        """The signal's value, or None (not read, not answered, negative ``max_age_s``)."""
+        values = self.fresh(device, max_age_s)
+        return None if values is None else values.get(signal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +274,6 @@ def run_scenario(
     built = time.perf_counter()
 
     trace = Trace(plant, scenario)
-    image = ProcessImage()
     state = SupervisorState()
     counts: dict[str, Any] = {
         "writes_total": 0,
@@ -282,20 +310,18 @@ def run_scenario(
             crash_log[-1]["at_restart"] = _on_local_values(plant)
             # A restarted process: no memory, nothing polled yet.
             state = SupervisorState()
-            image = ProcessImage()
             next_control_s = time_s
         was_down = down
         silent = {w.target for w in silent_windows if w.active(time_s)} if silent_windows else _NOBODY
         if not down and time_s >= next_control_s - 1e-9:
-            now_ns = round(time_s * 1e9)
-            for device, read in reads:
-                if device in silent:
-                    image.mark_unavailable(device, now_ns, "no answer (scenario: device_silent)")
-                else:
-                    image.update(Reading(device, now_ns, read()))
+            if silent:
+                # A device that does not answer has no values (the poller marks it unavailable).
+                view = CycleView({device: {} if device in silent else read() for device, read in reads})
+            else:
+                view = CycleView({device: read() for device, read in reads})
             tick = time.perf_counter()
             tick_cpu = thread_time()
-            result = supervisor.step(image.snapshot(now_ns), state, time_s)
+            result = supervisor.step(view, state, time_s)
             cycle_times_s.append(time.perf_counter() - tick)
             supervisor_cpu_s += thread_time() - tick_cpu
             state = result.state

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config.control import ControlConfig
-from simulators.harness import plant_role_map, read_plan, run_scenario
+from gateway.process_image import ProcessImage
+from gateway.sample import Reading
+from simulators.harness import CycleView, plant_role_map, read_plan, run_scenario
 from simulators.plant import Plant
 
 # 20 min with what a read plan could get wrong: a frozen meter reading, a silent CDU, a
@@ -69,3 +71,26 @@ def test_planned_and_full_reads_give_the_same_run(tmp_path: Path) -> None:
         summary.pop("timings")
     assert planned["counts"]["setpoint_writes"] > 0
     assert planned == full
+
+
+def test_the_cycle_view_answers_what_a_snapshot_of_the_same_reads_does() -> None:
+    """Every device read at the cycle's instant (one silent): fresh() and good() as the process image's."""
+    plant = Plant(seed=3)
+    plant.step(5.0)
+    now_ns = 7_000_000_000
+    values = {device: plant.read(device) for device in plant.device_names()}
+    values["cdu-2"] = {}  # did not answer
+    image = ProcessImage()
+    for device, read in values.items():
+        if read:
+            image.update(Reading(device, now_ns, read))
+        else:
+            image.mark_unavailable(device, now_ns, "no answer")
+    snapshot, view = image.snapshot(now_ns), CycleView(values)
+    for device in [*plant.device_names(), "no-such-device"]:
+        for max_age_s in (0.0, 2.0, -1.0):
+            assert view.fresh(device, max_age_s) == snapshot.fresh(device, max_age_s), (device, max_age_s)
+            for signal in [*plant.signals(device)[:5], "no_such_signal"] if device in values else ["x"]:
+                assert view.good(device, signal, max_age_s) == snapshot.good(device, signal, max_age_s)
+    assert view.fresh("cdu-1", 2.0) is values["cdu-1"]
+    assert view.good("cdu-2", "heartbeat", 2.0) is None
