@@ -298,7 +298,7 @@ def run_scenario(
     duration_s = scenario.duration_s
     time_s = 0.0
     step_index = 0
-    apply_events = scenario.apply_plant_events
+    apply_events = scenario.plant_events_of(plant)
     plant_step = plant.step
     status: dict[str, Any] = {}
     while time_s < duration_s - 1e-9:
@@ -355,7 +355,7 @@ def run_scenario(
             next_control_s += config.cycle_s
         trace.record(time_s, status if not down else {}, down=down, silent=silent)
         end_s = time_s + PLANT_DT_S
-        apply_events(plant, time_s, end_s)
+        apply_events(time_s, end_s)
         plant_step(PLANT_DT_S)
         step_index += 1
         time_s = step_index * PLANT_DT_S

@@ -214,6 +214,24 @@ class _Schedule:
                     return value
         return self._interpolate(bisect.bisect_right(self.times, time_s), time_s)
 
+    def flat_span(self, time_s: float) -> tuple[float, float] | None:
+        """``(lo, hi)``: :meth:`value_before` gives the same bits for every time in ``(lo, hi]``
+        as for ``time_s`` (a flat segment, before the first or after the last breakpoint); None
+        when it may not (a ramp, or overrides)."""
+        if self.overrides:
+            return None
+        times = self.times
+        index = bisect.bisect_left(times, time_s)
+        if index == 0:
+            return (-math.inf, times[0])
+        if index >= len(times):
+            return (times[-1], math.inf)
+        v0, v1 = self.values[index - 1], self.values[index]
+        # (t0, t1] with t0 < t1: v0 + 0.0 * (t - t0) / (t1 - t0) is the same for each t (NaN: never set).
+        if v0 == v1 or (math.isnan(v0) and math.isnan(v1)):
+            return (times[index - 1], times[index])
+        return None
+
     def _interpolate(self, index: int, time_s: float) -> float:
         """Between breakpoints ``index - 1`` and ``index``."""
         times = self.times
@@ -425,6 +443,45 @@ class Scenario(BaseModel):
         if scope == "harness":
             return [event for event in found if event.scope in ("harness", "both")]
         return [event for event in found if event.scope == scope]
+
+    def plant_events_of(self, plant: Plant) -> Callable[[float, float], list[ScenarioEvent]]:
+        """:meth:`apply_plant_events` on ``plant``, for a caller through which alone its inputs are set.
+
+        ``apply(t0_s, t1_s)`` does what ``apply_plant_events(plant, t0_s, t1_s)`` does, but sets
+        an input again only when its schedule can give another value than the one it set last:
+        within a flat stretch of a schedule (most of a run, for most inputs) setting the same
+        value again changes nothing in the plant, so it is skipped (the harness's loop: seven
+        schedules a simulated second otherwise).
+        """
+        timeline = self._timeline
+        schedules = [(name, target, schedule) for (name, target), schedule in timeline.schedules.items()]
+        # Per schedule, the (lo, hi] span whose value was set last: none yet.
+        spans: list[tuple[float, float]] = [(math.inf, -math.inf)] * len(schedules)
+        times = timeline.action_times
+        actions = timeline.actions
+        set_input = plant.set_input
+        isnan = math.isnan
+
+        def apply(t0_s: float, t1_s: float) -> list[ScenarioEvent]:
+            for index, (name, target, schedule) in enumerate(schedules):
+                lo, hi = spans[index]
+                if lo < t1_s <= hi:
+                    continue
+                value = schedule.value_before(t1_s)
+                if not isnan(value):
+                    set_input(name, value, target=target)
+                spans[index] = schedule.flat_span(t1_s) or (math.inf, -math.inf)
+            applied: list[ScenarioEvent] = []
+            if times:
+                for action in actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
+                    event = action.event
+                    if event.scope == "harness":
+                        continue
+                    _apply(plant, event, start=action.start)
+                    applied.append(event)
+            return applied
+
+        return apply
 
     def apply_plant_events(self, plant: Plant, t0_s: float, t1_s: float) -> list[ScenarioEvent]:
         """Apply what happens to the plant in ``[t0_s, t1_s)``; the events started or ended.

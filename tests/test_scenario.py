@@ -175,6 +175,37 @@ def test_apply_uses_the_value_just_before_the_interval_end() -> None:
     assert cdu2 == pytest.approx(0.5 * cdu1, rel=0.02)
 
 
+def test_plant_events_of_sets_the_plant_as_apply_plant_events_does() -> None:
+    """Flat stretches skipped, ramps, steps, an override (DH return too hot), NaN and a fault: the same plant."""
+    loaded = scenario(
+        """
+        name: t
+        duration_s: 400
+        events:
+          - {at_s: 0, ramp: {outdoor_temp_c: -3.0}, over_s: 100}
+          - {at_s: 50, set: {it_load_mw: 12.0}}
+          - {at_s: 120, event: dh_return_too_hot, value: 55.0, duration_s: 30}
+          - {at_s: 150, set: {cdu_load_factor: 0.5}, target: cdu-2}
+          - {at_s: 200, set: {utility_supply_temp_c: 74.0}}
+          - {at_s: 250, ramp: {utility_supply_temp_c: 74.0}, over_s: 60}
+          - {at_s: 300, event: heat_pump_trip, target: hp-1, duration_s: 40}
+        """
+    )
+    by_call, by_applier = ScenarioRunner(loaded).plant, ScenarioRunner(loaded).plant
+    apply = loaded.plant_events_of(by_applier)
+    for second in range(400):
+        started = loaded.apply_plant_events(by_call, float(second), second + 1.0)
+        assert apply(float(second), second + 1.0) == started
+        if second == 130:
+            assert by_applier.station.dh_return_c == 55.0
+        for plant in (by_call, by_applier):
+            plant.step(1.0)
+        truth = {key: value for key, value in by_call.snapshot().items() if key.startswith("truth.")}
+        assert truth == {key: value for key, value in by_applier.snapshot().items() if key.startswith("truth.")}
+    assert by_applier.snapshot()["truth.it_load_mw"] == 12.0
+    assert by_applier.station.dh_return_c == 40.0
+
+
 def test_events_between_and_scopes() -> None:
     loaded = scenario(
         """
