@@ -94,3 +94,22 @@ def test_the_cycle_view_answers_what_a_snapshot_of_the_same_reads_does() -> None
                 assert view.good(device, signal, max_age_s) == snapshot.good(device, signal, max_age_s)
     assert view.fresh("cdu-1", 2.0) is values["cdu-1"]
     assert view.good("cdu-2", "heartbeat", 2.0) is None
+
+
+def test_a_resolved_reader_reads_what_read_does() -> None:
+    """``Plant.reader`` (resolved once; its own path for the usual plans) reads what ``Plant.read`` does, frozen too."""
+    by_read, by_reader = Plant(seed=4), Plant(seed=4)
+    plan = read_plan(plant_role_map(by_read, ControlConfig()), by_read)
+    readers = {device: by_reader.reader(device, signals) for device, signals in plan.items()}
+    for second in range(120):
+        if second == 30:
+            for plant in (by_read, by_reader):
+                plant.freeze_sensor("cdu-1", "tcs_supply_temp_c")
+                plant.freeze_sensor("hp-plc", "dh_supply_temp_c")
+        if second == 90:
+            for plant in (by_read, by_reader):
+                plant.unfreeze_sensor("cdu-1", "tcs_supply_temp_c")
+        for plant in (by_read, by_reader):
+            plant.step(1.0)
+        for device, signals in plan.items():
+            assert readers[device]() == by_read.read(device, signals), (second, device)

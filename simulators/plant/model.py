@@ -548,7 +548,30 @@ class Plant:
 
     def reader(self, device: str, signals: frozenset[str] | None = None) -> Callable[[], dict[str, float]]:
         """``plant.read(device, signals)`` resolved once, for a caller that reads the same signals each cycle."""
-        return functools.partial(self._read, self._read_plan(device, signals))
+        plan = self._read_plan(device, signals)
+        if plan.periodic or plan.judge is not None:
+            return functools.partial(self._read, plan)
+        # The usual read (a CDU without its alarms, the PLC, the panel): what _read does for
+        # such a plan, with what it looks up resolved here (~15 reads a simulated second).
+        take = self._noise.take
+        draws = plan.draws
+        readers = plan.readers
+        channels = plan.channels
+        apply_channels = self._sensor_layer.apply_channels
+        frozen_of = self._frozen
+        keep = plan.keep
+
+        def read() -> dict[str, float]:
+            z = take(draws)  # every read takes its slice, whatever it computes
+            values = {name: read(z) for name, read in readers}
+            if channels:
+                apply_channels(channels, values, self._clock_s)
+            frozen = frozen_of.get(device)
+            if frozen:
+                values.update(frozen if keep is None else {k: v for k, v in frozen.items() if k in keep})
+            return values
+
+        return read
 
     def _read_plan(self, device: str, signals: frozenset[str] | None) -> _ReadPlan:
         """What a read of ``signals`` computes, resolved on the first such read and kept."""
