@@ -58,7 +58,7 @@ def main() -> None:
     values = sum(len(signals) if signals is not None else len(plant.signals(d)) for d, signals in reads)
     print(f"  device reads     cpu  {read_cpu:5.1f} s ({len(reads)} devices every second, {values} values)")
     rest = cpu_total - step_cpu - read_cpu - supervisor_cpu
-    print(f"  harness rest     cpu ~{rest:5.1f} s (process image, trace, events, write checks, report)")
+    print(f"  harness rest     cpu ~{rest:5.1f} s (cycle view, trace, events, write checks, report)")
 
 
 if __name__ == "__main__":
