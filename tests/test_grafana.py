@@ -140,13 +140,14 @@ def parse_line(line: str) -> tuple[str, dict[str, str], set[str]]:
 
 
 def control_status_fields() -> set[str]:
-    """Keys the supervisor puts in its status (``status = {...}``, ``status.update({...})``,
-    ``status["key"] = ...``).
+    """Keys the supervisor (and the live loop) put in the status (``status = {...}``,
+    ``status.update({...})``, ``status["key"] = ...``).
 
     A module-level ``STATUS_FIELDS`` constant in gateway/control wins if one is ever added.
     """
     keys: set[str] = set()
-    for path in sorted(CONTROL_PACKAGE.glob("*.py")):
+    # the live loop adds the meter/station cross-check's keys (gateway/control_loop.py)
+    for path in [*sorted(CONTROL_PACKAGE.glob("*.py")), CONTROL_PACKAGE.parent / "control_loop.py"]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
             if isinstance(node, (ast.Assign, ast.AnnAssign)):
