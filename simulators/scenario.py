@@ -458,7 +458,6 @@ class Scenario(BaseModel):
         # Per schedule, the (lo, hi] span whose value was set last: none yet.
         spans: list[tuple[float, float]] = [(math.inf, -math.inf)] * len(schedules)
         times = timeline.action_times
-        actions = timeline.actions
         set_input = plant.set_input
         isnan = math.isnan
 
@@ -471,15 +470,7 @@ class Scenario(BaseModel):
                 if not isnan(value):
                     set_input(name, value, target=target)
                 spans[index] = schedule.flat_span(t1_s) or (math.inf, -math.inf)
-            applied: list[ScenarioEvent] = []
-            if times:
-                for action in actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
-                    event = action.event
-                    if event.scope == "harness":
-                        continue
-                    _apply(plant, event, start=action.start)
-                    applied.append(event)
-            return applied
+            return _apply_actions(plant, timeline, t0_s, t1_s) if times else []
 
         return apply
 
@@ -494,15 +485,20 @@ class Scenario(BaseModel):
             value = schedule.value_before(t1_s)
             if not math.isnan(value):
                 plant.set_input(name, value, target=target)
-        times = timeline.action_times
-        applied: list[ScenarioEvent] = []
-        for action in timeline.actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
-            event = action.event
-            if event.scope == "harness":
-                continue
-            _apply(plant, event, start=action.start)
-            applied.append(event)
-        return applied
+        return _apply_actions(plant, timeline, t0_s, t1_s)
+
+
+def _apply_actions(plant: Plant, timeline: _Timeline, t0_s: float, t1_s: float) -> list[ScenarioEvent]:
+    """The fault causes that start or end in ``[t0_s, t1_s)`` applied to ``plant`` (harness events left out)."""
+    times = timeline.action_times
+    applied: list[ScenarioEvent] = []
+    for action in timeline.actions[bisect.bisect_left(times, t0_s) : bisect.bisect_left(times, t1_s)]:
+        event = action.event
+        if event.scope == "harness":
+            continue
+        _apply(plant, event, start=action.start)
+        applied.append(event)
+    return applied
 
 
 def _apply(plant: Plant, event: ScenarioEvent, *, start: bool) -> None:
