@@ -28,7 +28,6 @@ from gateway import clock as clocks
 from gateway.config.loader import Site
 from gateway.control.commands import ParsedCommand, RateLimiter, parse_command, salvage_id
 from gateway.control.crosscheck import SensorCrossCheck
-from gateway.control.roles import RoleMap
 from gateway.control.supervisor import CommandAck, Supervisor, SupervisorState, supervisor_for_site
 from gateway.drivers.base import Driver
 from gateway.liveness import Progress
@@ -40,15 +39,6 @@ from gateway.sample import Reading
 from gateway.write_executor import WriteExecutor, WriteRequest, WriteResult
 
 log = get_logger(__name__)
-
-
-def _bound(roles: RoleMap, device: str, role_signal: str) -> tuple[str, str]:
-    """``(device, profile signal)`` a role input is read from; ``("", "")`` when absent or a constant."""
-    role = roles.devices.get(device)
-    binding = role.bindings.get(role_signal) if role is not None else None
-    if binding is None or binding.kind != "signal":
-        return "", ""
-    return device, binding.signal
 
 
 BUDGET_WARNING_INTERVAL_S = 60.0
@@ -112,12 +102,7 @@ class ControlLoop:
         self._dh_sensors = SensorCrossCheck(
             cfg.dh_sensors_max_diff_k, cfg.dh_sensors_after_s, cfg.dh_sensors_min_power_kw
         )
-        self._dh_reads = (
-            _bound(roles, roles.heat_meter, "flow_temp_c"),
-            _bound(roles, roles.station_plc, "dh_supply_temp_c"),
-            _bound(roles, roles.heat_meter, "heat_power_kw"),
-        )
-        self._input_max_age_s = cfg.input_max_age_s
+        self._read_role = roles.reader(self._good_now, cfg.input_max_age_s)  # role inputs, by the bindings
         # A completed cycle is progress; one that raised is not, so cycles that keep failing (or a
         # cycle task that hangs) stop the systemd watchdog pings and systemd restarts the service.
         # The bound covers the wait for first readings (at most 10 s) before the first cycle.
@@ -276,15 +261,17 @@ class ControlLoop:
             self.outbox.put(Message(self._metrics_topic, f"{self._prefix} {fields} {now_ns}".encode()))
         self.cycles += 1
 
+    def _good_now(self, device: str, signal: str, max_age_s: float) -> float | None:
+        """A good value of the current cycle's snapshot (the snapshot changes every cycle)."""
+        return self._snapshot.good(device, signal, max_age_s)
+
     def _check_dh_sensors(self, status: dict[str, Any], now_s: float) -> None:
         """The meter's and the station's supply against each other (gateway.control.crosscheck)."""
-        snapshot, age = self._snapshot, self._input_max_age_s
-        meter_c, station_c, power_kw = (
-            snapshot.good(device, signal, age) if device else None for device, signal in self._dh_reads
-        )
+        read, roles = self._read_role, self.supervisor.roles
+        meter, station = roles.heat_meter, roles.station_plc
+        meter_c, station_c = read(meter, "flow_temp_c"), read(station, "dh_supply_temp_c")
         check = self._dh_sensors
-        if check.update(meter_c, station_c, power_kw, now_s):
-            meter, station = self._dh_reads[0][0], self._dh_reads[1][0]
+        if check.update(meter_c, station_c, read(meter, "heat_power_kw"), now_s):
             if check.alarm:
                 log.warning(
                     "dh_sensors_disagree",
